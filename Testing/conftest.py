@@ -1,0 +1,25 @@
+"""Shared pytest set-up: offscreen Qt, one torch thread per test process (CI has 2 cores), fixed seeds."""
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def random_bundle():
+    """A random-init tiny detector+tracker on CPU, shared by the whole session (build ≈ 1–5 s)."""
+    from medsam3_core.model import build_random_bundle
+
+    return build_random_bundle(seed=0, device="cpu")

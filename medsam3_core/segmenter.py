@@ -1,0 +1,148 @@
+"""The one interface every front-end talks to: ``Segmenter.segment(volume, prompts, options, progress, cancel)``.
+
+The local engine and the HTTP client both implement :class:`Segmenter`, so the CLI, the Slicer module and the tests
+switch between local and remote inference by configuration only. Results are plain data
+(:class:`SegmentationResult`) that serialise to the JSON report written beside every label map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Protocol, Sequence, Union
+
+from .errors import InputError
+from .geometry import Volume
+from .progress import CancelToken, ProgressCallback
+
+__all__ = [
+    "SegmentOptions",
+    "ObjectInfo",
+    "SegmentInfo",
+    "SegmentationResult",
+    "Segmenter",
+    "MODES",
+    "SLICE_AXES",
+]
+
+MODES = ("track", "detect")
+SLICE_AXES = ("axial", "coronal", "sagittal")
+Window = Union[None, str, tuple[float, float]]
+
+
+@dataclass
+class SegmentOptions:
+    """Knobs of one segmentation run (defaults are what a user gets without flags).
+
+    Attributes:
+        threshold: minimum detection score ``sigmoid(logit)·sigmoid(presence)`` for an instance to count.
+        window: ``None``/``"auto"`` (DICOM window, else modality default), a CT preset name
+            (``soft-tissue``, ``lung``, ``bone``, ``brain``) or ``(centre, width)``.
+        slice_axis: anatomical axis the volume is sliced along.
+        mode: ``"track"`` (detector + memory tracker, fused) or ``"detect"`` (detector on every slice only).
+        batch_size: slices encoded per forward pass; also the cancellation granularity.
+        cleanup: keep the largest 3D connected component per object and fill holes.
+        memory_size: memory-bank frames used by the tracker (≤ the checkpoint's ``num_maskmem``).
+        confidence_map: also return a per-voxel confidence volume.
+    """
+
+    threshold: float = 0.5
+    window: Window = None
+    slice_axis: str = "axial"
+    mode: str = "track"
+    batch_size: int = 4
+    cleanup: bool = False
+    memory_size: int = 7
+    confidence_map: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise InputError(f"--threshold must be between 0 and 1, got {self.threshold}.")
+        if self.slice_axis not in SLICE_AXES:
+            raise InputError(f"--slice-axis must be one of {', '.join(SLICE_AXES)}, got {self.slice_axis!r}.")
+        if self.mode not in MODES:
+            raise InputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
+        if self.batch_size < 1:
+            raise InputError("--batch-size must be at least 1.")
+        if self.memory_size < 1:
+            raise InputError("--memory-size must be at least 1.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if isinstance(self.window, tuple):
+            d["window"] = list(self.window)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SegmentOptions":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if isinstance(known.get("window"), list):
+            known["window"] = tuple(known["window"])
+        return cls(**known)
+
+
+@dataclass
+class ObjectInfo:
+    """One 3D instance (an object id that persists across slices).
+
+    ``slice_range`` is ``(first, last)`` slice index along the run's slice axis, inclusive; ``slice_scores`` maps
+    slice index → confidence on that slice.
+    """
+
+    object_id: int
+    label: int
+    score: float
+    voxels: int
+    slice_range: tuple[int, int]
+    slice_scores: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class SegmentInfo:
+    """One prompt's result: label value in the label map, size, confidence and its objects."""
+
+    prompt: str
+    concept: str
+    label: int
+    voxels: int
+    volume_ml: float
+    score: float
+    slice_range: Optional[tuple[int, int]]
+    objects: list[ObjectInfo] = field(default_factory=list)
+
+
+@dataclass
+class SegmentationResult:
+    """Label map (label k = k-th prompt, 0 = background) on exactly the input grid, plus facts about it."""
+
+    labelmap: Volume
+    segments: list[SegmentInfo]
+    confidence: Optional[Volume] = None
+    timings: dict[str, float] = field(default_factory=dict)
+    options: Optional[SegmentOptions] = None
+    model: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def to_report(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``--report`` writes and the server returns)."""
+        return {
+            "model": self.model,
+            "options": self.options.to_dict() if self.options else None,
+            "shape": list(self.labelmap.shape),
+            "spacing": list(self.labelmap.spacing),
+            "segments": [asdict(s) for s in self.segments],
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "warnings": list(self.warnings),
+        }
+
+
+class Segmenter(Protocol):
+    """Anything that turns a volume and text prompts into a :class:`SegmentationResult`."""
+
+    def segment(
+        self,
+        volume: Volume,
+        prompts: Sequence[str],
+        options: Optional[SegmentOptions] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> SegmentationResult: ...
