@@ -1,0 +1,125 @@
+"""Test-data builders shared by the test suites (``from builders import ...``).
+
+They write *real* files (valid DICOM CT/MR series with every geometry tag, NIfTI copies of nilearn's MNI152 template)
+so tests exercise the same readers users do, with geometry the test knows exactly.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+__all__ = ["write_dicom_series", "mni152_files", "oblique_direction", "SOP_CLASSES"]
+
+SOP_CLASSES = {
+    "CT": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "MR": "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+}
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def oblique_direction(deg: float) -> np.ndarray:
+    """A proper rotation (columns = i, j, k axes in LPS): ``deg`` about z, then ``deg / 2`` about x.
+
+    Two rotation axes make every column oblique, which catches readers that swap or drop an axis.
+    """
+    a, b = np.deg2rad(deg), np.deg2rad(deg / 2)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return rx @ rz
+
+
+def write_dicom_series(
+    folder: Union[str, Path],
+    array_kji: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: Optional[np.ndarray] = None,
+    *,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    modality: str = "CT",
+    shuffle_names: bool = True,
+    series_uid: Optional[str] = None,
+    study_uid: Optional[str] = None,
+    gap_at: Optional[int] = None,
+    window: Optional[tuple[float, float]] = None,
+    description: str = "Synthetic series",
+) -> list[Path]:
+    """Write ``array_kji`` as one single-frame DICOM file per slice and return the paths in slice order.
+
+    ``array_kji`` holds the values a reader must return (e.g. HU): each file stores ``(value - intercept) / slope``
+    (rounded) with the given RescaleSlope/Intercept. Slice ``k`` lies at ``origin + k·dk·direction[:, 2]``; with
+    ``gap_at=g`` slices ``g, g+1, …`` move one extra ``dk`` further, as if a file were missing. With
+    ``shuffle_names`` the file names do not follow slice order, so readers must sort by position.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    array_kji = np.asarray(array_kji)
+    direction = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
+    di, dj, dk = (float(s) for s in spacing)
+    stored = np.round((array_kji.astype(np.float64) - intercept) / slope)
+    signed = bool(stored.min() < 0)
+    stored = stored.astype(np.int16 if signed else np.uint16)
+    series_uid = series_uid or generate_uid()
+    study_uid = study_uid or generate_uid()
+    frame_uid = generate_uid()
+    sop_class = SOP_CLASSES.get(modality, _SECONDARY_CAPTURE)
+    names = np.random.default_rng(len(array_kji)).permutation(len(array_kji)) if shuffle_names else range(len(array_kji))
+    now = datetime.datetime(2024, 1, 2, 3, 4, 5)
+    paths = []
+    for k, plane in enumerate(stored):
+        offset = k + (1 if gap_at is not None and k >= gap_at else 0)
+        position = np.asarray(origin, dtype=float) + offset * dk * direction[:, 2]
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop_class
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = sop_class
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^Test", "PHANTOM1", "19700101", "O"
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "A1", ""
+        ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = 1, k + 1, description
+        ds.Modality, ds.Manufacturer, ds.PositionReferenceIndicator = modality, "medsam3-tests", ""
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.r_[direction[:, 0], direction[:, 1]]]
+        ds.PixelSpacing = [f"{dj:.6f}", f"{di:.6f}"]  # DICOM: (between rows, between columns)
+        ds.SliceThickness = f"{dk:.6f}"
+        ds.Rows, ds.Columns = plane.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
+        if modality == "CT":
+            ds.RescaleType = "HU"
+            ds.KVP = "120"
+        if window is not None:
+            ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
+        ds.PixelData = np.ascontiguousarray(plane).tobytes()
+        path = folder / f"IM{names[k]:05d}_{series_uid[-6:]}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def mni152_files(tmp_dir: Union[str, Path]) -> tuple[Path, Path]:
+    """Write nilearn's bundled MNI152 T1 template and its brain mask (1 mm, shipped in the wheel, no download)."""
+    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
+
+    tmp_dir = Path(tmp_dir)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    t1, mask = tmp_dir / "mni152_t1.nii.gz", tmp_dir / "mni152_brain_mask.nii.gz"
+    load_mni152_template(resolution=1).to_filename(t1)
+    load_mni152_brain_mask(resolution=1).to_filename(mask)
+    return t1, mask

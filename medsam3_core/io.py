@@ -1,0 +1,261 @@
+"""Read and write image volumes with their geometry: NIfTI, NRRD, MetaImage, DICOM series and 2D pictures.
+
+Every reader returns a :class:`~medsam3_core.geometry.Volume` whose spacing, origin and direction are in LPS exactly
+as SimpleITK reports them (NIfTI's RAS header is converted by ITK on read and back on write), so a label map written
+with :func:`write_volume` lands on the voxels it was computed on. User mistakes (missing path, unknown or corrupt
+file, 4D data without a frame) raise :class:`~medsam3_core.errors.InputError` with one line that says what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import dicom
+from .atomic import atomic_path
+from .errors import InputError
+from .geometry import Volume
+from .progress import CancelToken, ProgressCallback, report
+
+__all__ = [
+    "READ_FORMATS",
+    "WRITE_FORMATS",
+    "read_volume",
+    "write_volume",
+    "volume_to_sitk",
+    "volume_from_sitk",
+    "format_of",
+]
+
+# Suffix (lower case, longest first where it matters) → format name recorded in metadata["format"].
+READ_FORMATS: dict[str, str] = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".nrrd": "nrrd",
+    ".nhdr": "nrrd",
+    ".mha": "metaimage",
+    ".mhd": "metaimage",
+    ".png": "image2d",
+    ".jpg": "image2d",
+    ".jpeg": "image2d",
+    ".tif": "image2d",
+    ".tiff": "image2d",
+    ".bmp": "image2d",
+    ".dcm": "dicom",
+}
+# MetaImage header+raw (.mhd) and .nhdr are left out on purpose: two files cannot be replaced atomically.
+WRITE_FORMATS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".png")
+
+_PathLike = Union[str, Path]
+
+
+def format_of(path: _PathLike) -> Optional[str]:
+    """The suffix of ``path`` that names its format (``".nii.gz"``, ``".png"`` …), or ``None`` if unknown."""
+    name = Path(path).name.lower()
+    for suffix in sorted(READ_FORMATS, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """DICOM Part 10 files carry ``DICM`` after a 128-byte preamble, whatever their name."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_volume(
+    path: _PathLike,
+    *,
+    series_uid: Optional[str] = None,
+    modality: Optional[str] = None,
+    frame: Optional[int] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> Volume:
+    """Load an image volume (or a 2D picture as a one-slice volume) with its geometry.
+
+    Args:
+        path: a NIfTI/NRRD/MetaImage file, a 2D PNG/JPEG/TIFF/BMP, a folder holding a DICOM series (searched
+            recursively), or one DICOM file (its whole series is loaded from the file's folder).
+        series_uid: which DICOM series to load when the folder holds several (default: the one with most slices).
+        modality: ``"CT"``, ``"MR"`` … overriding what the file says (NIfTI/NRRD/MHA do not record it).
+        frame: index of the time point / volume to take from 4D data; required for 4D input.
+        progress, cancel: reported/checked while a DICOM series is read (the only slow reader).
+
+    Raises:
+        InputError: missing path, unsupported or corrupt file, empty folder, 4D data without ``frame``.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"Input not found: {path}. Check the path (use 'demo' for the bundled demo scan).")
+    if path.is_dir():
+        volume = dicom.read_dicom_series(path, series_uid=series_uid, frame=frame, progress=progress, cancel=cancel)
+    else:
+        suffix = format_of(path)
+        if suffix == ".dcm" or (suffix is None and _is_dicom_file(path)):
+            volume = dicom.read_dicom_file_series(path, series_uid=series_uid, frame=frame, progress=progress,
+                                                  cancel=cancel)
+        elif suffix is None:
+            supported = ", ".join(sorted(set(READ_FORMATS)))
+            raise InputError(
+                f"Cannot read {path.name}: unknown file type. Supported: {supported}, or a folder of DICOM files."
+            )
+        else:
+            report(progress, "load", 0.0)
+            volume = _read_with_sitk(path, READ_FORMATS[suffix], frame)
+            report(progress, "load", 1.0)
+    if modality:
+        volume.modality = modality
+        volume.metadata["modality"] = modality
+    return volume
+
+
+def _read_with_sitk(path: Path, fmt: str, frame: Optional[int]) -> Volume:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        size = reader.GetSize()
+        if len(size) == 4:
+            frame = _check_frame(frame, size[3])
+            # Extract one time point while reading; the 4th axis collapses and the 3D geometry is kept.
+            reader.SetExtractIndex([0, 0, 0, frame])
+            reader.SetExtractSize([size[0], size[1], size[2], 0])
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise InputError(
+            f"Cannot read {path.name}: the file is damaged or not a valid {fmt} image ({_itk_reason(err)})."
+        ) from None
+    metadata: dict[str, Any] = {"source": str(path), "format": fmt}
+    if len(size) == 4 and frame is not None:  # already extracted while reading
+        metadata.update(frames=int(size[3]), frame=frame)
+        frame = None
+    volume = volume_from_sitk(image, frame=frame, metadata=metadata)
+    if fmt == "image2d" and volume.is_rgb:
+        volume.modality = "RGB"
+    return volume
+
+
+def _itk_reason(err: Exception) -> str:
+    """The last meaningful line of an ITK exception (its first lines are C++ file positions)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    reason = lines[-1] if lines else type(err).__name__
+    return reason.removeprefix("sitk::ERROR:").strip()
+
+
+def volume_from_sitk(
+    image: sitk.Image,
+    *,
+    frame: Optional[int] = None,
+    modality: Optional[str] = None,
+    metadata: Optional[dict[str, Any]] = None,
+) -> Volume:
+    """Convert a 2D, 3D or 4D SimpleITK image to a :class:`Volume` (LPS geometry copied verbatim).
+
+    2D images become one-slice volumes (spacing 1 mm along k); colour pictures keep their RGB channels and drop
+    alpha. A 4D image (or a multi-component 3D volume, e.g. a vector NRRD) needs ``frame`` to pick one volume.
+    """
+    dim = image.GetDimension()
+    ncomp = image.GetNumberOfComponentsPerPixel()
+    array = sitk.GetArrayFromImage(image)
+    if array.dtype.kind == "c":
+        raise InputError("Complex-valued images are not supported; export the magnitude image first.")
+    spacing = np.ones(3)
+    origin = np.zeros(3)
+    direction = np.eye(3)
+    n = min(dim, 3)
+    spacing[:n] = image.GetSpacing()[:n]
+    origin[:n] = image.GetOrigin()[:n]
+    direction[:n, :n] = np.asarray(image.GetDirection()).reshape(dim, dim)[:n, :n]
+    meta = dict(metadata or {})
+
+    if dim == 2:
+        array = array[None]
+    elif dim == 4 or (dim == 3 and ncomp > 1):
+        frames = array.shape[0] if dim == 4 else ncomp
+        frame = _check_frame(frame, frames)
+        array = array[frame] if dim == 4 else array[..., frame]
+        meta.update(frames=int(frames), frame=int(frame))
+    elif dim != 3:
+        raise InputError(f"{dim}D images are not supported; expected a 2D image or a 3D/4D volume.")
+
+    if array.ndim == 4:  # colour picture: (1, H, W, C)
+        if array.shape[-1] == 4:
+            array = array[..., :3]
+        elif array.shape[-1] == 2:  # grey + alpha
+            array = array[..., 0]
+        elif array.shape[-1] != 3:
+            raise InputError(f"Unsupported number of colour channels: {array.shape[-1]}.")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    volume = Volume(np.ascontiguousarray(array), tuple(spacing), tuple(origin), direction, modality, meta)
+    if volume.is_rgb and volume.modality is None:
+        volume.modality = "RGB"
+    return volume
+
+
+def _check_frame(frame: Optional[int], frames: int) -> int:
+    """Validate ``--frame`` against the number of frames; a single-frame "4D" file needs no choice."""
+    if frame is None:
+        if frames == 1:
+            return 0
+        raise InputError(f"The image is 4D ({frames} frames/volumes); choose one with --frame N (0..{frames - 1}).")
+    if not 0 <= frame < frames:
+        raise InputError(f"--frame {frame} is out of range: the image has frames 0..{frames - 1}.")
+    return int(frame)
+
+
+def volume_to_sitk(volume: Volume) -> sitk.Image:
+    """A 3D SimpleITK image (vector pixels for RGB) with the volume's exact spacing, origin and direction."""
+    array = np.asarray(volume.array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    elif array.dtype == np.float16:
+        array = array.astype(np.float32)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=volume.is_rgb)
+    image.SetSpacing([float(s) for s in volume.spacing])
+    image.SetOrigin([float(o) for o in volume.origin])
+    image.SetDirection([float(d) for d in np.asarray(volume.direction).ravel()])
+    return image
+
+
+def write_volume(volume: Volume, path: _PathLike) -> Path:
+    """Write ``volume`` to ``path`` (format from the suffix) atomically, keeping its geometry exactly.
+
+    ``.nii.gz``/``.nii``/``.nrrd``/``.mha`` take any volume (compressed where the format allows); ``.png`` takes a
+    one-slice 8/16-bit grey image or 8-bit RGB (a 2D label map or picture; PNG has no geometry).
+
+    Raises:
+        InputError: unsupported suffix, data the format cannot hold, or an unwritable destination.
+    """
+    path = Path(path).expanduser()
+    suffix = next((s for s in WRITE_FORMATS if path.name.lower().endswith(s)), None)
+    if suffix is None:
+        raise InputError(f"Cannot write {path.name}: use one of {', '.join(WRITE_FORMATS)}.")
+    image = volume_to_sitk(volume)
+    if suffix == ".png":
+        image = _png_image(volume, image)
+    try:
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=suffix != ".png")
+    except (RuntimeError, OSError) as err:
+        raise InputError(f"Cannot write {path}: {_itk_reason(err)}. Check the folder exists and is writable.") from None
+    return path
+
+
+def _png_image(volume: Volume, image: sitk.Image) -> sitk.Image:
+    if volume.shape[0] != 1:
+        raise InputError(f"PNG holds one slice, but the volume has {volume.shape[0]}; use .nii.gz instead.")
+    dtype = volume.array.dtype
+    ok = dtype in (np.uint8, bool) or (dtype == np.uint16 and not volume.is_rgb)
+    if not ok:
+        raise InputError(f"PNG stores 8/16-bit unsigned grey or 8-bit RGB, not {dtype}; use .nii.gz instead.")
+    return image[:, :, 0]
