@@ -1,0 +1,171 @@
+"""Text-prompted SAM3 detection on batches of slices: one ViT pass per slice, one head call for all prompts.
+
+The ViT is ~95 % of SAM3's compute (SAM3_NOTES §6: 41.5 s of 45 s per 1008² slice on CPU), so a slice must be
+encoded once however many prompts are asked. :class:`Detector` therefore splits SAM3's forward into
+:meth:`~Detector.encode_text` (cached per prompt string for the whole run), :meth:`~Detector.encode_images` (the
+ViT + FPN; the engine also hands its ``last_hidden_state`` to the tracker neck) and :meth:`~Detector.detect`, which
+runs the DETR encoder/decoder, scoring and mask head for every (slice, prompt) pair in one batched call.
+``Sam3Model`` does not broadcast a vision batch against a prompt batch, so the pairs are laid out explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+from .errors import InputError, PromptError
+from .model import Sam3Bundle
+from .tokenizer import tokenize
+
+__all__ = ["TextFeatures", "Detections", "Detector"]
+
+
+@dataclass
+class TextFeatures:
+    """Encoded prompts, in the order asked.
+
+    Attributes:
+        prompts: the prompts (whitespace-stripped).
+        input_ids, attention_mask: ``(P, 32)`` CLIP tokens and their validity mask.
+        embeds: ``(P, 32, H)`` projected per-token text features (``get_text_features(...).pooler_output``).
+    """
+
+    prompts: tuple[str, ...]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    embeds: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
+class Detections:
+    """SAM3's raw per-query predictions for ``B`` slices × ``P`` prompts (CPU, float32).
+
+    Attributes:
+        mask_logits: ``(B, P, Q, h, w)`` mask logits on the low-res grid covering the model's padded square
+            (``h = w = S / 3.5``; 288 for S = 1008).
+        scores: ``(B, P, Q)`` detection confidence ``sigmoid(logit) · sigmoid(presence)``.
+        presence: ``(B, P)`` probability that the concept is present in the slice at all.
+        boxes: ``(B, P, Q, 4)`` normalised ``x1, y1, x2, y2`` in the padded square.
+    """
+
+    mask_logits: torch.Tensor
+    scores: torch.Tensor
+    presence: torch.Tensor
+    boxes: torch.Tensor
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def num_prompts(self) -> int:
+        return int(self.scores.shape[1])
+
+
+class Detector:
+    """Runs a bundle's ``Sam3Model`` with the image encoding shared by all prompts.
+
+    Args:
+        bundle: the loaded model.
+        max_batch: at most this many (slice, prompt) pairs per head call (bounds peak memory: each pair holds its
+            own copy of the FPN features and ``Q`` full mask maps). ``None`` runs all pairs at once.
+    """
+
+    def __init__(self, bundle: Sam3Bundle, max_batch: Optional[int] = None) -> None:
+        if max_batch is not None and max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.bundle = bundle
+        self.model = bundle.detector
+        self.max_batch = max_batch
+        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    # -- text -------------------------------------------------------------------------------------------------
+    def encode_text(self, prompts: Sequence[str]) -> TextFeatures:
+        """Encode ``prompts``; each distinct prompt goes through the text encoder once per :class:`Detector`.
+
+        Raises:
+            PromptError: no prompts, or an empty one.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise PromptError("Give at least one text prompt, e.g. 'liver'.")
+        cleaned = tuple(str(p).strip() for p in prompts)
+        if any(not p for p in cleaned):
+            raise PromptError("Every prompt must be a non-empty text such as 'kidney'.")
+        missing = list(dict.fromkeys(p for p in cleaned if p not in self._text_cache))
+        if missing:
+            ids, mask = tokenize(self.bundle.tokenizer, missing)
+            ids, mask = ids.to(self.bundle.device), mask.to(self.bundle.device)
+            with torch.inference_mode():
+                embeds = self.model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+            for i, prompt in enumerate(missing):
+                self._text_cache[prompt] = (ids[i], mask[i], embeds[i])
+        ids, mask, embeds = (torch.stack(parts) for parts in zip(*(self._text_cache[p] for p in cleaned)))
+        return TextFeatures(cleaned, ids, mask, embeds)
+
+    # -- images -----------------------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> Sam3VisionEncoderOutput:
+        """One ViT + FPN pass over ``pixel_values`` ``(B, 3, S, S)`` in ``[-1, 1]`` (see ``to_model_input``)."""
+        size = self.bundle.image_size
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
+            raise InputError(
+                f"The model expects images of shape (B, 3, {size}, {size}), got {tuple(pixel_values.shape)}."
+            )
+        pixels = pixel_values.to(device=self.bundle.device, dtype=self.bundle.dtype)
+        with torch.inference_mode():
+            return self.model.get_vision_features(pixel_values=pixels)
+
+    # -- heads ------------------------------------------------------------------------------------------------
+    def detect(self, vision: Sam3VisionEncoderOutput, text: TextFeatures) -> Detections:
+        """Every prompt on every encoded slice: ``B × P`` pairs in ``ceil(B·P / max_batch)`` head calls.
+
+        Pair ``n`` is slice ``n // P`` with prompt ``n % P``; the FPN levels and position encodings are gathered
+        per pair because ``Sam3Model`` does not broadcast. ``last_hidden_state`` is not gathered: the heads never
+        read it (only the FPN levels), and at 1008² it is the largest tensor of the encoding.
+        """
+        num_slices = int(vision.fpn_hidden_states[0].shape[0])
+        num_prompts = len(text)
+        total = num_slices * num_prompts
+        step = self.max_batch or total
+        parts: list[tuple[torch.Tensor, ...]] = []
+        with torch.inference_mode():
+            for start in range(0, total, step):
+                pairs = torch.arange(start, min(start + step, total), device=self.bundle.device)
+                parts.append(self._run_heads(vision, text, pairs // num_prompts, pairs % num_prompts))
+        masks, logits, presence, boxes = (torch.cat(group) for group in zip(*parts))
+        scores = logits.sigmoid() * presence.sigmoid()[:, None]
+        shape = (num_slices, num_prompts)
+        return Detections(
+            mask_logits=masks.reshape(*shape, *masks.shape[1:]),
+            scores=scores.reshape(*shape, -1),
+            presence=presence.sigmoid().reshape(shape),
+            boxes=boxes.reshape(*shape, *boxes.shape[1:]),
+        )
+
+    def _run_heads(
+        self, vision: Sam3VisionEncoderOutput, text: TextFeatures, slice_idx: torch.Tensor, prompt_idx: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """One ``Sam3Model`` head call for the given (slice, prompt) pairs; outputs on CPU in float32."""
+        pair_vision = Sam3VisionEncoderOutput(
+            fpn_hidden_states=tuple(t.index_select(0, slice_idx) for t in vision.fpn_hidden_states),
+            fpn_position_encoding=tuple(t.index_select(0, slice_idx) for t in vision.fpn_position_encoding),
+        )
+        pair_text = BaseModelOutputWithPooling(pooler_output=text.embeds.index_select(0, prompt_idx))
+        out = self.model(
+            vision_embeds=pair_vision,
+            text_embeds=pair_text,
+            attention_mask=text.attention_mask.index_select(0, prompt_idx),
+        )
+
+        def host(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device="cpu", dtype=torch.float32)
+
+        return host(out.pred_masks), host(out.pred_logits), host(out.presence_logits[:, 0]), host(out.pred_boxes)
