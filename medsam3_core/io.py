@@ -46,6 +46,7 @@ READ_FORMATS: dict[str, str] = {
     ".bmp": "image2d",
     ".dcm": "dicom",
 }
+_FORMAT_NAMES = {"nifti": "NIfTI", "nrrd": "NRRD", "metaimage": "MetaImage", "image2d": "image"}
 # MetaImage header+raw (.mhd) and .nhdr are left out on purpose: two files cannot be replaced atomically.
 WRITE_FORMATS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".png")
 
@@ -132,7 +133,8 @@ def _read_with_sitk(path: Path, fmt: str, frame: Optional[int]) -> Volume:
         image = reader.Execute()
     except RuntimeError as err:
         raise InputError(
-            f"Cannot read {path.name}: the file is damaged or not a valid {fmt} image ({_itk_reason(err)})."
+            f"Cannot read {path.name}: the file is damaged or not a valid {_FORMAT_NAMES[fmt]} file "
+            f"({_itk_reason(err)})."
         ) from None
     metadata: dict[str, Any] = {"source": str(path), "format": fmt}
     if len(size) == 4 and frame is not None:  # already extracted while reading
