@@ -31,6 +31,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import InputError
@@ -187,7 +188,7 @@ def create_app(
             raise HTTPException(422, "Send the job as multipart/form-data with a 'volume' file and a 'request' field.")
         try:
             form = await request.form(max_files=1, max_fields=1, max_part_size=_MAX_HEADER_BYTES)
-        except HTTPException as exc:  # Starlette reports multipart syntax errors as 400
+        except StarletteHTTPException as exc:  # Starlette reports multipart syntax errors and limits as 400
             raise HTTPException(422, f"Malformed multipart upload: {exc.detail}") from None
         try:
             volume, header = form.get("volume"), form.get("request")
