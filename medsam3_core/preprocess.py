@@ -311,17 +311,18 @@ def to_model_input(
     device: Union[str, torch.device, None] = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """SAM3 pixel values ``(B, 3, S, S)`` in ``[-1, 1]`` from normalised slices ``(B, H, W)`` or ``(B, H, W, 3)``.
+    """SAM3 pixel values ``(B, 3, S, S)`` in ``[-1, 1]`` from normalised slices ``(B, H, W)`` or ``(B, H, W, 3|4)``.
 
-    Resizing happens on ``device`` (the GPU when inference runs there), grey is replicated to three channels, and
-    ``(x - 0.5) / 0.5`` is SAM3's own normalisation (mean = std = 0.5).
+    Resizing happens on ``device`` (the GPU when inference runs there), grey is replicated to three channels, an
+    alpha channel is dropped, and ``(x - 0.5) / 0.5`` is SAM3's own normalisation (mean = std = 0.5).
     """
     tensor = torch.as_tensor(np.asarray(slices) if not isinstance(slices, torch.Tensor) else slices)
     tensor = tensor.to(device=device or tensor.device, dtype=torch.float32)
     if tensor.ndim == 3:
         tensor = tensor[..., None]
-    if tensor.ndim != 4 or tensor.shape[-1] not in (1, 3):
+    if tensor.ndim != 4 or tensor.shape[-1] not in (1, 3, 4):
         raise ValueError(f"expected slices (B, H, W) or (B, H, W, 3), got shape {tuple(tensor.shape)}")
+    tensor = tensor[..., :3]
     square = letterbox.image(tensor)  # (B, S, S, C)
     pixels = square.permute(0, 3, 1, 2).expand(-1, 3, -1, -1)
     return ((pixels - 0.5) / 0.5).to(dtype).contiguous()
