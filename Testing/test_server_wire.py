@@ -23,7 +23,7 @@ def _volume(dtype=np.int16) -> Volume:
         origin=(-10.0, 20.5, 3.0),
         direction=direction,
         modality="CT",
-        metadata={"window_center": 40.0, "window_width": 400, "series_uid": "1.2.3", "pixels": np.zeros(3)},
+        metadata={"window": (40.0, 400.0), "series_uid": "1.2.3", "source": "/home/me/scan.dcm", "x": np.zeros(3)},
     )
 
 
@@ -38,8 +38,8 @@ def test_volume_round_trip_keeps_voxels_geometry_prompts_and_options():
     job = _decode(data, header)
     assert job.volume.array.dtype == np.int16 and np.array_equal(job.volume.array, volume.array)
     assert job.volume.same_geometry(volume, atol=0) and job.volume.modality == "CT"
-    # JSON-representable metadata travels (auto windowing uses it); arrays do not
-    assert job.volume.metadata == {"window_center": 40.0, "window_width": 400, "series_uid": "1.2.3"}
+    # only what inference reads travels (the DICOM window for auto windowing); no paths or UIDs leave the client
+    assert job.volume.metadata == {"window": [40.0, 400.0]}
     assert job.prompts == ["left kidney", "liver"] and job.concepts == ["kidney", "liver"]
     assert job.options == options
 
@@ -83,7 +83,8 @@ def _npz(**arrays) -> bytes:
         (lambda h: h["options"].update(batch_size=1000), "limited to 64"),
         (lambda h: h["options"].update(output="/tmp/x"), "Unknown option"),
         (lambda h: h.update(modality={"a": 1}), "modality"),
-        (lambda h: h.update(metadata={"a": {"nested": 1}}), "metadata"),
+        (lambda h: h.update(metadata={"window": {"nested": 1}}), "metadata may only hold"),
+        (lambda h: h.update(metadata={"source": "/etc/passwd"}), "metadata may only hold"),
         (lambda h: h.update(wire_version=99), "protocol versions"),
     ],
 )

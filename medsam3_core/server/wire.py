@@ -42,6 +42,7 @@ __all__ = [
     "read_npz",
     "MAX_PROMPTS",
     "MAX_PROMPT_CHARS",
+    "WIRE_METADATA_KEYS",
 ]
 
 WIRE_VERSION = 1
@@ -49,8 +50,10 @@ MAX_PROMPTS = 64
 MAX_PROMPT_CHARS = 200
 MAX_BATCH_SIZE = 64
 MAX_MEMORY_SIZE = 64
-_MAX_METADATA_ITEMS = 64
 _MAX_METADATA_STRING = 256
+# Volume.metadata keys inference reads (preprocess: the DICOM window for "auto" windowing). Nothing else is sent:
+# file paths, UIDs and descriptions identify the patient and the client's disk, and the server needs none of them.
+WIRE_METADATA_KEYS = ("window",)
 # Dtypes a scan or a label map can have; anything else (object, strings, structured, complex) is refused.
 _VOXEL_DTYPES = {"|b1", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f2", "<f4", "<f8"}
 _NPY_HEADER_LIMIT = 4096
@@ -144,7 +147,7 @@ def read_npz(
 
 # -- upload --------------------------------------------------------------------------------------------------------
 def _json_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON-representable part of ``Volume.metadata`` (e.g. DICOM window centre/width used by auto windowing)."""
+    """The part of ``Volume.metadata`` that inference uses (:data:`WIRE_METADATA_KEYS`), as plain JSON values."""
 
     def ok(value: Any) -> bool:
         if isinstance(value, (bool, int)) or value is None:
@@ -157,8 +160,11 @@ def _json_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
             return len(value) <= 16 and all(isinstance(v, (int, float, str)) and ok(v) for v in value)
         return False
 
-    items = [(str(k), list(v) if isinstance(v, tuple) else v) for k, v in metadata.items() if ok(v)]
-    return dict(items[:_MAX_METADATA_ITEMS])
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in metadata.items()
+        if key in WIRE_METADATA_KEYS and ok(value)
+    }
 
 
 def encode_volume(
@@ -259,7 +265,7 @@ def decode_request(header_json: str, volume_npz: bytes, *, max_voxels: int) -> J
         raise InputError("modality must be a short string such as 'CT' or 'MR', or null.")
     metadata = header.get("metadata", {})
     if not isinstance(metadata, dict) or _json_metadata(metadata) != metadata:
-        raise InputError("metadata must be a small JSON object of numbers and short strings.")
+        raise InputError(f"metadata may only hold {list(WIRE_METADATA_KEYS)} as numbers or short strings.")
     prompts = _prompts(header.get("prompts"), "prompts")
     concepts = header.get("concepts")
     if concepts is not None:
