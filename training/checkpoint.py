@@ -1,0 +1,88 @@
+"""Training checkpoints: everything needed to resume bit-for-bit, written atomically, read without unpickling code.
+
+``last.pt`` (every ``checkpoint_every`` optimiser steps, at each epoch end and when a step budget stops the run)
+holds model and optimiser state, the scheduler, the step/epoch/sampler position, the best validation score and the
+torch RNG states. It is for resuming only; models for use are exported separately as weights-only folders
+(:func:`training.modelling.export_weights`). Files are loaded with ``torch.load(weights_only=True)``: a checkpoint
+can never execute code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from medsam3_core.atomic import atomic_path
+from medsam3_core.errors import CheckpointError
+
+__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng"]
+
+
+class TrainState(dict):
+    """A plain dict with the keys ``step``, ``epoch``, ``position`` (samples consumed this epoch on this rank),
+    ``micro`` (micro-batches since the last optimiser step) and ``best`` (best validation mean Dice)."""
+
+    @classmethod
+    def fresh(cls) -> "TrainState":
+        return cls(step=0, epoch=0, position=0, best=-1.0)
+
+
+def capture_rng() -> dict[str, Any]:
+    out: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: TrainState,
+    config: dict,
+) -> Path:
+    """Write ``path`` atomically (a crash mid-write leaves the previous checkpoint intact)."""
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "state": dict(state),
+        "rng": capture_rng(),
+        "config": config,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Any = None,
+) -> TrainState:
+    """Restore ``model`` (and optimiser/scheduler/RNG when given) from ``path``; returns the saved :class:`TrainState`."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"cannot read training checkpoint {path}: {str(err).splitlines()[0][:200]}") from err
+    missing = {"model", "state"} - set(payload)
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint (missing {', '.join(sorted(missing))})")
+    model.load_state_dict(payload["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    if optimizer is not None and "rng" in payload:
+        restore_rng(payload["rng"])
+    return TrainState(payload["state"])

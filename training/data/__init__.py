@@ -1,0 +1,1 @@
+"""Training data: datasets → cases (manifests, synthetic sources) → (image, text, instances) prompt samples."""

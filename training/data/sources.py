@@ -1,0 +1,79 @@
+"""Configured data sources → cases → per-dataset train/validation :class:`PromptDataset`\\ s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medsam3_core.errors import InputError
+
+from ..config import SOURCE_KINDS, DataConfig, SourceConfig
+from .manifests import folder2d_cases, jsonl_cases, nnunet_cases, split_cases
+from .phantom_source import mni_brain_cases, phantom_cases
+from .samples import Case, PromptDataset
+
+__all__ = ["cases_for", "build_datasets", "parse_source", "datasets_for"]
+
+
+def cases_for(src: SourceConfig) -> list[Case]:
+    """All cases of one source."""
+    name = src.name or src.kind
+    if src.kind == "nnunet":
+        return nnunet_cases(Path(src.path), name, src.modality)
+    if src.kind == "folder2d":
+        return folder2d_cases(Path(src.path), name, src.modality)
+    if src.kind == "jsonl":
+        return jsonl_cases(Path(src.path), name, src.modality)
+    if src.kind == "phantom":
+        return phantom_cases(name, src.cases, **({"seed": src.seed} if src.seed else {}))
+    if src.kind == "mni_brain":
+        return mni_brain_cases(name, src.cases, **({"seed": src.seed} if src.seed else {}))
+    raise InputError(f"unknown data source kind {src.kind!r}; use one of {', '.join(SOURCE_KINDS)}")
+
+
+def build_datasets(
+    cfg: DataConfig, image_size: int, seed: int
+) -> tuple[list[PromptDataset], list[PromptDataset], list[float]]:
+    """``(train, val, weights)``: one dataset per source, split 85/15 by case with ``cfg.split_seed``.
+
+    Every source's concepts form the shared negative vocabulary, so a brain scan is also asked for "liver".
+    """
+    per_source = [(src, cases_for(src)) for src in cfg.sources]
+    vocabulary = sorted({t for _, cases in per_source for c in cases for t in c.concepts.values()})
+    train, val, weights = [], [], []
+    for i, (src, cases) in enumerate(per_source):
+        tr, va = split_cases(cases, cfg.val_fraction, cfg.split_seed)
+        common = dict(image_size=image_size, vocabulary=vocabulary, min_pixels=cfg.min_instance_pixels)
+        train.append(PromptDataset(tr, negative_prob=cfg.negative_prob, augment=cfg.augment, seed=seed + i, **common))
+        if va:
+            val.append(PromptDataset(va, negative_prob=0.0, augment=False, seed=seed + i, **common))
+        weights.append(src.weight)
+        if len(train[-1]) == 0:
+            raise InputError(f"data source {src.name or src.kind} has no labelled slices in its training split")
+    return train, val, weights
+
+
+def parse_source(text: str) -> SourceConfig:
+    """``kind:path[::name]``; for synthetic kinds the path is ``CASES[@SEED]`` (e.g. ``phantom:20@9000``)."""
+    kind, sep, rest = text.partition(":")
+    if not sep or kind not in SOURCE_KINDS:
+        raise InputError(f"data source {text!r} must look like kind:path with kind in {', '.join(SOURCE_KINDS)}")
+    path, _, name = rest.partition("::")
+    if kind in ("phantom", "mni_brain"):
+        count, _, seed = path.partition("@")
+        try:
+            return SourceConfig(kind=kind, name=name or kind, cases=int(count), seed=int(seed or 0))
+        except ValueError:
+            raise InputError(f"data source {text!r}: synthetic sources take CASES[@SEED], e.g. {kind}:20@9000") from None
+    return SourceConfig(kind=kind, path=path, name=name or Path(path).name)
+
+
+def datasets_for(specs: list[str], image_size: int, split: str = "val") -> list[PromptDataset]:
+    """Un-augmented datasets of ``specs`` for evaluation: the validation split, or ``all`` cases."""
+    sources = [parse_source(s) for s in specs]
+    per_source = [cases_for(s) for s in sources]
+    vocabulary = sorted({t for cases in per_source for c in cases for t in c.concepts.values()})
+    out = []
+    for cases in per_source:
+        chosen = cases if split == "all" else split_cases(cases)[1]
+        out.append(PromptDataset(chosen, image_size, vocabulary, negative_prob=0.0, augment=False))
+    return out

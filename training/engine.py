@@ -1,0 +1,270 @@
+"""The training loop: DDP, mixed precision, gradient accumulation, checkpoints/resume, validation, logging.
+
+One :class:`Trainer` per process. Under ``torchrun`` every rank builds the same model and data, joins the process
+group (NCCL on GPU, gloo on CPU), wraps the detector in ``DistributedDataParallel`` and draws its own share of each
+epoch's balanced sample sequence. Rank 0 alone writes checkpoints, TensorBoard scalars, the progress bar and the
+exported models; the other ranks wait at a barrier. Validation (the paper's protocol, :mod:`training.evaluate`)
+runs on rank 0 at every epoch end; the best mean Dice is exported to ``<output_dir>/best`` and the final model to
+``<output_dir>/final``, both weights-only folders that ``medsam3_core.model.load_model`` reads.
+
+Unused parameters: with text-only prompts the geometry encoder, the 4th FPN level, one pixel-decoder stage and the
+CLIP's own text projection receive no gradient (SAM3_NOTES §5), hence ``find_unused_parameters`` by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from medsam3_core.atomic import atomic_path
+from medsam3_core.model import Sam3Bundle, select_device
+from medsam3_core.tokenizer import bundled_tokenizer, tokenize
+
+from . import distributed as dist
+from .checkpoint import TrainState, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .criterion import SetCriterion
+from .data.samples import collate
+from .data.sampler import BalancedSampler
+from .data.sources import build_datasets
+from .evaluate import dataset_means, evaluate_model, format_table, summarize
+from .lora import apply_lora, merged
+from .modelling import build_model, enable_activation_checkpointing, export_weights
+from .optim import build_optimizer, build_param_groups
+from .outputs import AuxCapture
+
+__all__ = ["Trainer"]
+
+
+class Trainer:
+    """Builds everything from a validated :class:`TrainConfig`; :meth:`fit` trains, validates and exports.
+
+    ``on_step(step, logs)`` is called on every rank after each optimiser step (tests use it to record losses).
+    """
+
+    def __init__(self, cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]] = None) -> None:
+        self.cfg = cfg.validate()
+        e = cfg.engine
+        if e.threads > 0:
+            torch.set_num_threads(e.threads)
+        self.device, _ = select_device(e.device)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", dist.local_rank())
+            torch.cuda.set_device(self.device)
+        dist.init_from_env(self.device)
+        self.rank, self.world = dist.rank(), dist.world_size()
+        torch.manual_seed(e.seed + self.rank)
+        self.on_step = on_step
+        self.out_dir = Path(cfg.output_dir)
+        self.ckpt_path = self.out_dir / "checkpoints" / "last.pt"
+
+        self.model = build_model(cfg.model)
+        detector = self.model.detector
+        self.trainable: torch.nn.Module = detector
+        if cfg.model.lora_rank > 0:
+            self.trainable = apply_lora(detector, cfg.model.lora_rank, cfg.model.lora_alpha)
+        if e.grad_checkpointing:
+            enable_activation_checkpointing(detector)
+        self.model.root.to(self.device)
+        detector.train()
+        self.capture = AuxCapture(detector)
+        self.net: torch.nn.Module = self.trainable
+        if dist.is_initialized():
+            self.net = DistributedDataParallel(
+                self.trainable,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=e.find_unused_parameters,
+            )
+        self.amp = e.amp and self.device.type == "cuda"
+        self.tokenizer = bundled_tokenizer()
+        self._tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        d = cfg.data
+        self.train_sets, self.val_sets, weights = build_datasets(d, cfg.model.image_size, e.seed)
+        sizes = [len(s) for s in self.train_sets]
+        micro_per_step = e.grad_accum * d.batch_size * self.world
+        per_epoch = e.steps_per_epoch * micro_per_step if e.steps_per_epoch else sum(sizes)
+        self.sampler = BalancedSampler(sizes, weights, per_epoch, seed=e.seed, rank=self.rank, world_size=self.world)
+        self.steps_per_epoch = max(1, len(self.sampler) // (d.batch_size * e.grad_accum))
+        self.criterion = SetCriterion(cfg.loss)
+        self.optimizer, self.scheduler = build_optimizer(build_param_groups(self.trainable, cfg.optim), cfg.optim)
+        self.state = TrainState.fresh()
+        if self.ckpt_path.is_file():
+            self.state = load_checkpoint(self.ckpt_path, self.trainable, self.optimizer, self.scheduler)
+        self.writer = None
+        if dist.is_main():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.out_dir / "config.json") as tmp:
+                tmp.write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    # -- one step -----------------------------------------------------------------------------------------------
+    def _tokens_for(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._tokens]
+        if missing:
+            ids, mask = tokenize(self.tokenizer, missing)
+            for i, t in enumerate(missing):
+                self._tokens[t] = (ids[i], mask[i])
+        ids, mask = zip(*(self._tokens[t] for t in texts))
+        return torch.stack(ids).to(self.device), torch.stack(mask).to(self.device)
+
+    def _forward_backward(self, batch: dict, sync: bool) -> dict:
+        ids, mask = self._tokens_for(batch["texts"])
+        pixels = batch["pixel_values"].to(self.device, non_blocking=True)
+        targets = [t.to(self.device) for t in batch["targets"]]
+        no_sync = self.net.no_sync if (isinstance(self.net, DistributedDataParallel) and not sync) else contextlib.nullcontext
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        with no_sync():
+            with autocast:
+                out = self.net(pixel_values=pixels, input_ids=ids, attention_mask=mask)
+                loss, logs = self.criterion(self.capture.collect(out), targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {self.state['step']}: {logs}")
+            (loss / self.cfg.engine.grad_accum).backward()
+        logs["loss"] = float(loss.detach())
+        return logs
+
+    # -- loop ---------------------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train until ``epochs`` or ``max_steps``; returns the last validation summary (dataset → mean Dice)."""
+        e = self.cfg.engine
+        max_steps = e.max_steps or e.epochs * self.steps_per_epoch
+        bar = self._bar(max_steps)
+        results: dict = {}
+        try:
+            while self.state["epoch"] < e.epochs and self.state["step"] < max_steps:
+                finished = self._run_epoch(max_steps, bar)
+                if not finished:
+                    break
+                self.state.update(epoch=self.state["epoch"] + 1, position=0)
+                results = self.validate()
+                self._save()
+        finally:
+            if bar is not None:
+                bar.close()
+        self._save()
+        self.export("final")
+        dist.barrier()
+        return results
+
+    def _run_epoch(self, max_steps: int, bar) -> bool:
+        """One epoch from the saved position; ``False`` when the step budget ended it early."""
+        e, d = self.cfg.engine, self.cfg.data
+        epoch = self.state["epoch"]
+        for ds in self.train_sets:
+            ds.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, self.state["position"])
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.ConcatDataset(self.train_sets),
+            batch_size=d.batch_size,
+            sampler=self.sampler,
+            collate_fn=collate,
+            num_workers=d.num_workers,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+        )
+        micro, sums, t0 = 0, {}, time.time()
+        for batch in loader:
+            micro += 1
+            sync = micro % e.grad_accum == 0
+            logs = self._forward_backward(batch, sync)
+            self.state["position"] += d.batch_size
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if not sync:
+                continue
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable.parameters(), self.cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.state["step"] += 1
+            step = self.state["step"]
+            mean = {k: v / e.grad_accum for k, v in sums.items()}
+            mean["grad_norm"] = float(grad_norm)
+            sums = {}
+            if self.on_step is not None:
+                self.on_step(step, mean)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{mean['loss']:.3f}", epoch=epoch)
+            if self.writer is not None and step % e.log_every == 0:
+                for k, v in mean.items():
+                    self.writer.add_scalar(f"train/{k}", v, step)
+                for g in self.optimizer.param_groups:
+                    self.writer.add_scalar(f"lr/{g['name']}", g["lr"], step)
+                self.writer.add_scalar("train/sec_per_step", (time.time() - t0) / e.log_every, step)
+                t0 = time.time()
+            if step % e.checkpoint_every == 0:
+                self._save()
+            if step >= max_steps:
+                break
+        self.optimizer.zero_grad(set_to_none=True)  # a partial accumulation at the epoch end is dropped
+        return self.sampler.per_rank - self.state["position"] < d.batch_size * e.grad_accum
+
+    # -- validation, checkpoints, export -----------------------------------------------------------------------
+    def validate(self) -> dict:
+        """Paper-protocol Dice per dataset on the validation split (rank 0); exports ``best`` on improvement."""
+        results: dict = {}
+        if dist.is_main() and self.val_sets:
+            bundle = Sam3Bundle(
+                detector=self.model.detector,
+                tracker=None,
+                tracker_neck=None,
+                tokenizer=self.tokenizer,
+                device=self.device,
+                dtype=next(self.model.detector.parameters()).dtype,
+                image_size=self.cfg.model.image_size,
+                source="training",
+            )
+            rows = summarize(
+                evaluate_model(bundle, self.val_sets, self.cfg.engine.score_threshold, self.cfg.data.val_max_images)
+            )
+            results = dataset_means(rows)
+            step = self.state["step"]
+            if self.writer is not None:
+                for name, value in results.items():
+                    self.writer.add_scalar(f"val/dice/{name}", value, step)
+                self.writer.flush()
+            print(f"\nvalidation after epoch {self.state['epoch']} (step {step}):\n{format_table(rows)}", flush=True)
+            if results.get("mean", -1.0) > self.state["best"]:
+                self.state["best"] = results["mean"]
+                self.export("best", {"validation": results, "step": step})
+        dist.barrier()
+        return results
+
+    def _save(self) -> None:
+        if dist.is_main():
+            save_checkpoint(
+                self.ckpt_path, self.trainable, self.optimizer, self.scheduler, self.state, self.cfg.to_dict()
+            )
+        dist.barrier()
+
+    def export(self, name: str, extra: Optional[dict] = None) -> Optional[Path]:
+        """Weights-only model folder ``<output_dir>/<name>`` (rank 0), LoRA merged into a copy of the weights."""
+        if not dist.is_main():
+            return None
+        info = {"trained_by": "training.run", "config": self.cfg.name, "step": self.state["step"], **(extra or {})}
+        with merged(self.model, self.trainable) as plain:
+            return export_weights(plain, self.out_dir / name, extra=info)
+
+    def _bar(self, total: int):
+        if not dist.is_main():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=self.state["step"], desc=self.cfg.name, unit="step", dynamic_ncols=True)
+
+    def close(self) -> None:
+        self.capture.remove()
+        if self.writer is not None:
+            self.writer.close()

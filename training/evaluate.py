@@ -1,0 +1,310 @@
+"""Evaluation with the paper's protocol, and the ``python -m training.evaluate`` command.
+
+Protocol (PAPER.md): every image is queried with every concept of its dataset, text only; per prompt the
+**highest-confidence** instance above the score threshold is kept; overlaps between prompts are resolved by
+pixel-wise maximum confidence into one label map; Dice and IoU are computed per (image, concept) and averaged per
+dataset. Unlike the public evaluation code, pairs whose ground truth is empty are **counted** (empty prediction →
+1, anything predicted → 0), so false positives are visible; the ``dice_present`` column averages only pairs whose
+ground truth is non-empty, for comparison with numbers that skip them.
+
+The same scoring (:func:`score_label_maps`) serves two inputs: a model run on a dataset's validation cases
+(``--model``), and label-map files written by inference (``medsam3 infer``) against ground-truth files
+(``--pred``/``--gt``). Output: a text table, ``metrics.csv`` and a bar plot ``dice.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from medsam3_core.atomic import atomic_path
+from medsam3_core.detector import Detector
+from medsam3_core.errors import InputError, MedSam3Error
+from medsam3_core.metrics import dice, iou
+from medsam3_core.model import Sam3Bundle
+from medsam3_core.postprocess import instances_for, pixelwise_max_labelmap, top_instance
+from medsam3_core.preprocess import Letterbox, to_model_input
+
+__all__ = [
+    "PairScore",
+    "Row",
+    "score_label_maps",
+    "evaluate_model",
+    "summarize",
+    "format_table",
+    "write_report",
+    "score_files",
+    "main",
+]
+
+
+@dataclass
+class PairScore:
+    """Dice/IoU of one (image, concept) pair."""
+
+    dataset: str
+    image: str
+    concept: str
+    dice: float
+    iou: float
+    gt_empty: bool
+
+
+@dataclass
+class Row:
+    """Averages over a dataset (``concept == "all"``) or one of its concepts."""
+
+    dataset: str
+    concept: str
+    n: int
+    dice: float
+    iou: float
+    n_present: int
+    dice_present: float
+
+
+def score_label_maps(
+    pred: np.ndarray, gt: np.ndarray, concepts: dict[int, str], dataset: str, image: str
+) -> list[PairScore]:
+    """Scores of every concept (label value → text) of two label maps on the same grid."""
+    if pred.shape != gt.shape:
+        raise InputError(f"{image}: prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    out = []
+    for value, text in concepts.items():
+        p, g = pred == value, gt == value
+        out.append(PairScore(dataset, image, text, dice(p, g), iou(p, g), not g.any()))
+    return out
+
+
+def _predict_label_maps(
+    detector: Detector, images: list[np.ndarray], concepts: dict[int, str], threshold: float
+) -> list[np.ndarray]:
+    """Label maps (original grid, values of ``concepts``) for normalised slices ``images`` of one shape."""
+    values = list(concepts)
+    h, w = images[0].shape[:2]
+    letterbox = Letterbox(h, w, detector.bundle.image_size)
+    vision = detector.encode_images(to_model_input(np.stack(images), letterbox, device=detector.bundle.device))
+    dets = detector.detect(vision, detector.encode_text([concepts[v] for v in values]))
+    maps = []
+    for b in range(len(images)):
+        probs = np.zeros((len(values), h, w), np.float32)
+        scores = np.zeros(len(values), np.float32)
+        for p in range(len(values)):
+            best = top_instance(instances_for(dets, b, p, letterbox, threshold))
+            if best is not None:
+                probs[p], scores[p] = best.probability, best.score
+        label_idx, _ = pixelwise_max_labelmap(probs, scores)
+        lut = np.array([0, *values], dtype=np.int32)
+        maps.append(lut[label_idx])
+    return maps
+
+
+@torch.no_grad()
+def evaluate_model(
+    bundle: Sam3Bundle, datasets: Sequence, threshold: float = 0.5, max_images: int = 0, batch_size: int = 8
+) -> list[PairScore]:
+    """Run the protocol over :class:`~training.data.samples.PromptDataset`\\ s (their un-augmented slices).
+
+    ``max_images`` > 0 takes an evenly spaced subset of each dataset (in-training validation stays cheap).
+    """
+    detector = Detector(bundle, max_batch=64)
+    was_training = bundle.detector.training
+    bundle.detector.eval()
+    scores: list[PairScore] = []
+    try:
+        for ds in datasets:
+            n = len(ds)
+            picks = np.unique(np.linspace(0, n - 1, min(n, max_images)).round().astype(int)) if max_images else range(n)
+            groups: dict[tuple, list[int]] = defaultdict(list)  # batch slices of one shape and concept set
+            for i in picks:
+                ref = ds.slices[i]
+                groups[(ds.cases[ref.case].dataset, ref.case)].append(int(i))
+            for (name, case_i), idx in groups.items():
+                concepts = ds.cases[case_i].concepts
+                for start in range(0, len(idx), batch_size):
+                    chunk = idx[start : start + batch_size]
+                    loaded = [ds.load_slice(i) for i in chunk]
+                    preds = _predict_label_maps(detector, [img for img, _, _ in loaded], concepts, threshold)
+                    for i, pred, (_, gt, case) in zip(chunk, preds, loaded):
+                        ref = ds.slices[i]
+                        scores += score_label_maps(pred, gt, concepts, name, f"{case.case_id}#{ref.index}")
+    finally:
+        bundle.detector.train(was_training)
+    return scores
+
+
+def summarize(scores: Iterable[PairScore]) -> list[Row]:
+    """Per dataset: one row per concept, then the dataset mean over all its pairs (``concept == "all"``)."""
+    by: dict[tuple[str, str], list[PairScore]] = defaultdict(list)
+    for s in scores:
+        by[(s.dataset, s.concept)].append(s)
+        by[(s.dataset, "all")].append(s)
+
+    def row(key: tuple[str, str], items: list[PairScore]) -> Row:
+        present = [s for s in items if not s.gt_empty]
+        return Row(
+            key[0],
+            key[1],
+            len(items),
+            float(np.mean([s.dice for s in items])),
+            float(np.mean([s.iou for s in items])),
+            len(present),
+            float(np.mean([s.dice for s in present])) if present else float("nan"),
+        )
+
+    keys = sorted(by, key=lambda k: (k[0], k[1] == "all", k[1]))
+    return [row(k, by[k]) for k in keys]
+
+
+def dataset_means(rows: Sequence[Row]) -> dict[str, float]:
+    """``{dataset: mean Dice}`` from :func:`summarize` rows, plus ``"mean"`` over datasets (the paper's average)."""
+    per = {r.dataset: r.dice for r in rows if r.concept == "all"}
+    if per:
+        per["mean"] = float(np.mean(list(per.values())))
+    return per
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    head = f"{'dataset':<22} {'concept':<18} {'n':>6} {'Dice':>7} {'IoU':>7} {'n_present':>9} {'Dice_present':>12}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.dataset:<22} {r.concept:<18} {r.n:>6} {r.dice:>7.3f} {r.iou:>7.3f} {r.n_present:>9} {r.dice_present:>12.3f}"
+        )
+    means = dataset_means(rows)
+    if means:
+        lines.append(f"{'mean over datasets':<41} {'':>6} {means['mean']:>7.3f}")
+    return "\n".join(lines)
+
+
+def write_report(rows: Sequence[Row], out_dir: Path) -> list[Path]:
+    """``table.txt``, ``metrics.csv`` and ``dice.png`` (per-concept Dice bars grouped by dataset) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = out_dir / "table.txt"
+    with atomic_path(table) as tmp:
+        tmp.write_text(format_table(rows) + "\n", encoding="utf-8")
+    csv_path = out_dir / "metrics.csv"
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["dataset", "concept", "n", "dice", "iou", "n_present", "dice_present"])
+    for r in rows:
+        writer.writerow([r.dataset, r.concept, r.n, f"{r.dice:.4f}", f"{r.iou:.4f}", r.n_present, f"{r.dice_present:.4f}"])
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+    png = out_dir / "dice.png"
+    _bar_plot(rows, png)
+    return [table, csv_path, png]
+
+
+def _bar_plot(rows: Sequence[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r.concept != "all"] or list(rows)
+    labels = [f"{r.dataset}\n{r.concept}" for r in shown]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(shown) + 1.5), 3.8))
+    x = np.arange(len(shown))
+    ax.bar(x - 0.2, [r.dice for r in shown], 0.4, label="Dice")
+    ax.bar(x + 0.2, [r.iou for r in shown], 0.4, label="IoU")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score (empty ground truth counted)")
+    ax.legend(loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def score_files(pred_dir: Path, gt_dir: Path, concepts: dict[int, str], dataset: str = "") -> list[PairScore]:
+    """Score label-map files of ``pred_dir`` against same-named files of ``gt_dir`` (any format ``read_volume`` reads).
+
+    A prediction folder written by ``medsam3 infer`` per case (``<case>/labels.nii.gz``) is matched by its folder
+    name; otherwise file names must agree.
+    """
+    from medsam3_core.io import read_volume
+
+    from .data.manifests import _stem
+
+    gts = {_stem(p): p for p in sorted(Path(gt_dir).iterdir()) if p.is_file()}
+    if not gts:
+        raise InputError(f"{gt_dir} holds no ground-truth files")
+    scores = []
+    for name, gt_path in gts.items():
+        candidates = [Path(pred_dir) / name, *Path(pred_dir).glob(f"{name}.*")]
+        found = [c / "labels.nii.gz" if c.is_dir() else c for c in candidates if c.exists()]
+        found = [f for f in found if f.is_file()]
+        if not found:
+            raise InputError(f"no prediction for {gt_path.name} in {pred_dir}")
+        pred = np.rint(read_volume(found[0]).array).astype(np.int32)
+        gt = np.rint(read_volume(gt_path).array).astype(np.int32)
+        scores += score_label_maps(pred, gt, concepts, dataset or Path(gt_dir).name, name)
+    return scores
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="model to evaluate (demo, a folder or a checkpoint file)")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        help="dataset as kind:path[::name] (nnunet, folder2d, jsonl) or phantom|mni_brain:CASES[@SEED][::name]",
+    )
+    p.add_argument("--split", choices=["val", "all"], default="val", help="cases to score (default: the 15%% split)")
+    p.add_argument("--pred", type=Path, help="folder of predicted label maps (scores files instead of a model)")
+    p.add_argument("--gt", type=Path, help="folder of ground-truth label maps, same names as --pred")
+    p.add_argument("--labels", type=Path, help='label→text JSON for --pred/--gt, e.g. {"1": "liver"}')
+    p.add_argument("--threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")
+    p.add_argument("--max-images", type=int, default=0, help="at most this many slices per dataset (0: all)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("-o", "--out", type=Path, required=True, help="folder for table.txt, metrics.csv, dice.png")
+    return p
+
+
+def _run(args: argparse.Namespace) -> list[Row]:
+    if args.pred or args.gt:
+        if not (args.pred and args.gt and args.labels):
+            raise InputError("--pred needs --gt and --labels")
+        from .data.manifests import read_label_to_text
+
+        return summarize(score_files(args.pred, args.gt, read_label_to_text(args.labels)))
+    if not args.model or not args.data:
+        raise InputError("give --model and at least one --data, or --pred/--gt/--labels")
+    from medsam3_core.model import load_model
+
+    from .data.sources import datasets_for
+
+    bundle = load_model(args.model, device=args.device)
+    datasets = datasets_for(args.data, bundle.image_size, split=args.split)
+    return summarize(evaluate_model(bundle, datasets, args.threshold, args.max_images))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        rows = _run(args)
+        files = write_report(rows, args.out)
+    except MedSam3Error as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

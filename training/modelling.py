@@ -1,0 +1,96 @@
+"""The network being trained: build or load it, enable activation checkpointing, export weights-only.
+
+Training runs through ``Sam3Model`` (the detector). When the starting point is a detector+tracker model
+(``Sam3VideoModel``: the tiny demo, SAM3, Medical SAM3 3D) the whole model is kept as ``root`` so the export is
+again a complete detector+tracker folder that ``medsam3_core.model.load_model`` reads with the same loader; the
+tracker weights are carried over unchanged (the transformers tracker runs under ``inference_mode`` and is not
+trained here, SAM3_NOTES §4).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel, Sam3Model, Sam3VideoConfig, Sam3VideoModel
+
+from medsam3_core.checkpoints import save_model
+from medsam3_core.model import load_model, tiny_detector_config, tiny_video_config
+
+from .config import ModelConfig
+
+__all__ = ["TrainModel", "build_model", "enable_activation_checkpointing", "export_weights"]
+
+
+@dataclass
+class TrainModel:
+    """``root`` is what gets exported (``Sam3VideoModel`` or ``Sam3Model``); ``detector`` is what gets trained."""
+
+    root: PreTrainedModel
+    detector: Sam3Model
+    source: str
+
+
+def build_model(cfg: ModelConfig) -> TrainModel:
+    """A float32 CPU model: the tiny random architecture of ``cfg`` for ``init="tiny"``, else ``load_model(init)``."""
+    if cfg.init == "tiny":
+        det_cfg = tiny_detector_config(
+            image_size=cfg.image_size,
+            hidden=cfg.hidden,
+            patch_size=cfg.patch_size,
+            vit_hidden=cfg.vit_hidden,
+            vit_layers=cfg.vit_layers,
+            num_queries=cfg.num_queries,
+            text_hidden=cfg.text_hidden,
+        )
+        torch.manual_seed(cfg.seed)
+        root = Sam3VideoModel(tiny_video_config(det_cfg))
+        return TrainModel(root, root.detector_model, f"random tiny SAM3 (seed {cfg.seed})")
+    bundle = load_model(cfg.init, device="cpu")
+    detector = bundle.detector.float()
+    if not bundle.has_tracker:
+        return TrainModel(detector, detector, bundle.source)
+    # Reassemble the detector+tracker model around the loaded parts (no second copy of the weights).
+    video_cfg = Sam3VideoConfig(
+        detector_config=detector.config.to_dict(), tracker_config=bundle.tracker.config.to_dict()
+    )
+    with torch.device("meta"):
+        root = Sam3VideoModel(video_cfg)
+    root.detector_model = detector
+    root.tracker_model = bundle.tracker.float()
+    root.tracker_neck = bundle.tracker_neck.float()
+    return TrainModel(root, detector, bundle.source)
+
+
+def enable_activation_checkpointing(detector: Sam3Model) -> int:
+    """Recompute each ViT block in the backward pass instead of storing its activations; returns the block count.
+
+    transformers refuses ``gradient_checkpointing_enable()`` for Sam3 (SAM3_NOTES §5), but its ViT blocks are
+    ``GradientCheckpointingLayer``s, which honour the per-layer switch set here.
+    """
+    layers = detector.vision_encoder.backbone.layers
+    for layer in layers:
+        layer.gradient_checkpointing = True
+        layer._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+    return len(layers)
+
+
+def export_weights(
+    model: TrainModel, out_dir: Union[str, Path], dtype: torch.dtype = torch.float16, extra: Optional[dict] = None
+) -> Path:
+    """A weights-only transformers folder (``config.json`` + safetensors), written atomically, in ``dtype``.
+
+    A float16 copy of the demo model is ≈ half the size; ``load_model`` casts to the run dtype when loading.
+    """
+    root = model.root
+    state = {k: v.detach().clone() for k, v in root.state_dict().items()}
+    root.to(dtype)
+    try:
+        return save_model(root, out_dir, extra=extra)
+    finally:
+        root.to(torch.float32)
+        root.load_state_dict(state)

@@ -1,0 +1,71 @@
+"""``torchrun --nproc_per_node=N -m training.run --config demo|paper|file.json [--data kind:path] [--set k=v]``.
+
+Also runs as a single process (``python -m training.run``). A run resumes automatically from
+``<output_dir>/checkpoints/last.pt`` when it exists, so re-issuing the same command after a crash or a kill continues
+where it stopped. Exit codes: 0 done, 2 configuration/data error (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from medsam3_core.errors import MedSam3Error
+
+from . import distributed as dist
+from .config import apply_overrides, load_config
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="torchrun -m training.run", description="Fine-tune SAM3 on medical data.")
+    p.add_argument("--config", default="demo", help="preset (demo, paper) or a JSON config file (default: demo)")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        help="dataset kind:path[::name] (nnunet, folder2d, jsonl; phantom|mni_brain:CASES[@SEED]); repeat; "
+        "replaces the config's datasets",
+    )
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a setting")
+    p.add_argument("--output-dir", help="where checkpoints, TensorBoard logs and exported models go")
+    p.add_argument("--init", help="initial weights: tiny, demo, sam3, a model folder or checkpoint file")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = list(args.set)
+        if args.output_dir:
+            overrides.append(f"run.output_dir={args.output_dir}")
+        if args.init:
+            overrides.append(f"model.init={args.init}")
+        cfg = apply_overrides(load_config(args.config), overrides, args.data or None).validate()
+        if args.print_config:
+            import json
+
+            print(json.dumps(cfg.to_dict(), indent=2))
+            return 0
+        from .engine import Trainer
+
+        trainer = Trainer(cfg)
+        try:
+            results = trainer.fit()
+        finally:
+            trainer.close()
+        if dist.is_main():
+            print(f"done: {cfg.output_dir}/final" + (f"  (validation mean Dice {results['mean']:.3f})" if results else ""))
+        return 0
+    except MedSam3Error as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        dist.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
