@@ -99,13 +99,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         _validate(args)
         api_key = _api_key(args)
+        from ..local import LocalSegmenter
+        from ..model import load_model
         from .app import create_app
         from .runner import bind_socket, is_loopback, serve
 
         sock = bind_socket(args.host, args.port)
-        from ..local import LocalSegmenter
-        from ..model import load_model
-
         print(f"Loading model {args.model!r} on {args.device} …", file=sys.stderr)
         bundle = load_model(args.model, device=args.device)
         app = create_app(
