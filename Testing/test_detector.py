@@ -88,6 +88,20 @@ def test_chunked_heads_match_one_call(random_bundle, pixels):
     torch.testing.assert_close(chunked.scores, whole.scores, atol=1e-5, rtol=1e-4)
 
 
+def test_top_k_keeps_the_best_queries_in_order(random_bundle, pixels):
+    detector = Detector(random_bundle)
+    vision, text = detector.encode_images(pixels), detector.encode_text(PROMPTS[:2])
+    everything = detector.detect(vision, text)
+    best = Detector(random_bundle, top_k=3).detect(vision, text)
+    assert best.mask_logits.shape[2] == best.scores.shape[2] == best.boxes.shape[2] == 3
+    order = everything.scores.argsort(dim=2, descending=True)[..., :3]
+    torch.testing.assert_close(best.scores, everything.scores.gather(2, order))
+    b, p, q = 1, 1, int(order[1, 1, 2])
+    torch.testing.assert_close(best.mask_logits[b, p, 2], everything.mask_logits[b, p, q])
+    torch.testing.assert_close(best.boxes[b, p, 2], everything.boxes[b, p, q])
+    torch.testing.assert_close(best.presence, everything.presence)
+
+
 def test_text_is_encoded_once_per_distinct_prompt(random_bundle):
     detector = Detector(random_bundle)
     with _CallCounter(random_bundle.detector.text_encoder) as text_encoder:

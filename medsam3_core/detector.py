@@ -47,6 +47,9 @@ class TextFeatures:
 class Detections:
     """SAM3's raw per-query predictions for ``B`` slices × ``P`` prompts (CPU, float32).
 
+    ``Q`` is the model's number of object queries (200 for SAM3), or the detector's ``top_k`` best-scoring ones,
+    best first.
+
     Attributes:
         mask_logits: ``(B, P, Q, h, w)`` mask logits on the low-res grid covering the model's padded square
             (``h = w = S / 3.5``; 288 for S = 1008).
@@ -76,14 +79,20 @@ class Detector:
         bundle: the loaded model.
         max_batch: at most this many (slice, prompt) pairs per head call (bounds peak memory: each pair holds its
             own copy of the FPN features and ``Q`` full mask maps). ``None`` runs all pairs at once.
+        top_k: keep only the ``top_k`` best-scoring queries of each pair (on the device, before the copy to the
+            host). Real SAM3 has 200 queries of 288² mask logits, 66 MB per pair in float32, of which the paper's
+            protocol uses one; ``None`` keeps all.
     """
 
-    def __init__(self, bundle: Sam3Bundle, max_batch: Optional[int] = None) -> None:
+    def __init__(self, bundle: Sam3Bundle, max_batch: Optional[int] = None, top_k: Optional[int] = None) -> None:
         if max_batch is not None and max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if top_k is not None and top_k < 1:
+            raise ValueError("top_k must be at least 1")
         self.bundle = bundle
         self.model = bundle.detector
         self.max_batch = max_batch
+        self.top_k = top_k
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     # -- text -------------------------------------------------------------------------------------------------
@@ -140,20 +149,19 @@ class Detector:
             for start in range(0, total, step):
                 pairs = torch.arange(start, min(start + step, total), device=self.bundle.device)
                 parts.append(self._run_heads(vision, text, pairs // num_prompts, pairs % num_prompts))
-        masks, logits, presence, boxes = (torch.cat(group) for group in zip(*parts))
-        scores = logits.sigmoid() * presence.sigmoid()[:, None]
+        masks, scores, presence, boxes = (torch.cat(group) for group in zip(*parts))
         shape = (num_slices, num_prompts)
         return Detections(
             mask_logits=masks.reshape(*shape, *masks.shape[1:]),
             scores=scores.reshape(*shape, -1),
-            presence=presence.sigmoid().reshape(shape),
+            presence=presence.reshape(shape),
             boxes=boxes.reshape(*shape, *boxes.shape[1:]),
         )
 
     def _run_heads(
         self, vision: Sam3VisionEncoderOutput, text: TextFeatures, slice_idx: torch.Tensor, prompt_idx: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        """One ``Sam3Model`` head call for the given (slice, prompt) pairs; outputs on CPU in float32."""
+        """One ``Sam3Model`` head call for the given pairs: masks, scores, presence, boxes on CPU in float32."""
         pair_vision = Sam3VisionEncoderOutput(
             fpn_hidden_states=tuple(t.index_select(0, slice_idx) for t in vision.fpn_hidden_states),
             fpn_position_encoding=tuple(t.index_select(0, slice_idx) for t in vision.fpn_position_encoding),
@@ -164,8 +172,16 @@ class Detector:
             text_embeds=pair_text,
             attention_mask=text.attention_mask.index_select(0, prompt_idx),
         )
+        presence = out.presence_logits.float().sigmoid()  # (N, 1)
+        scores = out.pred_logits.float().sigmoid() * presence
+        masks, boxes = out.pred_masks, out.pred_boxes
+        if self.top_k is not None and self.top_k < scores.shape[1]:
+            best = scores.topk(self.top_k, dim=1).indices  # (N, k), best first
+            scores = scores.gather(1, best)
+            boxes = boxes.gather(1, best[..., None].expand(-1, -1, boxes.shape[-1]))
+            masks = masks[torch.arange(masks.shape[0], device=masks.device)[:, None], best]
 
         def host(t: torch.Tensor) -> torch.Tensor:
             return t.to(device="cpu", dtype=torch.float32)
 
-        return host(out.pred_masks), host(out.pred_logits), host(out.presence_logits[:, 0]), host(out.pred_boxes)
+        return host(masks), host(scores), host(presence[:, 0]), host(boxes)

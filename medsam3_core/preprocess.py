@@ -192,6 +192,7 @@ class Letterbox:
         scale = self.size / max(self.height, self.width)
         self.new_height = max(1, min(self.size, round(self.height * scale)))
         self.new_width = max(1, min(self.size, round(self.width * scale)))
+        self._grids: dict[tuple[int, str], torch.Tensor] = {}
 
     def __repr__(self) -> str:
         return f"Letterbox({self.height}×{self.width} → {self.new_height}×{self.new_width} in {self.size}²)"
@@ -238,7 +239,10 @@ class Letterbox:
         mode = mode or ("bilinear" if floating else "nearest")
         if mode not in ("bilinear", "nearest"):
             raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
-        grid = self._sampling_grid(side, tensor.device)
+        key = (side, str(tensor.device))
+        if key not in self._grids:  # the engine maps every slice of a volume through the same grid
+            self._grids[key] = self._sampling_grid(side, tensor.device)
+        grid = self._grids[key]
         n, c = tensor.shape[:2]
         work = tensor.reshape(n * c, 1, side, side)
         work = work if floating else work.float()
