@@ -68,7 +68,13 @@ def expected_result(volume, prompts, options):
     labels = (np.abs(volume.array.astype(np.int64)) % (len(prompts) + 1)).astype(np.uint8)
     segments = [
         SegmentInfo(
-            p, p.lower(), n, int((labels == n).sum()), 0.5, 0.75, (0, volume.shape[0] - 1),
+            p,
+            p.lower(),
+            n,
+            int((labels == n).sum()),
+            0.5,
+            0.75,
+            (0, volume.shape[0] - 1),
             [ObjectInfo(n, n, 0.75, int((labels == n).sum()), (0, volume.shape[0] - 1), {0: 0.7})],
         )
         for n, p in enumerate(prompts, 1)
@@ -140,8 +146,13 @@ def test_info_health_and_check_connection():
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key-0123456789"}, {"Authorization": KEY}])
 def test_missing_or_wrong_key_is_401_on_every_endpoint(headers):
     with running(FakeSegmenter()) as (url, _):
-        for method, path in [("GET", "/v1/info"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"),
-                             ("GET", "/v1/jobs/x/result"), ("DELETE", "/v1/jobs/x")]:
+        for method, path in [
+            ("GET", "/v1/info"),
+            ("POST", "/v1/jobs"),
+            ("GET", "/v1/jobs/x"),
+            ("GET", "/v1/jobs/x/result"),
+            ("DELETE", "/v1/jobs/x"),
+        ]:
             response = httpx.request(method, url + path, headers=headers)
             assert response.status_code == 401, (method, path)
             assert response.headers["www-authenticate"] == "Bearer"
@@ -186,7 +197,11 @@ def test_oversized_upload_is_413_declared_or_streamed():
 
 def _post_job(url, files=None, data=None, content=None, headers=None):
     return httpx.post(
-        f"{url}/v1/jobs", files=files, data=data, content=content, headers={"Authorization": f"Bearer {KEY}", **(headers or {})}
+        f"{url}/v1/jobs",
+        files=files,
+        data=data,
+        content=content,
+        headers={"Authorization": f"Bearer {KEY}", **(headers or {})},
     )
 
 
@@ -198,12 +213,16 @@ def test_malformed_payloads_are_422_with_a_reason():
             "missing volume": _post_job(url, data={"request": json.dumps(header)}),
             "missing header": _post_job(url, files={"volume": ("v.npz", volume_npz)}),
             "bad json": _post_job(url, files={"volume": ("v.npz", volume_npz)}, data={"request": "{"}),
-            "bad npz": _post_job(url, files={"volume": ("v.npz", b"PK\x03\x04junk")}, data={"request": json.dumps(header)}),
+            "bad npz": _post_job(
+                url, files={"volume": ("v.npz", b"PK\x03\x04junk")}, data={"request": json.dumps(header)}
+            ),
             "broken multipart": _post_job(
                 url, content=b"--b\r\nnonsense", headers={"Content-Type": "multipart/form-data; boundary=b"}
             ),
             "two files": _post_job(
-                url, files=[("volume", ("a", volume_npz)), ("volume", ("b", volume_npz))], data={"request": json.dumps(header)}
+                url,
+                files=[("volume", ("a", volume_npz)), ("volume", ("b", volume_npz))],
+                data={"request": json.dumps(header)},
             ),
         }
         assert jobs.stats()["submitted"] == 0
@@ -412,7 +431,9 @@ def test_bounded_load_50_jobs_4_clients_zero_errors(capsys):
             volume = phantom(depth=4, seed=n)
             try:
                 result = remote.segment(volume, ["a", "b"])
-                ok = np.array_equal(result.labelmap.array, expected_result(volume, ["a", "b"], SegmentOptions()).labelmap.array)
+                ok = np.array_equal(
+                    result.labelmap.array, expected_result(volume, ["a", "b"], SegmentOptions()).labelmap.array
+                )
             except Exception as exc:  # noqa: BLE001
                 ok = exc
             with lock:
@@ -428,7 +449,9 @@ def test_bounded_load_50_jobs_4_clients_zero_errors(capsys):
         elapsed = time.monotonic() - t0
         stats = jobs.stats()
     with capsys.disabled():
-        print(f"\n[load] {n_jobs} jobs, {n_clients} clients: {n_jobs / elapsed:.1f} jobs/s, "
-              f"{elapsed:.2f} s, errors {len(errors)}")
+        print(
+            f"\n[load] {n_jobs} jobs, {n_clients} clients: {n_jobs / elapsed:.1f} jobs/s, "
+            f"{elapsed:.2f} s, errors {len(errors)}"
+        )
     assert errors == [] and len(done) == n_jobs
     assert stats["done"] == n_jobs and stats["failed"] == 0 and fake.max_active == 1

@@ -66,8 +66,27 @@ def _env():
 
 def _infer(tmp_path, name, scan, *extra):
     out = tmp_path / name
-    cmd = [sys.executable, "-m", "medsam3_core.volume", "infer", str(scan), "kidney", "liver", "-o", str(out),
-           "--device", "cpu", "--mode", "detect", "--threshold", "0", "--progress", "none", "--quiet", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medsam3_core.volume",
+        "infer",
+        str(scan),
+        "kidney",
+        "liver",
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--mode",
+        "detect",
+        "--threshold",
+        "0",
+        "--progress",
+        "none",
+        "--quiet",
+        *extra,
+    ]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     image = sitk.ReadImage(str(out / "labels.nii.gz"))
@@ -82,7 +101,10 @@ def test_serve_and_infer_with_server_equal_local_inference(tmp_path):
     write_volume(make_abdomen_phantom(0, (6, 40, 48), (2.0, 2.0, 5.0))[0], scan)
     server = subprocess.Popen(
         [sys.executable, "-m", "medsam3_core.server", "--model", "demo", "--device", "cpu", "--port", "0"],
-        env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
     )
     lines: "queue.Queue[str]" = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in server.stderr], daemon=True).start()

@@ -164,7 +164,8 @@ def create_app(
 
     def unknown_job() -> HTTPException:
         return HTTPException(
-            404, f"Unknown or expired job; results are deleted after download or {result_ttl_s:.0f} s after the job ends."
+            404,
+            f"Unknown or expired job; results are deleted after download or {result_ttl_s:.0f} s after the job ends.",
         )
 
     @app.get(f"{API_PREFIX}/health")

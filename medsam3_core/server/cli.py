@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``medsam3 serve``."""
     parser.add_argument("--model", default="demo", help="model to serve: 'demo' or a checkpoint path (default: demo)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     parser.add_argument(
         "--api-key",
@@ -36,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-auth", action="store_true", help="accept requests without a key (loopback hosts only)")
     parser.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest accepted upload (default: 1024)")
-    parser.add_argument("--queue-size", type=int, default=4, help="jobs that may wait behind the running one (default: 4)")
+    parser.add_argument(
+        "--queue-size", type=int, default=4, help="jobs that may wait behind the running one (default: 4)"
+    )
     parser.add_argument(
         "--result-ttl", type=float, default=600.0, help="seconds an undownloaded result is kept (default: 600)"
     )
@@ -66,7 +70,7 @@ def _api_key(args: argparse.Namespace) -> Optional[str]:
     elif len(key) < MIN_KEY_LENGTH:
         raise MedSam3Error(
             f"The API key is too short ({len(key)} characters, at least {MIN_KEY_LENGTH}); make one with: "
-            "python -c \"import secrets; print(secrets.token_urlsafe(32))\""
+            'python -c "import secrets; print(secrets.token_urlsafe(32))"'
         )
     return key
 

@@ -108,7 +108,9 @@ class RemoteSegmenter:
                 http,
                 "POST",
                 "/jobs",
-                files={"volume": ("volume.npz", _UploadReader(volume_npz, progress, cancel), "application/octet-stream")},
+                files={
+                    "volume": ("volume.npz", _UploadReader(volume_npz, progress, cancel), "application/octet-stream")
+                },
                 data={"request": json.dumps(header)},
             )
             job_id = status["job_id"]
@@ -209,9 +211,7 @@ class RemoteSegmenter:
         detail = _detail(response)
         if response.status_code == 401:
             hint = "use the key it was started with" if self.api_key else "it requires an API key"
-            raise RemoteError(
-                f"The server at {self.url} refused the API key ({hint}: --api-key or MEDSAM3_API_KEY)."
-            )
+            raise RemoteError(f"The server at {self.url} refused the API key ({hint}: --api-key or MEDSAM3_API_KEY).")
         if response.status_code in (413, 422):
             raise InputError(f"The server refused the upload: {detail}")
         if response.status_code == 503:

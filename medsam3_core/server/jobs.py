@@ -28,7 +28,18 @@ from ..progress import CancelToken
 from ..segmenter import Segmenter, SegmentOptions
 from .wire import JobRequest, encode_result
 
-__all__ = ["Job", "JobQueue", "QueueFull", "UnknownJob", "NotFinished", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELLED"]
+__all__ = [
+    "Job",
+    "JobQueue",
+    "QueueFull",
+    "UnknownJob",
+    "NotFinished",
+    "QUEUED",
+    "RUNNING",
+    "DONE",
+    "FAILED",
+    "CANCELLED",
+]
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 _FINISHED = (DONE, FAILED, CANCELLED)
@@ -188,7 +199,9 @@ class JobQueue:
 
     def _expire(self) -> None:
         now = self._clock()
-        for job_id in [j.id for j in self._jobs.values() if j.finished is not None and now - j.finished > self.result_ttl_s]:
+        for job_id in [
+            j.id for j in self._jobs.values() if j.finished is not None and now - j.finished > self.result_ttl_s
+        ]:
             del self._jobs[job_id]
 
     def _work(self) -> None:
@@ -251,7 +264,9 @@ class JobQueue:
             job.cancel.raise_if_cancelled()
             kwargs: dict[str, Any] = {} if request.concepts is None else {"concepts": request.concepts}
             try:
-                result = self.segmenter.segment(request.volume, request.prompts, options, progress, job.cancel, **kwargs)
+                result = self.segmenter.segment(
+                    request.volume, request.prompts, options, progress, job.cancel, **kwargs
+                )
                 break
             except torch.OutOfMemoryError:
                 if torch.cuda.is_available():

@@ -124,7 +124,9 @@ def read_npz(
                 else:
                     raise ValueError(f"unsupported .npy version {version}")
                 if dtype.str not in _VOXEL_DTYPES and dtype.newbyteorder("<").str not in _VOXEL_DTYPES:
-                    raise InputError(f"Array {name!r} in the {what} has dtype {dtype}; only numeric dtypes are accepted.")
+                    raise InputError(
+                        f"Array {name!r} in the {what} has dtype {dtype}; only numeric dtypes are accepted."
+                    )
                 count = math.prod(shape)
                 if count > max_elements:
                     raise InputError(
