@@ -7,18 +7,36 @@ slice is encoded once and both heads read it.
 
 ``tiny_*_config`` build small random-init configurations for tests and the CPU demo (facts and constraints in
 SAM3_NOTES §2 and §4: H must be a multiple of 8 and larger than the tracker's 64-channel memory).
+
+:func:`load_model` turns whatever the user names (``demo``, a release name such as ``medsam3-3d``, a transformers
+folder, a native or Medical SAM3 ``.pt``, a safetensors file) into a bundle; reading and checking the files is
+:mod:`medsam3_core.checkpoints`' job, native-name translation :mod:`medsam3_core.convert`'s.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Union
 
 import torch
-from transformers import PreTrainedTokenizerBase, Sam3Config, Sam3Model, Sam3VideoConfig, Sam3VideoModel
+from transformers import (
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Sam3Config,
+    Sam3Model,
+    Sam3VideoConfig,
+    Sam3VideoModel,
+)
 
-from .errors import DeviceError
-from .tokenizer import bundled_tokenizer
+from . import checkpoints
+from .checkpoints import Layout, save_model
+from .convert import native_to_transformers
+from .download import RELEASES, not_downloaded_message, release_dir
+from .errors import CheckpointError, DeviceError, ModelError
+from .progress import ProgressCallback, report
+from .tokenizer import bundled_tokenizer, load_tokenizer
 
 __all__ = [
     "Sam3Bundle",
@@ -26,7 +44,17 @@ __all__ = [
     "tiny_detector_config",
     "tiny_video_config",
     "build_random_bundle",
+    "DEMO_MODEL_DIR",
+    "DEMO_RANDOM_SOURCE",
+    "resolve_model_spec",
+    "load_model",
+    "save_model",
 ]
+
+#: Where the bundled demo model (a ``Sam3VideoModel.save_pretrained`` folder) lives once it has been trained.
+DEMO_MODEL_DIR = Path(__file__).with_name("assets") / "demo_model"
+#: ``Sam3Bundle.source`` of the stand-in used while no trained demo model ships.
+DEMO_RANDOM_SOURCE = "untrained random demo model (masks are meaningless)"
 
 
 @dataclass
@@ -177,3 +205,147 @@ def build_random_bundle(seed: int = 0, device: str = "cpu", config: Optional[Sam
     torch.manual_seed(seed)
     video = Sam3VideoModel(config or tiny_video_config())
     return bundle_from_video_model(video, device, source=f"random tiny SAM3 (seed {seed})")
+
+
+def resolve_model_spec(spec: Union[str, Path, None], cache_dir: Union[str, Path, None] = None) -> Optional[Path]:
+    """Turn a ``--model`` value into the file or folder to load, or ``None`` for the built-in random demo.
+
+    ``demo`` (or empty) is the bundled demo model, or ``None`` while none ships; a release name (``sam3``,
+    ``medsam3-2d``, ``medsam3-3d``) is its converted folder in the cache; anything else is a path.
+
+    Raises:
+        ModelError: a release that has not been downloaded, or a path that does not exist.
+    """
+    text = str(spec or "demo").strip()
+    if text == "demo":
+        return DEMO_MODEL_DIR if (DEMO_MODEL_DIR / "config.json").is_file() else None
+    if text in RELEASES:
+        folder = release_dir(text, cache_dir)
+        if not (folder / "config.json").is_file():
+            raise ModelError(not_downloaded_message(text, cache_dir))
+        return folder
+    path = Path(text).expanduser()
+    if not path.exists():
+        names = ", ".join(["demo", *RELEASES])
+        raise ModelError(f"Model {text!r} not found: give a model folder, a checkpoint file, or one of: {names}.")
+    return path
+
+
+def _checkpoint_in_folder(folder: Path) -> Path:
+    """The single checkpoint file of a folder that has no ``config.json`` (e.g. a hand-downloaded release)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(checkpoints.WEIGHT_SUFFIXES))
+    if len(files) != 1:
+        found = ", ".join(p.name for p in files) or "no checkpoint files"
+        raise ModelError(
+            f"{folder} is not a model folder (no config.json) and holds {found}; point --model at one checkpoint "
+            "file or convert it with 'medsam3 convert'."
+        )
+    return files[0]
+
+
+def _default_config(tracker: bool) -> PretrainedConfig:
+    """Full-size SAM3 (what Meta and Medical SAM3 release): detector+tracker, or the detector alone."""
+    return Sam3VideoConfig() if tracker else Sam3Config()
+
+
+def _config_for_file(path: Path, layout: str, keys, config: Optional[PretrainedConfig]) -> PretrainedConfig:
+    """The architecture a single checkpoint file is loaded into.
+
+    An explicit ``config`` wins, then a ``config.json`` beside the file, then full-size SAM3. A detector-only file
+    always gets the detector part of the configuration.
+    """
+    if config is None and (path.parent / "config.json").is_file():
+        config = checkpoints.read_config(path.parent)
+    has_tracker = any(k.startswith(("tracker.", "tracker_model.", "tracker_neck.")) for k in keys)
+    if config is None:
+        config = _default_config(has_tracker)
+    detector_only = layout == Layout.HF_DETECTOR or (layout == Layout.NATIVE and not has_tracker)
+    if detector_only and isinstance(config, Sam3VideoConfig):
+        config = config.detector_config
+    return config
+
+
+def _load_file(path: Path, dtype: torch.dtype, config: Optional[PretrainedConfig]) -> PreTrainedModel:
+    raw = checkpoints.read_weights(path)
+    cfg = _config_for_file(path, raw.layout, raw.state_dict.keys(), config)
+    state = raw.state_dict
+    if raw.layout == Layout.NATIVE:
+        state = native_to_transformers(state, cfg).state_dict
+    return checkpoints.instantiate(cfg, state, dtype, source=path.name)
+
+
+def _load_folder(folder: Path, dtype: torch.dtype) -> PreTrainedModel:
+    cfg = checkpoints.read_config(folder)
+    cls = checkpoints.model_class_for(cfg)
+    try:
+        with checkpoints.quiet_transformers():
+            model, info = cls.from_pretrained(
+                str(folder), config=cfg, local_files_only=True, dtype=dtype, output_loading_info=True
+            )
+    except (OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"Cannot load the model in {folder}: {str(err).splitlines()[0][:300]}") from err
+    checkpoints.check_loading_info(info, source=str(folder))
+    return model.eval()
+
+
+def _bundle(model: PreTrainedModel, device: str, source: str, tokenizer: PreTrainedTokenizerBase) -> Sam3Bundle:
+    if isinstance(model, Sam3VideoModel):
+        return bundle_from_video_model(model, device, source=source, tokenizer=tokenizer)
+    dev, dtype = select_device(device)
+    detector = model.to(device=dev, dtype=dtype).eval()
+    return Sam3Bundle(
+        detector=detector,
+        tracker=None,
+        tracker_neck=None,
+        tokenizer=tokenizer,
+        device=dev,
+        dtype=dtype,
+        image_size=int(detector.config.vision_config.backbone_config.image_size),
+        source=source,
+    )
+
+
+def load_model(
+    spec: Union[str, Path, None] = "demo",
+    device: str = "auto",
+    config: Optional[PretrainedConfig] = None,
+    cache_dir: Union[str, Path, None] = None,
+    progress: Optional[ProgressCallback] = None,
+) -> Sam3Bundle:
+    """Load SAM3 weights from anything a user may name, ready to run on ``device``.
+
+    Args:
+        spec: ``demo``, a release name, a transformers folder, or a ``.pt`` / ``.safetensors`` file (native SAM3,
+            Medical SAM3 trainer checkpoint, or transformers names).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`select_device`); checked before any loading.
+        config: architecture for single-file checkpoints that carry none (default: a ``config.json`` beside the
+            file, else full-size SAM3).
+        cache_dir: model cache for release names (default ``$MEDSAM3_HOME`` or ``~/.cache/medsam3``).
+        progress: receives ``("load", fraction)``.
+
+    Raises:
+        ModelError: nothing found under that name. CheckpointError: unreadable or incomplete weights.
+        DeviceError: the device is not available.
+    """
+    _, dtype = select_device(device)
+    report(progress, "load", 0.0)
+    path = resolve_model_spec(spec, cache_dir)
+    if path is None:
+        bundle = build_random_bundle(seed=0, device=device)
+        bundle.source = DEMO_RANDOM_SOURCE
+        report(progress, "load", 1.0)
+        return bundle
+    if path.is_dir() and not (path / "config.json").is_file():
+        path = _checkpoint_in_folder(path)
+    if path.is_dir():
+        model, tokenizer = _load_folder(path, dtype), load_tokenizer(path)
+        source = "demo model" if path == DEMO_MODEL_DIR else str(path)
+        if str(spec) in RELEASES:
+            source = f"{spec} ({path})"
+    else:
+        model, tokenizer = _load_file(path, dtype, config), load_tokenizer(path.parent)
+        source = str(path)
+    report(progress, "load", 0.9)
+    bundle = _bundle(model, device, source, tokenizer)
+    report(progress, "load", 1.0)
+    return bundle
