@@ -119,7 +119,7 @@ def build_param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
 def lr_factor(step: int, warmup_steps: int) -> float:
     """Multiplier of the peak lr at optimiser step ``step`` (0-based): linear warm-up, then inverse square root."""
     if warmup_steps <= 0:
-        return 1.0 / math.sqrt(max(step, 1)) if step > 0 else 1.0
+        return 1.0
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     return math.sqrt(warmup_steps / (step + 1))
