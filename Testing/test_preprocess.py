@@ -95,6 +95,16 @@ def test_nearest_inverse_is_exact_on_masks(height, width, size):
     assert np.array_equal(box.to_original(box.mask(labels)), labels)
 
 
+@pytest.mark.parametrize("height,width", [(37, 53), (53, 37), (1, 9)])
+def test_stretch_mode_fills_the_square_and_inverts_exactly(height, width):
+    box = Letterbox(height, width, 112, keep_aspect=False)
+    assert (box.new_height, box.new_width) == (112, 112)
+    mask = np.random.default_rng(height).random((height, width)) > 0.3
+    assert box.mask(mask).mean() == pytest.approx(mask.mean(), abs=0.05)
+    assert np.array_equal(box.to_original(box.mask(mask)), mask)
+    np.testing.assert_allclose(box.box_to_original(np.array([0.0, 0.0, 1.0, 0.5])), [0, 0, width, height / 2])
+
+
 def test_letterbox_keeps_aspect_and_long_side():
     assert (Letterbox(50, 80, 112).new_height, Letterbox(50, 80, 112).new_width) == (70, 112)
     assert (Letterbox(80, 50, 112).new_height, Letterbox(80, 50, 112).new_width) == (112, 70)

@@ -75,6 +75,9 @@ class Detections:
 class Detector:
     """Runs a bundle's ``Sam3Model`` with the image encoding shared by all prompts.
 
+    Text features are cached for the detector's lifetime, which assumes fixed weights: during training create a
+    new :class:`Detector` for each evaluation.
+
     Args:
         bundle: the loaded model.
         max_batch: at most this many (slice, prompt) pairs per head call (bounds peak memory: each pair holds its

@@ -181,17 +181,22 @@ class Letterbox:
     the original grid covers ``[y·sy, (y+1)·sy)`` of the square with ``sy = new_height / height`` (likewise x), and
     every method here uses exactly that mapping, so forward and inverse agree to the sub-pixel.
 
+    With ``keep_aspect=False`` the image is instead stretched to fill the square (no padding). That is what SAM3's
+    own pipelines do (the HF ``Sam3ImageProcessor`` and Meta's ``RandomResizeAPI(square=True)`` both resize straight
+    to 1008×1008), so it matches what the released weights saw in training; letterboxing keeps anatomy undistorted.
+
     Inputs may be numpy arrays or torch tensors (returned as the same kind, on the same device), with any leading
     batch dimensions; images may carry a trailing colour axis.
     """
 
-    def __init__(self, height: int, width: int, size: int) -> None:
+    def __init__(self, height: int, width: int, size: int, keep_aspect: bool = True) -> None:
         if height < 1 or width < 1 or size < 1:
             raise InputError(f"Cannot letterbox a {height}×{width} image into {size}×{size}.")
         self.height, self.width, self.size = int(height), int(width), int(size)
+        self.keep_aspect = bool(keep_aspect)
         scale = self.size / max(self.height, self.width)
-        self.new_height = max(1, min(self.size, round(self.height * scale)))
-        self.new_width = max(1, min(self.size, round(self.width * scale)))
+        self.new_height = max(1, min(self.size, round(self.height * scale))) if keep_aspect else self.size
+        self.new_width = max(1, min(self.size, round(self.width * scale))) if keep_aspect else self.size
         self._grids: dict[tuple[int, str], torch.Tensor] = {}
 
     def __repr__(self) -> str:
