@@ -73,10 +73,6 @@ class Job:
     finished: Optional[float] = None
     cancel: CancelToken = field(default_factory=CancelToken)
 
-    def finish(self, state: str, now: float, error: Optional[dict[str, str]] = None) -> None:
-        self.state, self.stage, self.error, self.finished = state, state, error, now
-        self.request = None  # drop the uploaded volume as soon as it is no longer needed
-
 
 class JobQueue:
     """Bounded FIFO of :class:`Job` s served by one worker thread calling ``segmenter.segment``.
@@ -150,8 +146,7 @@ class JobQueue:
             job = self._get(job_id)
             if job.state == QUEUED:
                 self._waiting.remove(job)
-                job.finish(CANCELLED, self._clock())
-                self._counts[CANCELLED] += 1
+                self._finish(job, CANCELLED)
             elif job.state == RUNNING:
                 job.cancel.cancel()
                 job.stage = "cancelling"
@@ -194,8 +189,21 @@ class JobQueue:
             "fraction": round(job.fraction, 4),
             "position": position,
             "error": job.error,
-            "elapsed_s": round(((job.finished or self._clock()) - job.created), 3),
+            "elapsed_s": round((self._clock() if job.finished is None else job.finished) - job.created, 3),
         }
+
+    def _finish(
+        self, job: Job, state: str, error: Optional[dict[str, str]] = None, result: Optional[bytes] = None
+    ) -> None:
+        """End ``job`` in one step, so status, counters and the worker's slot never disagree."""
+        with self._cond:
+            job.state, job.stage, job.error, job.result, job.finished = state, state, error, result, self._clock()
+            job.request = None  # drop the uploaded volume as soon as it is no longer needed
+            if state == DONE:
+                job.fraction = 1.0
+            if self._running is job:
+                self._running = None
+            self._counts[state] += 1
 
     def _expire(self) -> None:
         now = self._clock()
@@ -211,19 +219,13 @@ class JobQueue:
                     self._cond.wait(timeout=min(5.0, self.result_ttl_s))
                     self._expire()
                 if self._stopping:
-                    for job in self._waiting:
-                        job.finish(CANCELLED, self._clock())
-                    self._waiting.clear()
+                    while self._waiting:
+                        self._finish(self._waiting.popleft(), CANCELLED)
                     return
                 job = self._waiting.popleft()
                 job.state, job.stage = RUNNING, "starting"
                 self._running = job
-            try:
-                self._execute(job)
-            finally:
-                with self._cond:
-                    self._running = None
-                    self._counts[job.state] += 1
+            self._execute(job)
 
     def _execute(self, job: Job) -> None:
         request = job.request
@@ -233,24 +235,21 @@ class JobQueue:
             result_bytes = self._segment_with_oom_retry(job, request)
         except Cancelled:
             _log.info("job %s cancelled", job.id)
-            with self._cond:
-                job.finish(CANCELLED, self._clock())
+            self._finish(job, CANCELLED)
             return
         except MedSam3Error as exc:
             _log.info("job %s failed: %s", job.id, exc)
-            with self._cond:
-                job.finish(FAILED, self._clock(), {"type": type(exc).__name__, "message": str(exc)})
+            self._finish(job, FAILED, {"type": type(exc).__name__, "message": str(exc)})
             return
         except Exception as exc:  # a bug or an unexpected library failure: keep the server alive, log the traceback
             _log.exception("job %s crashed", job.id)
             message = f"The server failed while segmenting ({type(exc).__name__}: {exc}); see the server log."
-            with self._cond:
-                job.finish(FAILED, self._clock(), {"type": "RemoteError", "message": message})
+            self._finish(job, FAILED, {"type": "RemoteError", "message": message})
             return
-        with self._cond:
-            job.result = result_bytes
-            job.fraction = 1.0
-            job.finish(DONE, self._clock())
+        if job.cancel.cancelled:  # cancelled after the last batch: the client no longer wants the result
+            self._finish(job, CANCELLED)
+            return
+        self._finish(job, DONE, result=result_bytes)
         _log.info("job %s done in %.2f s (%d bytes)", job.id, self._clock() - started, len(result_bytes))
 
     def _segment_with_oom_retry(self, job: Job, request: JobRequest) -> bytes:
