@@ -26,7 +26,9 @@ def _detections() -> tuple[Detections, Letterbox]:
     logits[0, 0, 3, 1:3, 10:14] = 10.0  # query 3: weaker, rows 1-2, cols 10-13
     logits[0, 0, 3, 8:, :] = 10.0  # … plus junk in the padding, which must not leak back
     scores = torch.tensor([[[0.9, 0.3, 0.7, 0.6]]])  # query 2 passes but its mask is empty
-    boxes = torch.tensor([[[[0.25, 0.125, 0.5, 0.375], [0, 0, 1, 0.5], [0, 0, 0.1, 0.1], [0.625, 0.0625, 0.875, 0.1875]]]])
+    boxes = torch.tensor(
+        [[[[0.25, 0.125, 0.5, 0.375], [0, 0, 1, 0.5], [0, 0, 0.1, 0.1], [0.625, 0.0625, 0.875, 0.1875]]]]
+    )
     return Detections(logits, scores, torch.tensor([[0.95]]), boxes), box
 
 

@@ -33,6 +33,7 @@ from .geometry import Volume
 __all__ = [
     "CT_WINDOWS",
     "PERCENTILES",
+    "Window",
     "IntensityNormalizer",
     "Letterbox",
     "to_model_input",
@@ -102,17 +103,23 @@ class IntensityNormalizer:
         return cls(centre - width / 2.0, centre + width / 2.0, description)
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
-        """``values`` (any shape) as float32 in ``[0, 1]``; a constant volume maps to zeros."""
+        """``values`` (any shape) as float32 in ``[0, 1]``.
+
+        A constant volume maps to zeros, and NaN (some NIfTI files mark "outside the scan" with it) to 0, i.e.
+        black, like the letterbox padding: a NaN reaching the ViT would turn every output into NaN.
+        """
         span = self.high - self.low
         out = np.asarray(values, dtype=np.float32) - np.float32(self.low)
         if span <= 0:
             return np.zeros_like(out)
         out *= np.float32(1.0 / span)
-        return np.clip(out, 0.0, 1.0, out=out)
+        np.clip(out, 0.0, 1.0, out=out)
+        return np.nan_to_num(out, copy=False, nan=0.0)
 
 
 def _window_name(window: Window) -> str:
-    return window if isinstance(window, str) and window.strip().lower() in CT_WINDOWS else "override"
+    text = window.strip().lower() if isinstance(window, str) else ""
+    return text if text in CT_WINDOWS else "override"
 
 
 def _parse_window(window: Any) -> tuple[float, float]:
