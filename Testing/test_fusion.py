@@ -1,0 +1,106 @@
+"""The detector/tracker fusion rule and the track life cycle, on hand-made masks (no model)."""
+
+import numpy as np
+import pytest
+
+from medsam3_core.fusion import FusionRule, TrackBook, fuse_slice, mask_iou, match_by_iou
+
+RULE = FusionRule(match_iou=0.3, spawn_score=0.5, keep_score=0.5, patience=2, absorb_fraction=0.5)
+SIDE = 16
+
+
+def box(y0, y1, x0, x1, p=0.9):
+    """A probability map that is ``p`` inside the box and 0.05 outside."""
+    m = np.full((SIDE, SIDE), 0.05, np.float32)
+    m[y0:y1, x0:x1] = p
+    return m
+
+
+def stack(*maps):
+    return np.stack(maps) if maps else np.zeros((0, SIDE, SIDE), np.float32)
+
+
+def test_mask_iou_and_matching():
+    a = stack(box(0, 4, 0, 4), box(8, 12, 8, 12)) > 0.5
+    b = stack(box(8, 12, 8, 12), box(0, 4, 0, 2)) > 0.5
+    iou = mask_iou(a, b)
+    np.testing.assert_allclose(iou, [[0.0, 0.5], [1.0, 0.0]])
+    assert match_by_iou(iou, 0.3) == {0: 1, 1: 0}
+    assert match_by_iou(iou, 0.6) == {1: 0}
+    assert mask_iou(np.zeros((1, 4, 4), bool), np.zeros((1, 4, 4), bool))[0, 0] == 0.0
+
+
+def test_matched_pair_is_confidence_weighted_and_keeps_the_better_score():
+    track, det = box(2, 10, 2, 10, p=0.6), box(2, 10, 2, 10, p=1.0)
+    out = fuse_slice(stack(track), [1.0], [0.9], stack(det), [0.6], RULE)
+    assert out.matches == {0: 0} and out.spawn == []
+    expected = (0.6 * 1.0 + 0.9 * 0.6) / (0.6 + 0.9)
+    assert out.probs[0, 5, 5] == pytest.approx(expected)
+    assert out.scores[0] == pytest.approx(0.9) and out.present[0]
+
+
+def test_unmatched_track_decays_with_tracker_presence_and_new_object_appears():
+    out = fuse_slice(stack(box(0, 4, 0, 4)), [0.8], [0.9], stack(box(10, 14, 10, 14)), [0.7], RULE)
+    assert out.matches == {} and out.spawn == [0]
+    assert out.scores[0] == pytest.approx(0.72) and out.present[0]
+    np.testing.assert_array_equal(out.spawn_probs[0], box(10, 14, 10, 14))
+
+
+def test_object_vanishes_when_tracker_loses_it():
+    out = fuse_slice(stack(box(0, 4, 0, 4)), [0.3], [0.9], stack(), np.zeros(0), RULE)
+    assert not out.present[0] and out.scores[0] == pytest.approx(0.27)
+
+
+def test_split_object_keeps_one_identity():
+    """A track covering two pieces matches the larger one and absorbs the other instead of starting an object."""
+    track = box(2, 12, 2, 14)
+    left, right = box(2, 12, 2, 7), box(2, 12, 9, 14)
+    out = fuse_slice(stack(track), [0.9], [0.9], stack(left, right), [0.8, 0.7], RULE)
+    assert len(out.matches) == 1 and out.spawn == []
+    assert set(out.absorbed) == {1 - out.matches[0]} and list(out.absorbed.values()) == [0]
+
+
+def test_duplicate_detections_start_one_object():
+    a, b = box(2, 10, 2, 10), box(2, 10, 3, 10, p=0.8)
+    out = fuse_slice(stack(), np.zeros(0), np.zeros(0), stack(a, b), [0.6, 0.9], RULE)
+    assert out.spawn == [1] and len(out.spawn_probs) == 1
+    np.testing.assert_array_equal(out.spawn_probs[0], np.maximum(a, b))
+
+
+def test_weak_detection_does_not_start_an_object():
+    out = fuse_slice(stack(), np.zeros(0), np.zeros(0), stack(box(2, 6, 2, 6)), [0.4], RULE)
+    assert out.spawn == []
+
+
+def test_overlapping_prompts_are_fused_separately():
+    """Fusion is per prompt: a liver track and an overlapping tumour detection are independent calls, so the
+    tumour detection is not swallowed by the liver track when it is fused with its own (empty) track list."""
+    tumour = box(4, 8, 4, 8)
+    liver_out = fuse_slice(stack(box(0, 14, 0, 14)), [0.9], [0.9], stack(), np.zeros(0), RULE)
+    tumour_out = fuse_slice(stack(), np.zeros(0), np.zeros(0), stack(tumour), [0.8], RULE)
+    assert liver_out.present[0] and tumour_out.spawn == [0]
+
+
+def test_track_life_cycle_ids_patience_and_resume():
+    book = TrackBook(patience=2)
+    a, b = book.start(0, 5, 0.9), book.start(1, 5, 0.7)
+    assert (a.track_id, b.track_id) == (1, 2)
+    book.record(a, 6, 0.8, True)
+    book.record(a, 7, 0.3, False)
+    assert a.active  # one doubtful slice does not end an object
+    book.record(a, 8, 0.6, True)
+    book.record(a, 9, 0.2, False)
+    book.record(a, 10, 0.1, False)
+    assert not a.active and book.live() == [b] and book.live(prompt=0) == []
+    assert a.slice_range == (5, 8) and a.score == pytest.approx(0.9)
+    assert a.slice_scores == {5: 0.9, 6: 0.8, 8: 0.6}
+    book.resume_from_seed(a)
+    assert a.active and a.misses == 0 and a.confidence == pytest.approx(0.9)
+    assert book.start(0, 2, 0.8).track_id == 3
+
+
+def test_rule_validation():
+    with pytest.raises(ValueError):
+        FusionRule(patience=0)
+    with pytest.raises(ValueError):
+        FusionRule(match_iou=1.5)

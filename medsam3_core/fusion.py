@@ -1,0 +1,241 @@
+"""Fusing the detector's and the tracker's view of each slice, and the life cycle of 3D objects (tracks).
+
+Pure numpy, no model: the engine hands in probabilities on the model's low-resolution grid, one prompt at a time
+(objects of different prompts are never matched to each other — "liver" and "liver tumour" may overlap; the final
+label map resolves overlaps between prompts by pixel-wise maximum confidence).
+
+The rule, applied on every slice after the tracker has propagated the prompt's live objects
+---------------------------------------------------------------------------------------------
+Notation: a detection *d* has a mask probability map ``p_d`` and a score ``s_d`` (``sigmoid(logit)·sigmoid(presence)``,
+only detections at or above the user's threshold are passed in). A track *t* has the tracker's mask probability
+``p_t``, the tracker's presence probability ``q_t`` (``sigmoid`` of its object-score logit) and the confidence
+``c_t`` it carried out of the previous slice. Its evidence on this slice is ``s_t = q_t · c_t``.
+
+1. **Match** tracks to detections one-to-one by mask IoU (masks ``p > 0.5``), maximising total IoU (Hungarian);
+   a pair counts only at IoU ≥ ``match_iou``. Why IoU and not box distance: organs are not boxes, and SAM3's own
+   video model associates by mask IoU too.
+2. **Matched pair** → one object: ``p = (s_d·p_d + s_t·p_t) / (s_d + s_t)`` and confidence ``max(s_d, s_t)``.
+   Why a confidence-weighted average: the detector sees the slice afresh (no drift) while the tracker carries shape
+   from the neighbouring slices (no flicker); weighting by the two calibrated confidences lets the more certain one
+   dominate and degrades gracefully to either alone. The fused mask, not the raw tracker mask, goes into the memory
+   bank, so a detection corrects the tracker's drift from the next slice on.
+3. **Unmatched track** → the tracker's mask alone with confidence ``s_t``. Without a confirming detection the
+   confidence therefore decays geometrically with the tracker's presence probability.
+4. **Unmatched detection** → if at least ``absorb_fraction`` of it lies inside an object on this slice (its
+   tracked or its fused mask), it is *absorbed* into that object (pixel-wise max of probabilities): a structure that splits into two
+   pieces within the slice (a bifurcating vessel, the two lobes of a gland) keeps one 3D identity. Otherwise, if
+   ``s_d ≥ spawn_score``, it **starts a new object** (new id) seeded with its mask — unless it duplicates a
+   better-scoring detection that is starting an object on this slice (same ``absorb_fraction`` test), in which
+   case it joins that one (offline, transformers' SAM3 skips its NMS, so duplicates do reach us).
+5. **Presence and ending**: an object is on the slice when its confidence ≥ ``keep_score`` and its mask is not empty;
+   otherwise it contributes nothing to the output and counts a miss. ``patience`` consecutive misses **end** the
+   track (an organ has ended; one doubtful slice inside it does not end it). Ended objects keep their id; a later
+   detection of the same concept becomes a new object.
+
+Identities: an object keeps its id across all slices of both propagation directions; ids are unique in the volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from .postprocess import MASK_THRESHOLD
+
+__all__ = ["FusionRule", "SliceFusion", "Track", "TrackBook", "mask_iou", "match_by_iou", "fuse_slice"]
+
+
+@dataclass(frozen=True)
+class FusionRule:
+    """Thresholds of the fusion rule (module docstring). ``spawn_score``/``keep_score`` default to the user's
+    detection threshold in the engine."""
+
+    match_iou: float = 0.3
+    spawn_score: float = 0.5
+    keep_score: float = 0.5
+    patience: int = 2
+    absorb_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.patience < 1:
+            raise ValueError("patience must be at least 1")
+        for name in ("match_iou", "spawn_score", "keep_score", "absorb_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+
+
+@dataclass
+class SliceFusion:
+    """Outcome of :func:`fuse_slice` for one prompt on one slice.
+
+    Attributes:
+        probs: ``(M, h, w)`` fused probabilities of the M tracks (same order as given).
+        scores: ``(M,)`` fused confidence of each track on this slice.
+        present: ``(M,)`` whether each track is on this slice (rule 5).
+        matches: ``{track row: detection index}`` of matched pairs (rule 2).
+        absorbed: ``{detection index: track row}`` of detections merged into an object (rule 4).
+        spawn: detection indices that start new objects, best score first.
+        spawn_probs: ``(S, h, w)`` their probabilities, merged with lower-scoring duplicates (pixel-wise max).
+    """
+
+    probs: np.ndarray
+    scores: np.ndarray
+    present: np.ndarray
+    matches: dict[int, int] = field(default_factory=dict)
+    absorbed: dict[int, int] = field(default_factory=dict)
+    spawn: list[int] = field(default_factory=list)
+    spawn_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix ``(M, N)`` of bool masks ``a (M, h, w)`` and ``b (N, h, w)``; 0 where both are empty."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    a2 = a.reshape(len(a), int(np.prod(a.shape[1:]))).astype(np.float32)
+    b2 = b.reshape(len(b), int(np.prod(b.shape[1:]))).astype(np.float32)
+    inter = a2 @ b2.T
+    union = a2.sum(1)[:, None] + b2.sum(1)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def match_by_iou(iou: np.ndarray, min_iou: float) -> dict[int, int]:
+    """One-to-one rows→columns maximising total IoU, keeping pairs with IoU ≥ ``min_iou`` (and > 0)."""
+    if iou.size == 0:
+        return {}
+    rows, cols = linear_sum_assignment(-iou)
+    return {int(r): int(c) for r, c in zip(rows, cols) if iou[r, c] >= min_iou and iou[r, c] > 0}
+
+
+def fuse_slice(
+    track_probs: np.ndarray,
+    track_presence: np.ndarray,
+    track_confidence: np.ndarray,
+    det_probs: np.ndarray,
+    det_scores: np.ndarray,
+    rule: FusionRule,
+) -> SliceFusion:
+    """Apply the fusion rule (module docstring) to one prompt's tracks and detections on one slice.
+
+    Args:
+        track_probs: ``(M, h, w)`` tracker mask probabilities.
+        track_presence: ``(M,)`` tracker presence probabilities ``q_t``.
+        track_confidence: ``(M,)`` confidences ``c_t`` carried from the previous slice.
+        det_probs: ``(N, h, w)`` detection mask probabilities on the same grid.
+        det_scores: ``(N,)`` detection scores.
+        rule: thresholds.
+    """
+    track_probs = np.asarray(track_probs, dtype=np.float32)
+    det_probs = np.asarray(det_probs, dtype=np.float32)
+    det_scores = np.asarray(det_scores, dtype=np.float32).reshape(-1)
+    evidence = np.asarray(track_presence, dtype=np.float32) * np.asarray(track_confidence, dtype=np.float32)
+    num_tracks, num_dets = len(track_probs), len(det_probs)
+    probs = track_probs.copy()
+    scores = evidence.reshape(num_tracks).copy()
+    det_masks = det_probs > MASK_THRESHOLD
+
+    matches = match_by_iou(mask_iou(track_probs > MASK_THRESHOLD, det_masks), rule.match_iou) if num_tracks else {}
+    for row, col in matches.items():
+        s_d, s_t = float(det_scores[col]), float(evidence[row])
+        total = s_d + s_t
+        probs[row] = (s_d * det_probs[col] + s_t * track_probs[row]) / total if total > 0 else det_probs[col]
+        scores[row] = max(s_d, s_t)
+
+    absorbed: dict[int, int] = {}
+    spawn: list[int] = []
+    spawn_probs: list[np.ndarray] = []
+    # Where the tracker or the fusion puts the object (a matched detection may disagree with part of the track).
+    fused_masks = (probs > MASK_THRESHOLD) | (track_probs > MASK_THRESHOLD)
+    matched_cols = set(matches.values())
+    for col in np.argsort(-det_scores, kind="stable"):
+        col = int(col)
+        if col in matched_cols:
+            continue
+        owner = _owner(det_masks[col], fused_masks, rule.absorb_fraction)
+        if owner is not None:
+            absorbed[col] = owner
+            probs[owner] = np.maximum(probs[owner], det_probs[col])
+            continue
+        # A lower-scoring duplicate of a detection that is starting an object joins it (SAM3 would run NMS here).
+        twin = _owner(det_masks[col], np.array([p > MASK_THRESHOLD for p in spawn_probs]), rule.absorb_fraction)
+        if twin is not None:
+            spawn_probs[twin] = np.maximum(spawn_probs[twin], det_probs[col])
+        elif det_scores[col] >= rule.spawn_score and det_masks[col].any():
+            spawn.append(col)
+            spawn_probs.append(det_probs[col].copy())
+
+    present = (scores >= rule.keep_score) & (probs > MASK_THRESHOLD).reshape(num_tracks, -1 if num_tracks else 0).any(axis=1)
+    shape = (0,) + det_probs.shape[1:]
+    stacked = np.stack(spawn_probs) if spawn_probs else np.zeros(shape, np.float32)
+    return SliceFusion(probs, scores, present, matches, absorbed, spawn, stacked)
+
+
+def _owner(mask: np.ndarray, fused_masks: np.ndarray, fraction: float) -> Optional[int]:
+    """The fused object covering at least ``fraction`` of ``mask`` (the one covering most), if any."""
+    area = int(mask.sum())
+    if area == 0 or len(fused_masks) == 0:
+        return None
+    covered = (fused_masks & mask[None]).reshape(len(fused_masks), -1).sum(axis=1)
+    best = int(np.argmax(covered))
+    return best if covered[best] >= fraction * area else None
+
+
+@dataclass
+class Track:
+    """One 3D object: its id, prompt, seed slice and per-slice confidences.
+
+    ``confidence`` is ``c_t`` of the rule (carried to the next slice); ``misses`` counts consecutive slices off
+    the object; ``slice_scores`` holds the confidence on every slice where the object is present.
+    """
+
+    track_id: int
+    prompt: int
+    seed_slice: int
+    confidence: float
+    misses: int = 0
+    active: bool = True
+    slice_scores: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def slice_range(self) -> Optional[tuple[int, int]]:
+        return (min(self.slice_scores), max(self.slice_scores)) if self.slice_scores else None
+
+    @property
+    def score(self) -> float:
+        """The object's confidence: its best slice (the paper keeps the highest-confidence mask)."""
+        return max(self.slice_scores.values(), default=0.0)
+
+
+class TrackBook:
+    """Creates tracks with unique ids (1, 2, …) and applies rule 5 (presence, misses, ending)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.tracks: list[Track] = []
+
+    def start(self, prompt: int, slice_index: int, score: float) -> Track:
+        """A new object seeded on ``slice_index`` by a detection of ``score`` (present there by construction)."""
+        track = Track(len(self.tracks) + 1, prompt, slice_index, float(score), slice_scores={slice_index: float(score)})
+        self.tracks.append(track)
+        return track
+
+    def record(self, track: Track, slice_index: int, score: float, present: bool) -> None:
+        """Book the fused outcome of ``track`` on a slice; ends it after ``patience`` consecutive misses."""
+        track.confidence = float(score)
+        if present:
+            track.misses = 0
+            track.slice_scores[slice_index] = float(score)
+        else:
+            track.misses += 1
+            if track.misses >= self.patience:
+                track.active = False
+
+    def resume_from_seed(self, track: Track) -> None:
+        """Prepare ``track`` for the opposite direction: alive again, with the confidence of its seed slice."""
+        track.active = True
+        track.misses = 0
+        track.confidence = track.slice_scores.get(track.seed_slice, track.confidence)
+
+    def live(self, prompt: Optional[int] = None) -> list[Track]:
+        return [t for t in self.tracks if t.active and (prompt is None or t.prompt == prompt)]
