@@ -270,6 +270,21 @@ def test_cancel_mid_job_stops_the_server_job_and_frees_the_queue():
     assert stopped_after < 3.0
 
 
+def test_cancel_during_upload_aborts_it_and_queues_nothing(caplog):
+    token = CancelToken()
+    volume = Volume(np.random.default_rng(0).integers(0, 30000, size=(20, 128, 128)).astype(np.int16))
+
+    def progress(stage, fraction):
+        if stage == "upload" and fraction > 0.1:
+            token.cancel()
+
+    with running(FakeSegmenter()) as (url, jobs):
+        with pytest.raises(Cancelled):
+            client(url).segment(volume, ["liver"], progress=progress, cancel=token)
+        assert jobs.stats()["submitted"] == 0
+    assert "Traceback" not in caplog.text and "Exception in ASGI" not in caplog.text
+
+
 def test_cancel_by_http_and_second_download_is_404():
     fake = FakeSegmenter()
     volume_npz, header = wire.encode_volume(phantom(), ["liver"], SegmentOptions())

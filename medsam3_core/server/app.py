@@ -32,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import InputError
@@ -184,13 +185,15 @@ def create_app(
         }
 
     @app.post(f"{API_PREFIX}/jobs", status_code=202, dependencies=[Depends(require_key)])
-    async def submit(request: Request) -> dict[str, Any]:
+    async def submit(request: Request) -> Any:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(422, "Send the job as multipart/form-data with a 'volume' file and a 'request' field.")
         try:
             form = await request.form(max_files=1, max_fields=1, max_part_size=_MAX_HEADER_BYTES)
         except StarletteHTTPException as exc:  # Starlette reports multipart syntax errors and limits as 400
             raise HTTPException(422, f"Malformed multipart upload: {exc.detail}") from None
+        except ClientDisconnect:  # the client cancelled during its upload: nothing to answer, nothing to log
+            return Response(status_code=400)
         try:
             volume, header = form.get("volume"), form.get("request")
             if not isinstance(volume, UploadFile) or not isinstance(header, str):

@@ -113,7 +113,9 @@ class RemoteSegmenter:
                 },
                 data={"request": json.dumps(header)},
             )
-            job_id = status["job_id"]
+            job_id = status.get("job_id")
+            if not isinstance(job_id, str):
+                raise RemoteError(f"{self.url} did not answer like a Medical SAM3 server (no job id); check the URL.")
             try:
                 status = self._wait(http, job_id, status, progress, cancel)
                 report(progress, "download", 0.0)

@@ -50,8 +50,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _config(app: Any, log_level: str, **ssl: Any) -> uvicorn.Config:
-    return uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5, **ssl)
+def _config(app: Any, log_level: str, **kwargs: Any) -> uvicorn.Config:
+    return uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5, **kwargs)
 
 
 def serve(
@@ -81,7 +81,8 @@ class BackgroundServer:
     def __enter__(self) -> str:
         sock = bind_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(_config(self.app, "warning"))
+        # log_config=None: uvicorn's records go to the embedding program's logging (and pytest's caplog)
+        self._server = uvicorn.Server(_config(self.app, "warning", log_config=None))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + self.start_timeout
