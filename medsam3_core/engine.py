@@ -1,0 +1,552 @@
+"""The volume engine: text-prompted SAM3 over every slice, objects tracked through the memory bank, fused.
+
+Two modes (``SegmentOptions.mode``):
+
+``detect``
+    One streaming pass. Each batch of slices is encoded once (ViT), every prompt's detector heads run on it in one
+    batched call (text encoded once per prompt per run), and every detection at or above the threshold is painted
+    into the output. Slice by slice this is exactly the 2D detector; objects have no 3D identity (one object per
+    prompt). Kept for ablation and for checkpoints without a tracker.
+
+``track`` (default)
+    1. **Detection pass** as above, but detections are *kept* compactly (at most ``max_objects`` per prompt per slice,
+       as 8-bit probability maps on the model's low-res grid — a fraction of the size of the output label map) and the
+       tracker features of each prompt's most confident slice so far are retained (one slice per prompt).
+    2. **Forward sweep** from the lowest seed slice upwards. Each prompt's objects start on its most confident
+       detection's slice (the seed); the memory tracker (:mod:`~medsam3_core.tracker`) propagates all live objects of
+       all prompts in one batched call per slice; :func:`~medsam3_core.fusion.fuse_slice` merges them with that
+       slice's detections, starts new objects from unmatched confident detections and ends objects that stay absent
+       (rule in :mod:`~medsam3_core.fusion`); fused masks go back into each object's memory bank.
+    3. **Backward sweep** from the highest seed downwards: every object (seeded or started on the way up) is propagated
+       below its first slice from the same conditioning memory. Below its prompt's seed the slice's detections are
+       fused as on the way up; between the seed and the object's first slice they were already fused on the way up,
+       so there an object that runs into another object of its prompt (≥ half of its mask already theirs) has found
+       that object and ends.
+
+    Objects keep their ids across both sweeps. Slices with no live object and nothing detected are skipped without
+    encoding them.
+
+Streaming and memory: features exist only for one batch of slices (plus one seed slice per prompt) and each object
+keeps a bounded memory bank, so working memory does not grow with the number of slices. What does grow is the output
+itself (label map, per-voxel confidence, object ids: 7 bytes per voxel) and the compact detections.
+
+Output: every object paints ``probability × confidence`` where its probability exceeds 0.5; each voxel goes to the
+highest value (the paper's pixel-wise maximum confidence), which resolves overlaps between prompts. Optional clean-up
+keeps each object's largest 3D component and fills its holes (3D cavities and per-slice holes).
+
+Progress stages: ``detect`` (pass 1), ``track`` (both sweeps), ``fuse`` (clean-up and assembly). Cancellation is
+checked before every batch, so it takes effect within one batch; nothing is returned or written after it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .detector import Detections, Detector, TextFeatures
+from .errors import InputError
+from .fusion import FusionRule, Track, TrackBook, fuse_slice
+from .geometry import Volume
+from .model import Sam3Bundle
+from .postprocess import MASK_THRESHOLD, fill_holes, instances_for, largest_component
+from .preprocess import IntensityNormalizer, Letterbox, slice_stack, to_model_input, unstack
+from .progress import CancelToken, ProgressCallback, report
+from .segmenter import SegmentOptions
+from .tracker import MemoryTracker, ObjectMemory, SliceFeatures
+
+__all__ = ["ObjectRecord", "EngineResult", "VolumeEngine"]
+
+
+@dataclass
+class ObjectRecord:
+    """One object of the result: id, prompt index, voxels in the output, confidence per slice (slice-axis index)."""
+
+    object_id: int
+    prompt: int
+    voxels: int
+    slice_scores: dict[int, float]
+
+    @property
+    def score(self) -> float:
+        return max(self.slice_scores.values(), default=0.0)
+
+    @property
+    def slice_range(self) -> Optional[tuple[int, int]]:
+        return (min(self.slice_scores), max(self.slice_scores)) if self.slice_scores else None
+
+
+@dataclass
+class EngineResult:
+    """Engine output on the input grid (``[k, j, i]`` like ``Volume.array``).
+
+    Attributes:
+        labels: label ``p + 1`` for prompt ``p``, 0 background (uint8, uint16 beyond 255 prompts).
+        confidence: float32 per-voxel confidence (0 on background).
+        objects: objects with at least one voxel, by id.
+        slice_axis: array axis that was sliced (slice indices in ``objects`` count along it).
+        mode: the mode that ran.
+        timings: seconds per stage (``encode``, ``heads``, ``track``, ``fuse``, ``cleanup``, ``total``).
+    """
+
+    labels: np.ndarray
+    confidence: np.ndarray
+    objects: list[ObjectRecord]
+    slice_axis: int
+    mode: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Canvas:
+    """Pixel-wise maximum of ``probability × confidence`` over all objects, in slice-stack layout ``(N, H, W)``."""
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        self.confidence = np.zeros(shape, np.float32)
+        self.owner = np.zeros(shape, np.uint16)
+
+    def paint(self, index: int, prob: np.ndarray, score: float, object_id: int) -> None:
+        if object_id > np.iinfo(self.owner.dtype).max:
+            self.owner = self.owner.astype(np.int32)
+        conf = prob * np.float32(score)
+        win = (prob > MASK_THRESHOLD) & (conf > self.confidence[index])
+        self.confidence[index][win] = conf[win]
+        self.owner[index][win] = object_id
+
+    def covered_by(self, index: int, mask: np.ndarray, owners: set[int]) -> float:
+        """Fraction of ``mask`` already owned by any of ``owners`` on slice ``index``."""
+        area = int(mask.sum())
+        if area == 0 or not owners:
+            return 0.0
+        return float(np.isin(self.owner[index][mask], list(owners)).sum()) / area
+
+
+@dataclass
+class _StoredDetections:
+    """Detections of one prompt on one slice kept for the sweeps: 8-bit probabilities ``(n, h, w)``, scores."""
+
+    probs: np.ndarray
+    scores: np.ndarray
+
+    def float_probs(self) -> np.ndarray:
+        return self.probs.astype(np.float32) / 255.0
+
+
+@dataclass
+class _Live:
+    """A track being propagated in the current sweep: bookkeeping plus its memory bank."""
+
+    track: Track
+    memory: ObjectMemory
+
+
+class VolumeEngine:
+    """Segments a :class:`Volume` from text prompts in ``detect`` or ``track`` mode (module docstring).
+
+    Args:
+        bundle: the loaded model.
+        max_objects: at most this many objects per prompt per slice (detections kept, live tracks).
+        rule: fusion thresholds; ``spawn_score``/``keep_score`` follow the run's threshold when left ``None``.
+        clock: time source for the per-stage timings (tests may inject one).
+    """
+
+    def __init__(
+        self,
+        bundle: Sam3Bundle,
+        max_objects: int = 8,
+        rule: Optional[FusionRule] = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if max_objects < 1:
+            raise ValueError("max_objects must be at least 1")
+        self.bundle = bundle
+        self.detector = Detector(bundle)
+        self.max_objects = max_objects
+        self.rule = rule
+        self.clock = clock
+
+    # -- public ----------------------------------------------------------------------------------------------------
+    def run(
+        self,
+        volume: Volume,
+        concepts: Sequence[str],
+        options: Optional[SegmentOptions] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> EngineResult:
+        """Segment ``volume`` for each concept (label ``k + 1`` = ``concepts[k]``).
+
+        Raises:
+            PromptError: no or empty concepts. ModelError: track mode on a checkpoint without tracker.
+            Cancelled: ``cancel`` was set (checked before every batch).
+        """
+        options = options or SegmentOptions()
+        cancel = cancel or CancelToken()
+        run = _Run(self, volume, concepts, options, progress, cancel)
+        return run.execute()
+
+
+class _Run:
+    """State of one engine run (kept out of :class:`VolumeEngine` so the engine is reusable and thread-safe)."""
+
+    def __init__(
+        self,
+        engine: VolumeEngine,
+        volume: Volume,
+        concepts: Sequence[str],
+        options: SegmentOptions,
+        progress: Optional[ProgressCallback],
+        cancel: CancelToken,
+    ) -> None:
+        self.engine, self.options, self.progress, self.cancel = engine, options, progress, cancel
+        self.bundle = engine.bundle
+        self.timings: dict[str, float] = defaultdict(float)
+        t0 = engine.clock()
+        self.text: TextFeatures = engine.detector.encode_text(concepts)
+        self.timings["text"] += engine.clock() - t0
+        self.volume = volume
+        self.stack, self.axis = slice_stack(volume, options.slice_axis)
+        if self.stack.shape[0] == 0 or min(self.stack.shape[1:3]) == 0:
+            raise InputError(f"The volume has an empty dimension {volume.shape}; nothing to segment.")
+        self.num_slices = int(self.stack.shape[0])
+        self.normalize = IntensityNormalizer.for_volume(volume, options.window)
+        self.letterbox = Letterbox(int(self.stack.shape[1]), int(self.stack.shape[2]), self.bundle.image_size)
+        self.canvas = _Canvas((self.num_slices, int(self.stack.shape[1]), int(self.stack.shape[2])))
+        threshold = options.threshold
+        self.rule = engine.rule or FusionRule(spawn_score=threshold, keep_score=threshold)
+
+    # -- top level -------------------------------------------------------------------------------------------------
+    def execute(self) -> EngineResult:
+        start = self.engine.clock()
+        with torch.inference_mode():
+            if self.options.mode == "detect":
+                objects = self._detect_only()
+            else:
+                objects = self._detect_and_track()
+        report(self.progress, "fuse", 0.0)
+        t0 = self.engine.clock()
+        if self.options.cleanup:
+            self._cleanup(objects)
+        self.timings["cleanup"] += self.engine.clock() - t0
+        result = self._assemble(objects)
+        report(self.progress, "fuse", 1.0)
+        self.timings["total"] = self.engine.clock() - start
+        result.timings = dict(self.timings)
+        return result
+
+    # -- encoding --------------------------------------------------------------------------------------------------
+    def _encode(self, indices: Sequence[int]):
+        """One ViT pass over the given slices (cancel checked first: the batch is the cancellation unit)."""
+        self.cancel.raise_if_cancelled()
+        t0 = self.engine.clock()
+        pixels = to_model_input(
+            self.normalize(self.stack[list(indices)]), self.letterbox, self.bundle.device, self.bundle.dtype
+        )
+        vision = self.engine.detector.encode_images(pixels)
+        self.timings["encode"] += self.engine.clock() - t0
+        return vision
+
+    def _heads(self, vision) -> Detections:
+        t0 = self.engine.clock()
+        detections = self.engine.detector.detect(vision, self.text)
+        self.timings["heads"] += self.engine.clock() - t0
+        return detections
+
+    def _batches(self) -> list[list[int]]:
+        size = self.options.batch_size
+        return [list(range(s, min(s + size, self.num_slices))) for s in range(0, self.num_slices, size)]
+
+    # -- detect mode -----------------------------------------------------------------------------------------------
+    def _detect_only(self) -> dict[int, dict[int, float]]:
+        """Paint every detection ≥ threshold; returns ``{prompt: {slice: best score}}``."""
+        scores: dict[int, dict[int, float]] = {p: {} for p in range(len(self.text))}
+        batches = self._batches()
+        for done, batch in enumerate(batches):
+            report(self.progress, "detect", done / len(batches))
+            detections = self._heads(self._encode(batch))
+            t0 = self.engine.clock()
+            for b, index in enumerate(batch):
+                for p in range(len(self.text)):
+                    for inst in instances_for(detections, b, p, self.letterbox, self.options.threshold):
+                        self.canvas.paint(index, inst.probability, inst.score, p + 1)
+                        scores[p][index] = max(scores[p].get(index, 0.0), inst.score)
+            self.timings["fuse"] += self.engine.clock() - t0
+        report(self.progress, "detect", 1.0)
+        return scores
+
+    # -- track mode: pass 1 ----------------------------------------------------------------------------------------
+    def _detect_and_store(self, tracker: MemoryTracker):
+        """Detection pass: keep compact detections and the tracker features of each prompt's best slice so far."""
+        stored: dict[int, dict[int, _StoredDetections]] = defaultdict(dict)  # slice -> prompt -> detections
+        best: dict[int, tuple[float, int]] = {}  # prompt -> (score, slice)
+        seed_features: dict[int, SliceFeatures] = {}
+        batches = self._batches()
+        k = self.engine.max_objects
+        for done, batch in enumerate(batches):
+            report(self.progress, "detect", done / len(batches))
+            vision = self._encode(batch)
+            detections = self._heads(vision)
+            new_best: set[int] = set()
+            for b, index in enumerate(batch):
+                for p in range(len(self.text)):
+                    kept = self._keep(detections, b, p, k)
+                    if kept is None:
+                        continue
+                    stored[index][p] = kept
+                    top = float(kept.scores[0])
+                    if top > best.get(p, (-1.0, -1))[0]:
+                        best[p] = (top, index)
+                        new_best.add(b)
+            if new_best:
+                t0 = self.engine.clock()
+                rows = sorted(new_best)
+                sub = _select_rows(vision, rows)
+                for row, feats in zip(rows, tracker.features(sub)):
+                    seed_features[batch[row]] = feats
+                seeds = {s for _, s in best.values()}
+                for index in [i for i in seed_features if i not in seeds]:
+                    del seed_features[index]
+                self.timings["track"] += self.engine.clock() - t0
+        report(self.progress, "detect", 1.0)
+        return stored, {p: s for p, (_, s) in best.items()}, seed_features
+
+    def _keep(self, detections: Detections, b: int, p: int, k: int) -> Optional[_StoredDetections]:
+        scores = detections.scores[b, p]
+        order = torch.argsort(scores, descending=True, stable=True)[:k]
+        order = order[scores[order] >= self.options.threshold]
+        if order.numel() == 0:
+            return None
+        probs = detections.mask_logits[b, p, order].float().sigmoid()
+        nonempty = (probs > MASK_THRESHOLD).flatten(1).any(dim=1)
+        if not bool(nonempty.any()):
+            return None
+        probs, order = probs[nonempty], order[nonempty]
+        quantized = (probs * 255.0).round().to(torch.uint8).numpy()
+        return _StoredDetections(quantized, scores[order].numpy().astype(np.float32))
+
+    # -- track mode: sweeps ----------------------------------------------------------------------------------------
+    def _detect_and_track(self) -> list[Track]:
+        tracker = MemoryTracker(self.bundle, self.options.memory_size, self.num_slices)
+        stored, seeds, seed_features = self._detect_and_store(tracker)
+        book = TrackBook(self.rule.patience)
+        if not seeds:
+            return book.tracks
+        plan = _SweepPlan(self.num_slices, seeds)
+        sweep = _Sweep(self, tracker, book, stored, seeds, seed_features, plan)
+        sweep.forward()
+        sweep.backward()
+        report(self.progress, "track", 1.0)
+        return book.tracks
+
+    # -- output ----------------------------------------------------------------------------------------------------
+    def _cleanup(self, objects) -> None:
+        """Largest 3D component per object, then fill its holes (3D cavities and per-slice holes)."""
+        owner, confidence = self.canvas.owner, self.canvas.confidence
+        ids = [int(i) for i in np.unique(owner) if i]
+        for done, object_id in enumerate(ids):
+            report(self.progress, "fuse", 0.5 * done / max(len(ids), 1))
+            mask = owner == object_id
+            kept = largest_component(mask)
+            dropped = mask & ~kept
+            owner[dropped], confidence[dropped] = 0, 0.0
+            filled = fill_holes(fill_holes(kept), axis=0) & ~kept & (owner == 0)
+            if filled.any():
+                owner[filled] = object_id
+                confidence[filled] = float(confidence[kept].min())
+
+    def _assemble(self, objects) -> EngineResult:
+        owner = self.canvas.owner
+        counts = np.bincount(owner.ravel())
+        if isinstance(objects, dict):  # detect mode: one object per prompt, id = label
+            records = [
+                ObjectRecord(p + 1, p, int(counts[p + 1]) if p + 1 < len(counts) else 0, scores)
+                for p, scores in objects.items()
+            ]
+            lut = np.arange(len(counts), dtype=np.int64)
+        else:
+            records = [
+                ObjectRecord(t.track_id, t.prompt, int(counts[t.track_id]) if t.track_id < len(counts) else 0,
+                             dict(sorted(t.slice_scores.items())))
+                for t in objects
+            ]
+            lut = np.zeros(max(len(counts), len(objects) + 1), dtype=np.int64)
+            for t in objects:
+                lut[t.track_id] = t.prompt + 1
+        records = [r for r in records if r.voxels > 0]
+        dtype = np.uint8 if len(self.text) < 256 else np.uint16
+        labels = lut[owner].astype(dtype)
+        labels = np.ascontiguousarray(unstack(labels, self.axis))
+        confidence = np.ascontiguousarray(unstack(self.canvas.confidence, self.axis))
+        return EngineResult(labels, confidence, records, self.axis, self.options.mode)
+
+
+def _select_rows(vision, rows: list[int]):
+    """The ViT output of some slices of a batch (only ``last_hidden_state`` feeds the tracker neck)."""
+    index = torch.as_tensor(rows, device=vision.last_hidden_state.device)
+    return type(vision)(last_hidden_state=vision.last_hidden_state.index_select(0, index))
+
+
+@dataclass
+class _SweepPlan:
+    """Where the two sweeps start, and how many slices they may visit (for progress)."""
+
+    num_slices: int
+    seeds: dict[int, int]
+
+    @property
+    def forward_start(self) -> int:
+        return min(self.seeds.values())
+
+    @property
+    def total(self) -> int:
+        return (self.num_slices - self.forward_start) + max(self.seeds.values())
+
+
+class _Sweep:
+    """Both propagation sweeps of one run (module docstring, steps 2 and 3)."""
+
+    def __init__(self, run: _Run, tracker, book, stored, seeds, seed_features, plan: _SweepPlan) -> None:
+        self.run, self.tracker, self.book = run, tracker, book
+        self.stored: dict[int, dict[int, _StoredDetections]] = stored
+        self.seeds: dict[int, int] = seeds
+        self.plan = plan
+        self.features: dict[int, SliceFeatures] = dict(seed_features)
+        self.pinned = set(seed_features)
+        self.memories: dict[int, ObjectMemory] = {}
+        self.visited = 0
+        side = 4 * int(tracker.model.prompt_encoder.image_embedding_size[0])
+        self.grid = (side, side)  # the low-res mask grid shared by detector and tracker
+
+    # -- the two directions ----------------------------------------------------------------------------------------
+    def forward(self) -> None:
+        live: list[_Live] = []
+        for index in range(self.plan.forward_start, self.run.num_slices):
+            eligible = [p for p, s in self.seeds.items() if s <= index]
+            if not live and not any(p in self.stored.get(index, {}) for p in eligible):
+                continue
+            self._step(index, live, eligible, direction=1)
+
+    def backward(self) -> None:
+        starts: dict[int, list[Track]] = defaultdict(list)
+        for track in self.book.tracks:
+            starts[track.seed_slice - 1].append(track)
+        live: list[_Live] = []
+        top = max([s for s in starts] + [s - 1 for s in self.seeds.values()])
+        for index in range(top, -1, -1):
+            for track in starts.pop(index, []):
+                self.book.resume_from_seed(track)
+                memory = self.memories[track.track_id]
+                memory.turn()
+                live.append(_Live(track, memory))
+            eligible = [p for p, s in self.seeds.items() if s > index]
+            if not live and not any(p in self.stored.get(index, {}) for p in eligible):
+                continue
+            self._step(index, live, eligible, direction=-1)
+
+    # -- one slice ------------------------------------------------------------------------------------------------
+    def _step(self, index: int, live: list[_Live], eligible: list[int], direction: int) -> None:
+        """Propagate, fuse, start and end objects on one slice; ``live`` is updated in place."""
+        run = self.run
+        self.visited += 1
+        report(run.progress, "track", self.visited / max(self.plan.total, 1))
+        feats = self._features(index, direction)
+        t0 = run.engine.clock()
+        step = self.tracker.propagate(feats, [item.memory for item in live], index)
+        run.timings["track"] += run.engine.clock() - t0
+
+        t0 = run.engine.clock()
+        track_probs = step.mask_logits.float().sigmoid().cpu().numpy() if live else None
+        presence = step.score_logits.float().sigmoid().cpu().numpy() if live else None
+        fused_logits = step.mask_logits.clone() if live else None
+        present = np.zeros(len(live), dtype=bool)
+        spawns: list[tuple[int, np.ndarray, float]] = []
+        by_prompt: dict[int, list[int]] = defaultdict(list)
+        for row, item in enumerate(live):
+            by_prompt[item.track.prompt].append(row)
+        slice_dets = self.stored.get(index, {})
+        for p in sorted(set(by_prompt) | {p for p in eligible if p in slice_dets}):
+            rows = by_prompt.get(p, [])
+            dets = slice_dets.get(p) if p in eligible else None
+            det_probs = dets.float_probs() if dets is not None else np.zeros((0,) + self.grid, np.float32)
+            det_scores = dets.scores if dets is not None else np.zeros(0, np.float32)
+            fusion = fuse_slice(
+                track_probs[rows] if rows else np.zeros((0,) + det_probs.shape[1:], np.float32),
+                presence[rows] if rows else np.zeros(0, np.float32),
+                [live[r].track.confidence for r in rows],
+                det_probs,
+                det_scores,
+                run.rule,
+            )
+            changed = set(fusion.matches) | set(fusion.absorbed.values())
+            for j, row in enumerate(rows):
+                item = live[row]
+                present[row] = bool(fusion.present[j]) and not self._merged(index, item, fusion.probs[j], direction)
+                self.book.record(item.track, index, float(fusion.scores[j]), present[row])
+                if j in changed:
+                    fused_logits[row] = torch.from_numpy(_logit(fusion.probs[j])).to(fused_logits)
+            room = max(run.engine.max_objects - int(present[rows].sum()), 0)
+            spawns += [
+                (p, fusion.spawn_probs[n], float(det_scores[d])) for n, d in enumerate(fusion.spawn[:room])
+            ]
+        run.timings["fuse"] += run.engine.clock() - t0
+
+        t0 = run.engine.clock()
+        if live:
+            self.tracker.remember(
+                feats, [item.memory for item in live], index, fused_logits, torch.from_numpy(present), step.pointers
+            )
+        new_items = self._spawn(feats, index, spawns)
+        run.timings["track"] += run.engine.clock() - t0
+
+        t0 = run.engine.clock()
+        painted = [(item.track, fused_logits[row].float().sigmoid()) for row, item in enumerate(live) if present[row]]
+        painted += [(item.track, torch.from_numpy(prob)) for item, (_, prob, _) in zip(new_items, spawns)]
+        if painted:
+            originals = run.letterbox.to_original(torch.stack([prob for _, prob in painted]), mode="bilinear").numpy()
+            for (track, _), prob in zip(painted, originals):
+                run.canvas.paint(index, prob, track.slice_scores[index], track.track_id)
+        live[:] = [item for item in live if item.track.active] + new_items
+        run.timings["fuse"] += run.engine.clock() - t0
+
+    def _merged(self, index: int, item: _Live, prob: np.ndarray, direction: int) -> bool:
+        """Backward, above the prompt's seed: has this object run into another object of its prompt (docstring)?"""
+        if direction > 0 or index < self.seeds[item.track.prompt]:
+            return False
+        mask = self.run.letterbox.to_original(torch.from_numpy(prob)[None], mode="bilinear")[0].numpy() > 0.5
+        others = {t.track_id for t in self.book.tracks if t.prompt == item.track.prompt and t is not item.track}
+        if self.run.canvas.covered_by(index, mask, others) >= self.run.rule.absorb_fraction:
+            item.track.active = False
+            return True
+        return False
+
+    def _spawn(self, feats: SliceFeatures, index: int, spawns: list) -> list[_Live]:
+        if not spawns:
+            return []
+        masks = torch.from_numpy(np.stack([prob > MASK_THRESHOLD for _, prob, _ in spawns]))
+        memories = self.tracker.seed(feats, masks.to(feats.top.device), index)
+        items = []
+        for (prompt, _, score), memory in zip(spawns, memories):
+            track = self.book.start(prompt, index, score)
+            self.memories[track.track_id] = memory
+            items.append(_Live(track, memory))
+        return items
+
+    # -- streaming features ----------------------------------------------------------------------------------------
+    def _features(self, index: int, direction: int) -> SliceFeatures:
+        """Tracker features of a slice: a seed slice kept from pass 1, or a window of ``batch_size`` slices."""
+        if index not in self.features:
+            for old in [i for i in self.features if i not in self.pinned]:
+                del self.features[old]
+            end = index + direction * self.run.options.batch_size
+            window = [i for i in range(index, end, direction) if 0 <= i < self.run.num_slices]
+            for i, feats in zip(window, self.tracker.features(self.run._encode(window))):
+                self.features.setdefault(i, feats)
+        return self.features[index]
+
+
+def _logit(prob: np.ndarray) -> np.ndarray:
+    clipped = np.clip(prob, 1e-4, 1 - 1e-4)
+    return np.log(clipped / (1 - clipped)).astype(np.float32)

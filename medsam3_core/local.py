@@ -1,0 +1,131 @@
+"""In-process inference: :class:`LocalSegmenter` implements the :class:`~medsam3_core.segmenter.Segmenter` protocol
+over the volume engine (:mod:`medsam3_core.engine`).
+
+It is what the CLI, the HTTP server and the Slicer module run when inference is local. It owns the loaded model, so
+several volumes can be segmented without reloading; the engine itself keeps no state between calls, and a lock
+serialises calls from several threads (one model, one forward at a time).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional, Sequence, Union
+
+from .engine import EngineResult, VolumeEngine
+from .errors import PromptError
+from .geometry import Volume
+from .model import Sam3Bundle
+from .postprocess import volume_ml
+from .progress import CancelToken, ProgressCallback
+from .segmenter import ObjectInfo, SegmentationResult, SegmentInfo, SegmentOptions
+
+__all__ = ["LocalSegmenter"]
+
+
+class LocalSegmenter:
+    """Segments volumes with a model held in this process.
+
+    Args:
+        model: a loaded :class:`Sam3Bundle`, or anything :func:`medsam3_core.model.load_model` accepts
+            (``"demo"``, a release name, a folder or a checkpoint file).
+        device: ``auto``/``cpu``/``cuda`` — used only when ``model`` still has to be loaded.
+        max_objects: at most this many objects per prompt per slice (see :class:`VolumeEngine`).
+    """
+
+    def __init__(self, model: Union[Sam3Bundle, str] = "demo", device: str = "auto", max_objects: int = 8) -> None:
+        if not isinstance(model, Sam3Bundle):
+            from .model import load_model
+
+            model = load_model(model, device=device)
+        self.bundle = model
+        self.engine = VolumeEngine(model, max_objects=max_objects)
+        self._lock = threading.Lock()
+
+    def segment(
+        self,
+        volume: Volume,
+        prompts: Sequence[str],
+        options: Optional[SegmentOptions] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+        concepts: Optional[Sequence[str]] = None,
+    ) -> SegmentationResult:
+        """Label ``k + 1`` = ``prompts[k]``; ``concepts[k]`` (default: the prompt) is the text the model reads.
+
+        Raises:
+            PromptError: no prompts, an empty one, or ``concepts`` of another length.
+            Cancelled: ``cancel`` was set; nothing is returned.
+        """
+        prompts = [str(p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
+        concepts = list(prompts if concepts is None else concepts)
+        if len(concepts) != len(prompts):
+            raise PromptError(f"Got {len(prompts)} prompts but {len(concepts)} concepts; give one concept per prompt.")
+        options = options or SegmentOptions()
+        effective, warnings = self._effective_options(options)
+        with self._lock:
+            result = self.engine.run(volume, concepts, effective, progress=progress, cancel=cancel)
+        return self._to_result(volume, prompts, concepts, result, effective, warnings)
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    def _effective_options(self, options: SegmentOptions) -> tuple[SegmentOptions, list[str]]:
+        """What the checkpoint can do: detect mode without a tracker, memory bank at most ``num_maskmem``."""
+        warnings: list[str] = []
+        changes = {}
+        if options.mode == "track" and not self.bundle.has_tracker:
+            warnings.append("The checkpoint has no tracker (a 2D release): ran --mode detect instead of track.")
+            changes["mode"] = "detect"
+        elif options.mode == "track":
+            limit = int(self.bundle.tracker.num_maskmem)
+            if options.memory_size > limit:
+                warnings.append(
+                    f"--memory-size {options.memory_size} exceeds the checkpoint's {limit} memory frames; used {limit}."
+                )
+                changes["memory_size"] = limit
+        if not changes:
+            return options, warnings
+        return SegmentOptions.from_dict({**options.to_dict(), **changes}), warnings
+
+    def _to_result(
+        self,
+        volume: Volume,
+        prompts: list[str],
+        concepts: list[str],
+        result: EngineResult,
+        options: SegmentOptions,
+        warnings: list[str],
+    ) -> SegmentationResult:
+        segments = []
+        for p, (prompt, concept) in enumerate(zip(prompts, concepts)):
+            objects = [
+                ObjectInfo(o.object_id, p + 1, round(o.score, 4), o.voxels, o.slice_range,
+                           {k: round(v, 4) for k, v in o.slice_scores.items()})
+                for o in result.objects
+                if o.prompt == p
+            ]
+            voxels = int((result.labels == p + 1).sum())
+            ranges = [o.slice_range for o in objects if o.slice_range]
+            segments.append(
+                SegmentInfo(
+                    prompt=prompt,
+                    concept=concept,
+                    label=p + 1,
+                    voxels=voxels,
+                    volume_ml=round(volume_ml(voxels, volume.spacing), 4),
+                    score=max((o.score for o in objects), default=0.0),
+                    slice_range=(min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None,
+                    objects=objects,
+                )
+            )
+            if voxels == 0:
+                warnings.append(f"Nothing found for '{prompt}' at threshold {options.threshold:g}.")
+        labelmap = volume.with_array(result.labels, modality=None)
+        confidence = volume.with_array(result.confidence, modality=None) if options.confidence_map else None
+        return SegmentationResult(
+            labelmap=labelmap,
+            segments=segments,
+            confidence=confidence,
+            timings={k: round(v, 4) for k, v in result.timings.items()},
+            options=options,
+            model=self.bundle.source,
+            warnings=warnings,
+        )
