@@ -40,6 +40,7 @@ __all__ = [
     "read_config",
     "model_class_for",
     "instantiate",
+    "load_folder",
     "check_loading_info",
     "quiet_transformers",
     "save_model",
@@ -247,6 +248,21 @@ def instantiate(
     except (RuntimeError, ValueError) as err:  # shape mismatches surface as RuntimeError
         raise CheckpointError(f"{source} does not fit this architecture: {str(err).splitlines()[0][:300]}") from err
     check_loading_info(info, source)
+    return model.eval()
+
+
+def load_folder(folder: Union[str, Path], dtype: torch.dtype) -> PreTrainedModel:
+    """Load a transformers SAM3 folder (memory-mapped safetensors, never the hub); refuse incomplete weights."""
+    folder = Path(folder)
+    config = read_config(folder)
+    try:
+        with quiet_transformers():
+            model, info = model_class_for(config).from_pretrained(
+                str(folder), config=config, local_files_only=True, dtype=dtype, output_loading_info=True
+            )
+    except (OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"Cannot load the model in {folder}: {str(err).splitlines()[0][:300]}") from err
+    check_loading_info(info, source=str(folder))
     return model.eval()
 
 

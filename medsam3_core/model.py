@@ -34,7 +34,7 @@ from . import checkpoints
 from .checkpoints import Layout, save_model
 from .convert import native_to_transformers
 from .download import RELEASES, not_downloaded_message, release_dir
-from .errors import CheckpointError, DeviceError, ModelError
+from .errors import DeviceError, ModelError
 from .progress import ProgressCallback, report
 from .tokenizer import bundled_tokenizer, load_tokenizer
 
@@ -274,20 +274,6 @@ def _load_file(path: Path, dtype: torch.dtype, config: Optional[PretrainedConfig
     return checkpoints.instantiate(cfg, state, dtype, source=path.name)
 
 
-def _load_folder(folder: Path, dtype: torch.dtype) -> PreTrainedModel:
-    cfg = checkpoints.read_config(folder)
-    cls = checkpoints.model_class_for(cfg)
-    try:
-        with checkpoints.quiet_transformers():
-            model, info = cls.from_pretrained(
-                str(folder), config=cfg, local_files_only=True, dtype=dtype, output_loading_info=True
-            )
-    except (OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"Cannot load the model in {folder}: {str(err).splitlines()[0][:300]}") from err
-    checkpoints.check_loading_info(info, source=str(folder))
-    return model.eval()
-
-
 def _bundle(model: PreTrainedModel, device: str, source: str, tokenizer: PreTrainedTokenizerBase) -> Sam3Bundle:
     if isinstance(model, Sam3VideoModel):
         return bundle_from_video_model(model, device, source=source, tokenizer=tokenizer)
@@ -338,7 +324,7 @@ def load_model(
     if path.is_dir() and not (path / "config.json").is_file():
         path = _checkpoint_in_folder(path)
     if path.is_dir():
-        model, tokenizer = _load_folder(path, dtype), load_tokenizer(path)
+        model, tokenizer = checkpoints.load_folder(path, dtype), load_tokenizer(path)
         source = "demo model" if path == DEMO_MODEL_DIR else str(path)
         if str(spec) in RELEASES:
             source = f"{spec} ({path})"
