@@ -150,7 +150,7 @@ class Detector:
         parts: list[tuple[torch.Tensor, ...]] = []
         with torch.inference_mode():
             for start in range(0, total, step):
-                pairs = torch.arange(start, min(start + step, total), device=self.bundle.device)
+                pairs = torch.arange(start, min(start + step, total), device=vision.fpn_hidden_states[0].device)
                 parts.append(self._run_heads(vision, text, pairs // num_prompts, pairs % num_prompts))
         masks, scores, presence, boxes = (torch.cat(group) for group in zip(*parts))
         shape = (num_slices, num_prompts)

@@ -96,20 +96,21 @@ def pixelwise_max_labelmap(
     Returns:
         ``(labelmap, confidence)``: uint8 (uint16 beyond 255 prompts) and float32 (0 on background).
     """
-    probs = np.asarray(prob_maps, dtype=np.float32)
+    probs = np.asarray(prob_maps)
     weights = np.asarray(present)
     if probs.ndim < 2 or weights.shape != (probs.shape[0],):
         raise ValueError(f"expected prob_maps (P, ...) and present (P,), got {probs.shape} and {weights.shape}")
     weights = weights.astype(np.float32)
-    confidence = probs * weights.reshape(-1, *([1] * (probs.ndim - 1)))
-    candidate = (probs > MASK_THRESHOLD) & (weights > 0).reshape(-1, *([1] * (probs.ndim - 1)))
-    confidence = np.where(candidate, confidence, np.float32(-1.0))
-    best = np.argmax(confidence, axis=0)
-    best_conf = np.take_along_axis(confidence, best[None], axis=0)[0]
-    foreground = best_conf >= 0
-    dtype = np.uint8 if probs.shape[0] < 256 else np.uint16
-    labelmap = np.where(foreground, best + 1, 0).astype(dtype)
-    return labelmap, np.where(foreground, best_conf, np.float32(0.0)).astype(np.float32)
+    # One prompt at a time, so a (P, K, J, I) stack costs only a few volumes of scratch memory, not P of them.
+    labelmap = np.zeros(probs.shape[1:], dtype=np.uint8 if probs.shape[0] < 256 else np.uint16)
+    best = np.zeros(probs.shape[1:], dtype=np.float32)
+    for p in np.flatnonzero(weights > 0):
+        prob = np.asarray(probs[p], dtype=np.float32)
+        confidence = prob * weights[p]
+        wins = (prob > MASK_THRESHOLD) & (confidence > best)
+        labelmap[wins] = p + 1
+        best[wins] = confidence[wins]
+    return labelmap, best
 
 
 def largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
