@@ -42,6 +42,7 @@ def test_short_key_and_bad_settings_are_refused(capsys, monkeypatch):
     monkeypatch.setenv(cli.API_KEY_ENV, "also-short")
     assert _serve(capsys)[0] == 2
     assert _serve(capsys, "--api-key", KEY, "--queue-size", "0")[0] == 2
+    assert _serve(capsys, "--api-key", KEY, "--max-voxels", "0")[0] == 2
     code, err = _serve(capsys, "--api-key", KEY, "--ssl-certfile", "cert.pem")
     assert code == 2 and "must be given together" in err
 

@@ -43,7 +43,7 @@ from .wire import MAX_PROMPTS, WIRE_VERSION, decode_request
 __all__ = ["create_app", "DEFAULT_MAX_VOXELS", "API_PREFIX"]
 
 API_PREFIX = "/v1"
-DEFAULT_MAX_VOXELS = 1024 * 1024 * 1024  # 1024 slices of 1024² — larger than any clinical CT series
+DEFAULT_MAX_VOXELS = 2**29  # 2048 slices of 512²: a whole-body CT series fits, a runaway upload does not
 _MAX_HEADER_BYTES = 1024 * 1024
 _log = logging.getLogger("medsam3.server")
 

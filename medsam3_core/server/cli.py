@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--queue-size", type=int, default=4, help="jobs that may wait behind the running one (default: 4)"
     )
     parser.add_argument(
+        "--max-voxels",
+        type=int,
+        default=None,
+        help="largest accepted volume in voxels (default: 2**29, e.g. 2048 slices of 512x512)",
+    )
+    parser.add_argument(
         "--result-ttl", type=float, default=600.0, help="seconds an undownloaded result is kept (default: 600)"
     )
     parser.add_argument("--ssl-certfile", default=None, help="TLS certificate (PEM) to serve https://")
@@ -78,8 +84,9 @@ def _api_key(args: argparse.Namespace) -> Optional[str]:
 def _validate(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise MedSam3Error(f"--port must be between 0 and 65535, got {args.port}.")
-    if args.max_upload_mb <= 0 or args.queue_size < 1 or args.result_ttl <= 0:
-        raise MedSam3Error("--max-upload-mb and --result-ttl must be positive and --queue-size at least 1.")
+    too_small = args.max_voxels is not None and args.max_voxels < 1
+    if args.max_upload_mb <= 0 or args.queue_size < 1 or args.result_ttl <= 0 or too_small:
+        raise MedSam3Error("--max-upload-mb, --max-voxels and --result-ttl must be positive, --queue-size at least 1.")
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise MedSam3Error("--ssl-certfile and --ssl-keyfile must be given together.")
     for path in (args.ssl_certfile, args.ssl_keyfile):
@@ -105,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         api_key = _api_key(args)
         from ..local import LocalSegmenter
         from ..model import load_model
-        from .app import create_app
+        from .app import DEFAULT_MAX_VOXELS, create_app
         from .runner import bind_socket, is_loopback, serve
 
         sock = bind_socket(args.host, args.port)
@@ -117,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             max_upload_mb=args.max_upload_mb,
             queue_size=args.queue_size,
             result_ttl_s=args.result_ttl,
+            max_voxels=args.max_voxels or DEFAULT_MAX_VOXELS,
             model_info=_model_info(bundle),
         )
     except MedSam3Error as exc:
