@@ -112,6 +112,16 @@ def test_stretch_mode_fills_the_square_and_inverts_exactly(height, width):
     np.testing.assert_allclose(box.box_to_original(np.array([0.0, 0.0, 1.0, 0.5])), [0, 0, width, height / 2])
 
 
+def test_downscaled_mask_round_trip_keeps_the_shape():
+    """Images larger than the model (a 300×500 photo into 112²) lose detail, but not position or size."""
+    yy, xx = np.mgrid[:300, :500]
+    disk = (yy - 140) ** 2 + (xx - 260) ** 2 < 80**2
+    box = Letterbox(300, 500, 112)
+    back = box.to_original(box.mask(disk))
+    overlap = (back & disk).sum() / (back | disk).sum()
+    assert overlap > 0.97 and abs(int(back.sum()) - int(disk.sum())) < 0.02 * disk.sum()
+
+
 def test_letterbox_keeps_aspect_and_long_side():
     assert (Letterbox(50, 80, 112).new_height, Letterbox(50, 80, 112).new_width) == (70, 112)
     assert (Letterbox(80, 50, 112).new_height, Letterbox(80, 50, 112).new_width) == (112, 70)
