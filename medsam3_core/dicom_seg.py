@@ -50,7 +50,9 @@ def _source_datasets(source: Volume) -> list[Any]:
     rows, cols = source.shape[1:]
     for ds in datasets:
         if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise InputError(f"Source image {ds.filename} is {ds.Rows}x{ds.Columns}, not {rows}x{cols} like the series.")
+            raise InputError(
+                f"Source image {ds.filename} is {ds.Rows}x{ds.Columns}, not {rows}x{cols} like the rest of the series."
+            )
     return datasets
 
 
@@ -106,7 +108,10 @@ def write_dicom_seg(
     Raises:
         InputError: the input was not a DICOM series, or the label map is not on its grid.
     """
-    import highdicom as hd
+    try:
+        import highdicom as hd
+    except ImportError:
+        raise InputError("DICOM SEG export needs highdicom: pip install 'medsam3[dicom]'.") from None
 
     if not labelmap.same_geometry(source):
         raise InputError("The label map does not lie on the grid of the DICOM series it should reference.")

@@ -9,7 +9,7 @@ object API (no ``pyplot``) keeps this free of global state, so it is safe from w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -86,9 +86,12 @@ def write_overlays(
     Files are named ``<slice_axis>_<index>.png`` (index along the slice axis, zero-based, as in the report's slice
     ranges) and written atomically.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+    except ImportError:
+        raise InputError("Overlay pictures need matplotlib: pip install 'medsam3[gui]' (or matplotlib).") from None
 
     if not labelmap.same_geometry(volume):
         raise InputError("The label map does not lie on the grid of the image it should be drawn over.")

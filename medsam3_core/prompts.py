@@ -226,7 +226,7 @@ def _parse_code(value: Any, where: str) -> Code:
         or len(value) != 3
         or not all(isinstance(v, str) and v.strip() for v in value)
     ):
-        raise InputError(f"{where}: a code must be [\"value\", \"scheme\", \"meaning\"], e.g. [\"10200004\", \"SCT\", \"Liver\"].")
+        raise InputError(f'{where}: a code must be ["value", "scheme", "meaning"], e.g. ["10200004", "SCT", "Liver"].')
     return Code(*(v.strip() for v in value))
 
 

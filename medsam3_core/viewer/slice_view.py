@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 from qtpy.QtCore import QPoint, QSize, Qt, Signal
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import QLabel, QSizePolicy, QSlider, QVBoxLayout, QHBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QSlider, QVBoxLayout, QWidget
 
 from ..geometry import Volume
 from ..overlay import blend
