@@ -1,0 +1,115 @@
+"""What the user asked for, checked before anything starts: prompts, model source and the run options.
+
+Validating here (plain Python, tested without Slicer) gives the user one clear sentence about the first thing that
+is wrong, before a process is launched or a scene node is touched.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+from .parameters import DEVICES, MODEL_SOURCES, Parameters
+
+__all__ = ["RunRequest", "WINDOW_PRESETS"]
+
+#: The core's CT window presets (``medsam3_core.preprocess.CT_WINDOWS``, which imports torch and so cannot be
+#: imported into Slicer's process); a test keeps the two lists equal.
+WINDOW_PRESETS = ("soft-tissue", "lung", "bone", "brain")
+
+
+@dataclass
+class RunRequest:
+    """One "Segment by text" click.
+
+    Attributes:
+        prompts: concepts, one per segment, in label order.
+        model_source: ``demo`` (bundled demo model), ``checkpoint`` (a local model file or folder) or ``remote``.
+        checkpoint: model file/folder for ``checkpoint``.
+        server_url, api_key: server for ``remote``.
+        device, mode, threshold, window, slice_axis, cleanup: passed to the core unchanged.
+    """
+
+    prompts: list[str]
+    model_source: str = "demo"
+    checkpoint: str = ""
+    server_url: str = ""
+    api_key: str = field(default="", repr=False)
+    device: str = "auto"
+    mode: str = "track"
+    threshold: float = 0.5
+    window: str = ""
+    slice_axis: str = "axial"
+    cleanup: bool = False
+
+    @classmethod
+    def from_parameters(cls, params: Parameters, api_key: str = "") -> "RunRequest":
+        return cls(
+            prompts=params.prompt_list(), model_source=params.modelSource, checkpoint=params.checkpointPath,
+            server_url=params.serverUrl.strip(), api_key=api_key, device=params.device, mode=params.mode,
+            threshold=params.threshold, window=params.window.strip(), slice_axis=params.sliceAxis,
+            cleanup=params.cleanup,
+        )
+
+    @property
+    def remote(self) -> bool:
+        return self.model_source == "remote"
+
+    @property
+    def model(self) -> str:
+        """The ``--model`` value for a local run, or the server URL for a remote one (shown in reports)."""
+        if self.model_source == "checkpoint":
+            return self.checkpoint
+        return self.server_url if self.remote else "demo"
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with one actionable sentence for the first problem found."""
+        if not self.prompts:
+            raise ValueError("Type at least one prompt (one concept per line, e.g. 'liver').")
+        dashed = [p for p in self.prompts if p.startswith("-")]
+        if dashed:
+            raise ValueError(f"Prompts cannot start with '-': {dashed[0]!r}.")
+        if self.model_source not in MODEL_SOURCES:
+            raise ValueError(f"Unknown model source {self.model_source!r}.")
+        if self.model_source == "checkpoint":
+            if not self.checkpoint:
+                raise ValueError("Choose a model checkpoint file or folder, or select the demo model.")
+            if not os.path.exists(self.checkpoint):
+                raise ValueError(f"The model checkpoint {self.checkpoint!r} does not exist.")
+        if self.remote:
+            url = urlparse(self.server_url)
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise ValueError(f"Server URL must look like http://host:port, got {self.server_url!r}.")
+        if self.device not in DEVICES:
+            raise ValueError(f"Device must be one of {', '.join(DEVICES)}.")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError("Threshold must be between 0 and 1.")
+        self.window_option()
+
+    def window_option(self) -> Optional[Any]:
+        """The window as the core's ``SegmentOptions.window`` expects it: None, a preset name or (centre, width)."""
+        text = self.window
+        if not text or text.lower() == "auto":
+            return None
+        if "," in text:
+            try:
+                centre, width = (float(v) for v in text.split(","))
+            except ValueError:
+                raise ValueError(f"Window {text!r}: use a preset name or CENTRE,WIDTH such as 40,400.") from None
+            if width <= 0:
+                raise ValueError("Window width must be positive.")
+            return (centre, width)
+        if text not in WINDOW_PRESETS:
+            raise ValueError(f"Window {text!r}: use auto, {', '.join(WINDOW_PRESETS)} or CENTRE,WIDTH such as 40,400.")
+        return text
+
+    def cli_window(self) -> str:
+        """``--window`` text for the command line; empty for automatic windowing."""
+        return "" if self.window_option() is None else self.window
+
+    def options_dict(self) -> dict[str, Any]:
+        """Keyword arguments of ``medsam3_core.segmenter.SegmentOptions`` for a remote run."""
+        return {"threshold": self.threshold, "window": self.window_option(), "slice_axis": self.slice_axis,
+                "mode": self.mode, "cleanup": self.cleanup}

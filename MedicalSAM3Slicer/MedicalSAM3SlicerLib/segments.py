@@ -1,0 +1,76 @@
+"""Turn a label map plus the run's report into per-prompt segments: name, mask, colour and confidence.
+
+Kept apart from MRML so the mapping (label k = k-th prompt, colours, confidence tags, replacing same-named segments)
+is tested without Slicer; the module only copies :class:`SegmentData` into the segmentation node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["SegmentData", "segments_from_labelmap", "summary_line", "CONFIDENCE_TAG", "SOURCE_TAG"]
+
+#: Segment tag holding the detection confidence (0..1, as text) of a segment made by this module.
+CONFIDENCE_TAG = "MedicalSAM3.Confidence"
+#: Segment tag naming the model that produced a segment.
+SOURCE_TAG = "MedicalSAM3.Model"
+
+@dataclass
+class SegmentData:
+    """One segment to write: its name (the prompt), binary mask ``[k, j, i]``, colour and confidence."""
+
+    name: str
+    label: int
+    mask: np.ndarray
+    color: tuple[float, float, float]
+    score: Optional[float]
+    voxels: int
+    volume_ml: Optional[float]
+
+
+def segments_from_labelmap(
+    labelmap: np.ndarray, prompts: Sequence[str], report_segments: Sequence[dict[str, Any]] = ()
+) -> list[SegmentData]:
+    """One :class:`SegmentData` per prompt, in prompt order (label k = k-th prompt, 1-based).
+
+    ``report_segments`` are the ``segments`` entries of the run's report; the score and volume of the entry with the
+    same label are attached. A prompt that found nothing still gets an (empty) segment, so the user sees that it was
+    looked for, and its confidence says why it is empty. Colours come from the core's table, so label k looks the
+    same in the CLI's pictures, the viewer and Slicer.
+    """
+    from medsam3_core.colors import segment_color_float
+
+    by_label = {int(s["label"]): s for s in report_segments if "label" in s}
+    found = set(np.unique(labelmap).tolist()) - {0}
+    unexpected = sorted(v for v in found if not 1 <= v <= len(prompts))
+    if unexpected:
+        raise ValueError(f"label map has labels {unexpected} but only {len(prompts)} prompt(s) were given")
+    result = []
+    for label, prompt in enumerate(prompts, start=1):
+        info = by_label.get(label, {})
+        mask = (labelmap == label).astype(np.uint8)
+        score = info.get("score")
+        result.append(SegmentData(
+            name=prompt, label=label, mask=mask, color=segment_color_float(label),
+            score=None if score is None else float(score), voxels=int(mask.sum()),
+            volume_ml=None if info.get("volume_ml") is None else float(info["volume_ml"]),
+        ))
+    return result
+
+
+def summary_line(segments: Sequence[SegmentData], timings: dict[str, float], wall_s: float) -> str:
+    """Status-line text: what was found and where the time went, e.g.
+    ``liver 1520.3 mL (0.91), tumor: not found · 12.4 s (load 3.1, encode 6.2, detect 2.9)``."""
+    parts = []
+    for seg in segments:
+        if seg.voxels == 0:
+            parts.append(f"{seg.name}: not found")
+            continue
+        size = f"{seg.volume_ml:.1f} mL" if seg.volume_ml is not None else f"{seg.voxels} voxels"
+        score = f" ({seg.score:.2f})" if seg.score is not None else ""
+        parts.append(f"{seg.name} {size}{score}")
+    steps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in timings.items() if seconds >= 0.05)
+    return f"{', '.join(parts)} \u00b7 {wall_s:.1f} s" + (f" ({steps})" if steps else "")
