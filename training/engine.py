@@ -227,7 +227,13 @@ class Trainer:
                 source="training",
             )
             rows = summarize(
-                evaluate_model(bundle, self.val_sets, self.cfg.engine.score_threshold, self.cfg.data.val_max_images)
+                evaluate_model(
+                    bundle,
+                    self.val_sets,
+                    self.cfg.engine.score_threshold,
+                    self.cfg.data.val_max_images,
+                    instances=self.cfg.engine.eval_instances,
+                )
             )
             results = dataset_means(rows)
             step = self.state["step"]

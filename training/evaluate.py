@@ -87,9 +87,13 @@ def score_label_maps(
 
 
 def _predict_label_maps(
-    detector: Detector, images: list[np.ndarray], concepts: dict[int, str], threshold: float
+    detector: Detector, images: list[np.ndarray], concepts: dict[int, str], threshold: float, instances: str
 ) -> list[np.ndarray]:
-    """Label maps (original grid, values of ``concepts``) for normalised slices ``images`` of one shape."""
+    """Label maps (original grid, values of ``concepts``) for normalised slices ``images`` of one shape.
+
+    ``instances="top1"`` keeps each prompt's best instance (the paper); ``"all"`` every instance above the threshold
+    (what volume inference paints), fused by their maximum probability and score.
+    """
     values = list(concepts)
     h, w = images[0].shape[:2]
     letterbox = Letterbox(h, w, detector.bundle.image_size)
@@ -100,9 +104,11 @@ def _predict_label_maps(
         probs = np.zeros((len(values), h, w), np.float32)
         scores = np.zeros(len(values), np.float32)
         for p in range(len(values)):
-            best = top_instance(instances_for(dets, b, p, letterbox, threshold))
-            if best is not None:
-                probs[p], scores[p] = best.probability, best.score
+            found = instances_for(dets, b, p, letterbox, threshold)
+            kept = found if instances == "all" else [i for i in [top_instance(found)] if i is not None]
+            if kept:
+                probs[p] = np.max([i.probability for i in kept], axis=0)
+                scores[p] = max(i.score for i in kept)
         label_idx, _ = pixelwise_max_labelmap(probs, scores)
         lut = np.array([0, *values], dtype=np.int32)
         maps.append(lut[label_idx])
@@ -111,7 +117,12 @@ def _predict_label_maps(
 
 @torch.no_grad()
 def evaluate_model(
-    bundle: Sam3Bundle, datasets: Sequence, threshold: float = 0.5, max_images: int = 0, batch_size: int = 8
+    bundle: Sam3Bundle,
+    datasets: Sequence,
+    threshold: float = 0.5,
+    max_images: int = 0,
+    batch_size: int = 8,
+    instances: str = "top1",
 ) -> list[PairScore]:
     """Run the protocol over :class:`~training.data.samples.PromptDataset`\\ s (their un-augmented slices).
 
@@ -134,7 +145,7 @@ def evaluate_model(
                 for start in range(0, len(idx), batch_size):
                     chunk = idx[start : start + batch_size]
                     loaded = [ds.load_slice(i) for i in chunk]
-                    preds = _predict_label_maps(detector, [img for img, _, _ in loaded], concepts, threshold)
+                    preds = _predict_label_maps(detector, [img for img, _, _ in loaded], concepts, threshold, instances)
                     for i, pred, (_, gt, case) in zip(chunk, preds, loaded):
                         ref = ds.slices[i]
                         scores += score_label_maps(pred, gt, concepts, name, f"{case.case_id}#{ref.index}")
@@ -269,6 +280,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", type=Path, help="folder of ground-truth label maps, same names as --pred")
     p.add_argument("--labels", type=Path, help='label→text JSON for --pred/--gt, e.g. {"1": "liver"}')
     p.add_argument("--threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")
+    p.add_argument(
+        "--instances",
+        choices=["top1", "all"],
+        default="top1",
+        help="per prompt keep the best instance (paper protocol) or all above the threshold (volume inference)",
+    )
     p.add_argument("--max-images", type=int, default=0, help="at most this many slices per dataset (0: all)")
     p.add_argument("--device", default="auto")
     p.add_argument("-o", "--out", type=Path, required=True, help="folder for table.txt, metrics.csv, dice.png")
@@ -290,7 +307,7 @@ def _run(args: argparse.Namespace) -> list[Row]:
 
     bundle = load_model(args.model, device=args.device)
     datasets = datasets_for(args.data, bundle.image_size, split=args.split)
-    return summarize(evaluate_model(bundle, datasets, args.threshold, args.max_images))
+    return summarize(evaluate_model(bundle, datasets, args.threshold, args.max_images, instances=args.instances))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

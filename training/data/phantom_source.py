@@ -22,9 +22,10 @@ from .samples import Case
 
 __all__ = ["phantom_cases", "mni_brain_cases", "PHANTOM_SHAPE"]
 
-#: (slices, rows, columns) of one synthetic CT case: small enough to generate in well under a second.
+#: (slices, rows, columns) of one synthetic CT case: generated in ~0.03 s, and 112² is the demo model's input
+#: size; the 35 cm field of view matches the bundled demo scan (160 × 2.2 mm).
 PHANTOM_SHAPE = (24, 112, 112)
-_PHANTOM_SPACING = (3.0, 3.0, 8.0)
+_PHANTOM_SPACING = (3.14, 3.14, 10.0)
 
 
 def phantom_cases(name: str, count: int, seed: int = 1000) -> list[Case]:
