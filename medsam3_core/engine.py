@@ -150,7 +150,9 @@ class VolumeEngine:
         bundle: the loaded model.
         max_objects: at most this many objects per prompt per slice (detections kept, live tracks).
         rule: fusion thresholds; ``spawn_score``/``keep_score`` follow the run's threshold when left ``None``.
-        clock: time source for the per-stage timings (tests may inject one).
+        tracker_factory: ``(bundle, memory_size, num_slices) -> tracker``; :class:`MemoryTracker` unless a test
+            scripts the tracker to check the orchestration on its own.
+        clock: time source for the per-stage timings.
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class VolumeEngine:
         bundle: Sam3Bundle,
         max_objects: int = 8,
         rule: Optional[FusionRule] = None,
+        tracker_factory: Callable[[Sam3Bundle, int, int], MemoryTracker] = MemoryTracker,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if max_objects < 1:
@@ -166,6 +169,7 @@ class VolumeEngine:
         self.detector = Detector(bundle)
         self.max_objects = max_objects
         self.rule = rule
+        self.tracker_factory = tracker_factory
         self.clock = clock
 
     # -- public ----------------------------------------------------------------------------------------------------
@@ -329,7 +333,7 @@ class _Run:
 
     # -- track mode: sweeps ----------------------------------------------------------------------------------------
     def _detect_and_track(self) -> list[Track]:
-        tracker = MemoryTracker(self.bundle, self.options.memory_size, self.num_slices)
+        tracker = self.engine.tracker_factory(self.bundle, self.options.memory_size, self.num_slices)
         stored, seeds, seed_features = self._detect_and_store(tracker)
         book = TrackBook(self.rule.patience)
         if not seeds:
@@ -417,8 +421,7 @@ class _Sweep:
         self.pinned = set(seed_features)
         self.memories: dict[int, ObjectMemory] = {}
         self.visited = 0
-        side = 4 * int(tracker.model.prompt_encoder.image_embedding_size[0])
-        self.grid = (side, side)  # the low-res mask grid shared by detector and tracker
+        self.grid = tracker.mask_grid  # the low-res mask grid shared by detector and tracker
 
     # -- the two directions ----------------------------------------------------------------------------------------
     def forward(self) -> None:

@@ -139,6 +139,11 @@ class MemoryTracker:
         self.pointer_span = max(1, min(int(num_slices), int(self.model.config.max_object_pointers_in_encoder)))
         self._multimask = self.model._use_multimask(False, None)
 
+    @property
+    def mask_grid(self) -> tuple[int, int]:
+        """The low-res mask grid ``(h, w)`` of :class:`TrackStep` (the detector's mask grid too: ``4 · grid``)."""
+        return tuple(int(s) for s in self.model.prompt_encoder.mask_input_size)
+
     # -- features ------------------------------------------------------------------------------------------------
     def features(self, vision_embeds) -> list[SliceFeatures]:
         """Tracker features for each slice of a batch of detector ViT outputs (``Sam3VisionEncoderOutput``)."""

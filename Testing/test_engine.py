@@ -1,0 +1,227 @@
+"""Engine orchestration on the tiny random model: both sweep directions, stable ids, progress, cancel, streaming
+window, 2D inputs, and detect mode equal to the 2D detector slice by slice."""
+
+import numpy as np
+import pytest
+import torch
+
+from medsam3_core.detector import Detections, Detector
+from medsam3_core.engine import VolumeEngine, _Sweep
+from medsam3_core.errors import Cancelled
+from medsam3_core.fusion import FusionRule
+from medsam3_core.geometry import Volume
+from medsam3_core.model import build_random_bundle
+from medsam3_core.postprocess import instances_for, pixelwise_max_labelmap
+from medsam3_core.preprocess import IntensityNormalizer, Letterbox, to_model_input
+from medsam3_core.progress import CancelToken
+from medsam3_core.segmenter import SegmentOptions
+from medsam3_core.tracker import MemoryTracker, TrackStep
+
+NUM_SLICES, ROWS, COLS = 9, 24, 30
+WINDOW = (40.0, 80.0)  # slice k has intensity 10·k: each slice maps to its own grey level
+
+
+@pytest.fixture(scope="module")
+def present_bundle():
+    """Tiny random model whose tracker keeps objects present (random init would drop every track at once)."""
+    bundle = build_random_bundle(seed=0)
+    with torch.no_grad():
+        bundle.tracker.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
+    return bundle
+
+
+def _graded_volume() -> Volume:
+    array = np.stack([np.full((ROWS, COLS), 10.0 * k, np.float32) for k in range(NUM_SLICES)])
+    return Volume(array, spacing=(0.7, 0.7, 2.5), modality="MR")
+
+
+class ScriptedDetector(Detector):
+    """The real ViT and text encoder, but detections scripted per slice (recognised by its grey level)."""
+
+    def __init__(self, bundle, script):
+        super().__init__(bundle)
+        self.script = script  # slice -> list of (prompt, score, (y0, y1, x0, x1) on the low-res grid)
+        self.encoded: list[list[int]] = []
+
+    def encode_images(self, pixel_values):
+        grey = ((pixel_values[:, 0, 0, 0] + 1) / 2 * WINDOW[1] + WINDOW[0] - WINDOW[1] / 2).tolist()
+        self._slices = [int(round(g / 10.0)) for g in grey]
+        self.encoded.append(self._slices)
+        return super().encode_images(pixel_values)
+
+    def detect(self, vision, text):
+        side = 4 * self.bundle.tracker.prompt_encoder.image_embedding_size[0]
+        b, p, q = len(self._slices), len(text), 4
+        logits = torch.full((b, p, q, side, side), -8.0)
+        scores = torch.zeros(b, p, q)
+        for row, index in enumerate(self._slices):
+            for n, (prompt, score, (y0, y1, x0, x1)) in enumerate(self.script.get(index, [])):
+                logits[row, prompt, n, y0:y1, x0:x1] = 8.0
+                scores[row, prompt, n] = score
+        return Detections(logits, scores, scores.amax(-1), torch.zeros(b, p, q, 4))
+
+
+def _engine(bundle, script, **kwargs):
+    engine = VolumeEngine(bundle, max_objects=3, **kwargs)
+    engine.detector = ScriptedDetector(bundle, script)
+    return engine
+
+
+def test_object_seeded_mid_volume_is_tracked_both_ways_with_one_id(present_bundle):
+    script = {4: [(0, 0.9, (4, 14, 4, 14))]}
+    options = SegmentOptions(window=WINDOW, threshold=0.5, batch_size=2)
+    detect = _engine(present_bundle, script).run(_graded_volume(), ["liver"], SegmentOptions(**{**options.to_dict(), "mode": "detect"}))
+    assert [k for k in range(NUM_SLICES) if detect.labels[k].any()] == [4]
+
+    rule = FusionRule(spawn_score=0.5, keep_score=0.3, patience=2)
+    result = _engine(present_bundle, script, rule=rule).run(_graded_volume(), ["liver"], options)
+    slices = [k for k in range(NUM_SLICES) if result.labels[k].any()]
+    assert min(slices) < 4 < max(slices)  # propagated below and above the seed slice
+    assert len(result.objects) == 1
+    obj = result.objects[0]
+    assert obj.object_id == 1 and obj.slice_range == (min(slices), max(slices))
+    assert obj.slice_scores[4] == pytest.approx(0.9) and all(v < 0.9 for k, v in obj.slice_scores.items() if k != 4)
+    assert obj.voxels == int((result.labels == 1).sum())
+
+
+class EchoTracker:
+    """A scripted tracker: predicts each object where it was last remembered, with a fixed presence of 0.8, so
+    an unconfirmed object's confidence decays 0.8× per slice (fusion rule 3) and the bookkeeping is predictable."""
+
+    PRESENCE_LOGIT = float(np.log(0.8 / 0.2))
+
+    class Memory:
+        def __init__(self, logits):
+            self.seed_logits = self.logits = logits
+
+        def turn(self):
+            self.logits = self.seed_logits
+
+    def __init__(self, bundle, memory_size, num_slices):
+        self.real = MemoryTracker(bundle, memory_size, num_slices)
+        self.mask_grid = self.real.mask_grid
+
+    def features(self, vision):
+        return self.real.features(vision)
+
+    def seed(self, feats, masks, index):
+        return [self.Memory(torch.where(m, 8.0, -8.0)) for m in masks]
+
+    def propagate(self, feats, memories, index):
+        n = len(memories)
+        logits = torch.stack([m.logits for m in memories]) if n else torch.zeros(0, *self.mask_grid)
+        return TrackStep(logits, torch.full((n,), self.PRESENCE_LOGIT), torch.zeros(n, 1))
+
+    def remember(self, feats, memories, index, mask_logits, present, pointers):
+        for memory, logits in zip(memories, mask_logits):
+            memory.logits = logits.clone()
+
+
+def test_objects_appear_split_vanish_and_keep_ids(present_bundle):
+    """liver: object A on slices 3–5 (split in two pieces on 5), object B appears on 7; tumour C overlaps A on 4–6.
+
+    Expected with keep_score 0.6, patience 1 and presence 0.8: each object outlives its last detection by one slice
+    in each direction (0.8 × score ≥ 0.6, then 0.64 × score < 0.6), the split does not start an object, B gets a new
+    id, and every object keeps its id in both sweeps.
+    """
+    a, left, right = (4, 14, 4, 14), (4, 14, 4, 9), (4, 14, 9, 14)
+    script = {
+        3: [(0, 0.8, a)],
+        4: [(0, 0.95, a), (1, 0.8, (8, 18, 8, 18))],
+        5: [(0, 0.85, left), (0, 0.6, right), (1, 0.9, (8, 18, 8, 18))],
+        6: [(1, 0.8, (8, 18, 8, 18))],
+        7: [(0, 0.7, (20, 28, 20, 28))],
+    }
+    rule = FusionRule(spawn_score=0.5, keep_score=0.6, patience=1)
+    engine = _engine(present_bundle, script, rule=rule, tracker_factory=EchoTracker)
+    result = engine.run(_graded_volume(), ["liver", "tumour"], SegmentOptions(window=WINDOW, threshold=0.5, batch_size=3))
+    ranges = {(o.prompt, o.slice_range) for o in result.objects}
+    assert ranges == {(0, (2, 6)), (0, (7, 7)), (1, (3, 7))}
+    assert sorted(o.object_id for o in result.objects) == [1, 2, 3]
+    liver_a = next(o for o in result.objects if o.slice_range == (2, 6))
+    assert liver_a.slice_scores[4] == pytest.approx(0.95) and liver_a.slice_scores[2] == pytest.approx(0.64)
+    lut = {o.object_id: o.prompt + 1 for o in result.objects}
+    assert set(np.unique(result.labels)) == {0, 1, 2}
+    assert (result.labels[5] == 1).sum() > 0 and (result.labels[3] == 2).any()  # both prompts where they overlap
+    assert all(v in (1, 2) for v in lut.values())
+
+
+def test_progress_is_monotonic_per_stage_and_stages_in_order(present_bundle):
+    events = []
+    _engine(present_bundle, {4: [(0, 0.9, (4, 14, 4, 14))]}).run(
+        _graded_volume(), ["liver"], SegmentOptions(window=WINDOW, batch_size=2), progress=lambda s, f: events.append((s, f))
+    )
+    stages = [s for s, _ in events]
+    assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == ["detect", "track", "fuse"]
+    for stage in ("detect", "track", "fuse"):
+        values = [f for s, f in events if s == stage]
+        assert values == sorted(values) and 0.0 <= values[0] and values[-1] == 1.0
+
+
+def test_cancel_stops_within_one_batch(present_bundle):
+    engine = _engine(present_bundle, {4: [(0, 0.9, (4, 14, 4, 14))]})
+    token = CancelToken()
+    seen = []
+
+    def progress(stage, fraction):
+        seen.append(len(engine.detector.encoded))
+        if stage == "detect" and fraction > 0:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        engine.run(_graded_volume(), ["liver"], SegmentOptions(window=WINDOW, batch_size=2), progress=progress, cancel=token)
+    assert len(engine.detector.encoded) == seen[-1] == 1  # the batch after the cancel was never encoded
+
+
+def test_streaming_window_and_memory_bank_are_bounded(present_bundle, monkeypatch):
+    held, banks = [], []
+    original_features = _Sweep._features
+
+    def spy(self, index, direction):
+        out = original_features(self, index, direction)
+        held.append(len(self.features))
+        banks.extend(len(m.recent) for m in self.memories.values())
+        return out
+
+    monkeypatch.setattr(_Sweep, "_features", spy)
+    script = {k: [(0, 0.9, (4, 14, 4, 14))] for k in range(NUM_SLICES)}
+    engine = _engine(present_bundle, script)
+    engine.run(_graded_volume(), ["liver"], SegmentOptions(window=WINDOW, batch_size=2, memory_size=3))
+    assert held and max(held) <= 2 + 1  # one batch of slices + the pinned seed slice
+    assert max(banks) <= 2  # memory_size 3 = conditioning + 2 recent
+    encoded = [i for batch in engine.detector.encoded for i in batch]
+    assert len(encoded) <= 2 * NUM_SLICES + 2  # detection pass + one sweep (+ window overshoot)
+
+
+def test_detect_mode_equals_the_2d_detector_slice_by_slice(random_bundle):
+    rng = np.random.default_rng(3)
+    volume = Volume(rng.normal(50, 20, (5, 20, 26)).astype(np.float32), modality="MR")
+    options = SegmentOptions(mode="detect", threshold=0.2, window=(50.0, 80.0), batch_size=3)
+    result = VolumeEngine(random_bundle).run(volume, ["liver", "spleen"], options)
+    assert result.labels.any()
+
+    detector = Detector(random_bundle)
+    text = detector.encode_text(["liver", "spleen"])
+    normalize = IntensityNormalizer.for_volume(volume, options.window)
+    letterbox = Letterbox(20, 26, random_bundle.image_size)
+    for k in range(5):
+        dets = detector.detect(detector.encode_images(to_model_input(normalize(volume.array[k : k + 1]), letterbox)), text)
+        instances = [(p, inst) for p in range(2) for inst in instances_for(dets, 0, p, letterbox, 0.2)]
+        if not instances:
+            assert not result.labels[k].any()
+            continue
+        which, confidence = pixelwise_max_labelmap(
+            np.stack([i.probability for _, i in instances]), [i.score for _, i in instances]
+        )
+        labels = np.where(which > 0, np.array([0] + [p + 1 for p, _ in instances])[which], 0)
+        np.testing.assert_array_equal(result.labels[k], labels)
+        np.testing.assert_allclose(result.confidence[k], confidence, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["track", "detect"])
+def test_single_slice_and_rgb_image_use_the_same_engine(random_bundle, mode):
+    rng = np.random.default_rng(0)
+    for array in (rng.normal(0, 1, (1, 18, 22)).astype(np.float32), rng.integers(0, 255, (1, 18, 22, 3), np.uint8)):
+        result = VolumeEngine(random_bundle).run(Volume(array), ["lesion"], SegmentOptions(mode=mode, threshold=0.2))
+        assert result.labels.shape == (1, 18, 22) and result.confidence.shape == (1, 18, 22)
+        assert result.labels.any() and all(o.slice_range == (0, 0) for o in result.objects)

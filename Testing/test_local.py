@@ -1,0 +1,72 @@
+"""LocalSegmenter: the Segmenter protocol over the engine (result on the input grid, report, warnings)."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from medsam3_core.errors import Cancelled, PromptError
+from medsam3_core.geometry import Volume
+from medsam3_core.local import LocalSegmenter
+from medsam3_core.progress import CancelToken
+from medsam3_core.segmenter import SegmentOptions
+
+
+@pytest.fixture(scope="module")
+def volume():
+    rng = np.random.default_rng(7)
+    direction = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # sagittal acquisition
+    return Volume(rng.normal(100, 30, (6, 16, 20)).astype(np.int16), spacing=(0.5, 0.6, 2.0),
+                  origin=(-10.0, 4.0, 30.0), direction=direction, modality="MR")
+
+
+def test_result_is_on_the_input_grid_with_report(random_bundle, volume):
+    segmenter = LocalSegmenter(random_bundle)
+    options = SegmentOptions(threshold=0.2, confidence_map=True, batch_size=3)
+    result = segmenter.segment(volume, ["left kidney", "liver"], options, concepts=["kidney", "liver"])
+    assert result.labelmap.same_geometry(volume) and result.confidence.same_geometry(volume)
+    assert result.labelmap.array.dtype == np.uint8
+    assert [(s.prompt, s.concept, s.label) for s in result.segments] == [("left kidney", "kidney", 1), ("liver", "liver", 2)]
+    for seg in result.segments:
+        assert seg.voxels == int((result.labelmap.array == seg.label).sum())
+        assert seg.volume_ml == pytest.approx(seg.voxels * 0.5 * 0.6 * 2.0 / 1000, abs=1e-4)
+        assert sum(o.voxels for o in seg.objects) == seg.voxels
+        if seg.objects:
+            assert seg.slice_range == (min(o.slice_range[0] for o in seg.objects), max(o.slice_range[1] for o in seg.objects))
+            assert seg.score == max(o.score for o in seg.objects)
+    assert np.all((result.confidence.array > 0) == (result.labelmap.array > 0))
+    report = json.loads(json.dumps(result.to_report()))
+    assert {"encode", "heads", "track", "total"} <= set(report["timings"])
+    assert report["options"]["mode"] == "track" and report["model"] == random_bundle.source
+
+
+def test_checkpoint_without_tracker_runs_detect_mode_with_a_warning(random_bundle, volume):
+    detector_only = dataclasses.replace(random_bundle, tracker=None, tracker_neck=None)
+    result = LocalSegmenter(detector_only).segment(volume, ["liver"], SegmentOptions(threshold=0.2))
+    assert result.options.mode == "detect"
+    assert any("no tracker" in w for w in result.warnings)
+
+
+def test_memory_size_is_clamped_to_the_checkpoint(random_bundle, volume):
+    result = LocalSegmenter(random_bundle).segment(volume, ["liver"], SegmentOptions(threshold=0.2, memory_size=50))
+    assert result.options.memory_size == random_bundle.tracker.num_maskmem
+    assert any("memory-size" in w for w in result.warnings)
+
+
+def test_nothing_found_is_reported_not_an_error(random_bundle, volume):
+    result = LocalSegmenter(random_bundle).segment(volume, ["liver"], SegmentOptions(threshold=1.0, mode="detect"))
+    assert not result.labelmap.array.any() and result.segments[0].slice_range is None
+    assert any("Nothing found for 'liver'" in w for w in result.warnings)
+
+
+def test_bad_prompts_and_cancel(random_bundle, volume):
+    segmenter = LocalSegmenter(random_bundle)
+    with pytest.raises(PromptError):
+        segmenter.segment(volume, ["liver", "spleen"], concepts=["liver"])
+    with pytest.raises(PromptError):
+        segmenter.segment(volume, ["  "])
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        segmenter.segment(volume, ["liver"], cancel=token)
