@@ -20,9 +20,17 @@ class ctkCollapsibleButton(QGroupBox):
 
     def setCollapsed(self, collapsed: bool) -> None:
         self._collapsed = bool(collapsed)
+        self._applyCollapsed()
+
+    def _applyCollapsed(self) -> None:
         for child in self.findChildren(QWidget):
             if child.parent() is self:
                 child.setVisible(not self._collapsed)
+
+    def showEvent(self, event) -> None:  # children added after setCollapsed (uic adds them later) follow it too
+        if self._collapsed:
+            self._applyCollapsed()
+        super().showEvent(event)
 
     text = Property(str, _text, setText)
     collapsed = Property(bool, isCollapsed, setCollapsed)
