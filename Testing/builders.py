@@ -15,7 +15,8 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["write_dicom_series", "mni152_files", "oblique_direction", "SOP_CLASSES"]
+__all__ = ["write_dicom_series", "write_enhanced_dicom", "write_dicom_image", "mni152_files", "oblique_direction",
+           "SOP_CLASSES"]
 
 SOP_CLASSES = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
@@ -111,6 +112,97 @@ def write_dicom_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def _base_dataset(sop_class: str, modality: str, series_uid: Optional[str] = None) -> pydicom.Dataset:
+    """Patient/study/series/equipment attributes shared by the single-file builders."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), series_uid or generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality = "Phantom^Test", "PHANTOM1", modality
+    ds.StudyDate, ds.StudyTime, ds.SeriesNumber, ds.InstanceNumber = "20240102", "030405", 2, 1
+    return ds
+
+
+def write_enhanced_dicom(
+    path: Union[str, Path],
+    array_kji: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: Optional[np.ndarray] = None,
+    *,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    reverse_frames: bool = True,
+) -> Path:
+    """One Enhanced CT multi-frame file; geometry and rescale live in the functional group sequences.
+
+    With ``reverse_frames`` frame 0 is the *last* slice, so readers must order frames by position.
+    """
+    from pydicom.sequence import Sequence as DicomSequence
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    direction = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
+    di, dj, dk = (float(s) for s in spacing)
+    stored = np.round((np.asarray(array_kji, dtype=np.float64) - intercept) / slope).astype(np.int16)
+    order = list(range(len(stored)))[::-1] if reverse_frames else list(range(len(stored)))
+    ds = _base_dataset("1.2.840.10008.5.1.4.1.1.2.1", "CT")  # Enhanced CT Image Storage
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.NumberOfFrames = len(order)
+    ds.Rows, ds.Columns = stored.shape[1:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    shared = pydicom.Dataset()
+    orientation, measures, transform = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
+    orientation.ImageOrientationPatient = [f"{v:.8f}" for v in np.r_[direction[:, 0], direction[:, 1]]]
+    measures.PixelSpacing, measures.SliceThickness = [f"{dj:.6f}", f"{di:.6f}"], f"{dk:.6f}"
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = f"{slope:g}", f"{intercept:g}", "HU"
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PixelValueTransformationSequence = DicomSequence([transform])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    frames = []
+    for k in order:
+        group, position = pydicom.Dataset(), pydicom.Dataset()
+        position.ImagePositionPatient = [f"{v:.6f}" for v in np.asarray(origin) + k * dk * direction[:, 2]]
+        group.PlanePositionSequence = DicomSequence([position])
+        frames.append(group)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
+    ds.PixelData = np.ascontiguousarray(stored[order]).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_dicom_image(
+    path: Union[str, Path], pixels: np.ndarray, *, modality: str = "DX", imager_spacing: Optional[float] = None
+) -> Path:
+    """A projection radiograph or colour secondary capture: no patient-space geometry, only pixel spacing.
+
+    ``pixels`` is ``(rows, cols)`` uint16 grey or ``(rows, cols, 3)`` uint8 RGB.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.asarray(pixels)
+    rgb = pixels.ndim == 3
+    ds = _base_dataset(_SECONDARY_CAPTURE if rgb else "1.2.840.10008.5.1.4.1.1.1.1", modality)  # SC / DX
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 3 if rgb else 1
+    ds.PhotometricInterpretation = "RGB" if rgb else "MONOCHROME2"
+    if rgb:
+        ds.PlanarConfiguration = 0
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    if imager_spacing is not None:
+        ds.ImagerPixelSpacing = [f"{imager_spacing:g}", f"{imager_spacing:g}"]
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def mni152_files(tmp_dir: Union[str, Path]) -> tuple[Path, Path]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from builders import oblique_direction, write_dicom_series
+from builders import oblique_direction, write_dicom_image, write_dicom_series, write_enhanced_dicom
 
 from medsam3_core.dicom import list_series, read_dicom_series
 from medsam3_core.errors import Cancelled, InputError
@@ -155,3 +155,28 @@ def test_progress_reaches_one(tmp_path):
     seen = []
     read_volume(tmp_path, progress=lambda stage, f: seen.append((stage, f)))
     assert seen[-1] == ("load", 1.0)
+
+
+def test_enhanced_multiframe_file(tmp_path):
+    direction = oblique_direction(10)
+    hu = _hu((5, 6, 7))
+    path = write_enhanced_dicom(tmp_path / "enhanced.dcm", hu, SPACING, ORIGIN, direction, slope=2, intercept=-1024)
+    vol = read_volume(tmp_path)
+    np.testing.assert_array_equal(vol.array, np.round((hu + 1024) / 2) * 2 - 1024)
+    np.testing.assert_allclose(vol.direction, direction, atol=1e-6)
+    np.testing.assert_allclose(vol.origin, ORIGIN, atol=1e-5)
+    np.testing.assert_allclose(vol.spacing, SPACING, atol=1e-5)
+    assert vol.metadata["dicom_files"] == [str(path)]
+
+
+def test_projection_radiograph_and_colour_capture(tmp_path):
+    grey = np.random.default_rng(4).integers(0, 4096, size=(9, 11)).astype(np.uint16)
+    dx = read_volume(write_dicom_image(tmp_path / "dx" / "chest.dcm", grey, imager_spacing=0.143))
+    assert dx.shape == (1, 9, 11) and dx.modality == "DX"
+    np.testing.assert_array_equal(dx.array[0], grey)
+    np.testing.assert_allclose(dx.spacing[:2], (0.143, 0.143))
+
+    rgb = np.random.default_rng(5).integers(0, 256, size=(9, 11, 3)).astype(np.uint8)
+    capture = read_volume(write_dicom_image(tmp_path / "sc" / "photo.dcm", rgb, modality="XC"))
+    assert capture.is_rgb and capture.modality == "RGB" and capture.metadata["modality"] == "XC"
+    np.testing.assert_array_equal(capture.array[0], rgb)
