@@ -158,3 +158,18 @@ def test_write_overlays_refuses_a_label_map_on_another_grid(tmp_path):
     labels = Volume(np.zeros((4, 8, 8), np.uint8), spacing=(2, 2, 2))
     with pytest.raises(InputError, match="grid"):
         write_overlays(ct, labels, [], tmp_path)
+
+
+def test_cli_png_option_writes_pictures(tmp_path):
+    from medsam3_core.io import write_volume
+    from medsam3_core.volume import main
+
+    ct = _sampled(DIRECTIONS["ras_stored"], shape=(4, 40, 48))
+    write_volume(ct.with_array(np.choose(ct.array, [-1000, 40, 60, 150]).astype(np.int16)), tmp_path / "ct.nii.gz")
+    code = main(["infer", str(tmp_path / "ct.nii.gz"), "liver", "kidney", "-o", str(tmp_path / "out"), "--device",
+                 "cpu", "--mode", "detect", "--modality", "CT", "--progress", "none", "--quiet", "--png",
+                 str(tmp_path / "png")])
+    assert code == 0
+    pictures = sorted((tmp_path / "png").glob("axial_*.png"))
+    assert 1 <= len(pictures) <= 5
+    assert all(Image.open(p).size[0] > 200 for p in pictures)

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="detection score threshold (default: 0.5)")
     parser.add_argument("--synonyms", default=None, metavar="JSON", help="extra synonym table for prompts")
     parser.add_argument("--series", default=None, metavar="UID", help="DICOM SeriesInstanceUID to open")
+    parser.add_argument("--modality", default=None,
+                        help="modality hint for windowing when the file has none (CT, MR, ...; 'demo' is CT)")
     parser.add_argument("--server", default=None, metavar="URL", help="segment on a remote medsam3 server")
     parser.add_argument("--api-key", default=None, help="API key of the remote server (or MEDSAM3_API_KEY)")
     parser.add_argument("--screenshot", default=None, metavar="PNG",
@@ -57,16 +59,16 @@ def segmenter_factory(model: str = "demo", device: str = "auto", server: Optiona
     return make
 
 
-def _read_input(text: Optional[str], series: Optional[str]):
+def _read_input(text: Optional[str], series: Optional[str], modality: Optional[str]):
     if text is None:
         return None
     from ..io import read_volume
 
-    if text == "demo":
+    if text == "demo":  # the bundled phantom is a CT scan, but NIfTI files carry no modality
         from ..phantom import demo_paths
 
-        text = str(demo_paths()[0])
-    return read_volume(text, series_uid=series)
+        text, modality = str(demo_paths().ct), modality or "CT"
+    return read_volume(text, series_uid=series, modality=modality)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         width, height = _size(args.size)
         options = SegmentOptions(threshold=args.threshold, mode=args.mode)
-        volume = _read_input(args.input, args.series)
+        volume = _read_input(args.input, args.series, args.modality)
     except MedSam3Error as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
