@@ -187,3 +187,6 @@ def test_slice_stack_follows_the_geometry_and_unstack_inverts_it():
     sagittal = Volume(array, direction=np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]]))
     stack, axis = slice_stack(sagittal, "axial")
     assert axis == 2 and stack.shape == (6, 4, 5) and np.shares_memory(stack, array)
+    # a single coronal image (rows run superior-inferior): its own one slice whatever axis is asked for
+    xray = Volume(np.zeros((1, 30, 20)), direction=np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]]))
+    assert xray.axis_for("axial") != 0 and slice_stack(xray, "axial")[0].shape == (1, 30, 20)

@@ -348,9 +348,10 @@ def slice_stack(volume: Volume, axis_name: str = "axial") -> tuple[np.ndarray, i
     """``(slices, axis)``: a view of ``volume.array`` with the anatomical slice axis first, and that array axis.
 
     The axis comes from the direction matrix (:meth:`Volume.axis_for`), not from the array layout, so an MR acquired
-    sagittally is still cut into axial slices when asked for axial. A 2D image (one slice) is always its own slice.
+    sagittally is still cut into axial slices when asked for axial. A 2D image (one slice, e.g. a chest X-ray whose
+    plane is coronal) is always its own slice: cutting it "axially" would give 1-pixel-high strips.
     """
-    axis = 0 if volume.shape[0] == 1 and volume.is_rgb else volume.axis_for(axis_name)
+    axis = 0 if volume.shape[0] == 1 else volume.axis_for(axis_name)
     return np.moveaxis(volume.array, axis, 0), axis
 
 
