@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -289,7 +289,7 @@ class Letterbox:
         return np.minimum(np.clip(np.asarray(boxes, dtype=np.float64) * scale, 0, None), limit)
 
 
-def _as_nchw(array: ArrayLike, spatial: tuple[int, int]):
+def _as_nchw(array: ArrayLike, spatial: tuple[int, int]) -> tuple[torch.Tensor, Callable[[torch.Tensor], ArrayLike]]:
     """View ``(…, H, W)`` or ``(…, H, W, C)`` as ``(N, C, H, W)`` plus a function restoring the caller's layout/kind."""
     is_numpy = not isinstance(array, torch.Tensor)
     tensor = torch.from_numpy(np.ascontiguousarray(array)) if is_numpy else array
