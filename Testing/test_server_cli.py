@@ -48,9 +48,7 @@ def test_short_key_and_bad_settings_are_refused(capsys, monkeypatch):
 
 
 def test_taken_port_is_reported_before_the_model_loads(capsys, monkeypatch):
-    import medsam3_core.model as model
-
-    monkeypatch.setattr(model, "load_model", lambda *a, **k: pytest.fail("model loaded before the port was bound"))
+    monkeypatch.setattr(cli, "_warm_segmenter", lambda *a: pytest.fail("model loaded before the port was bound"))
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
@@ -61,65 +59,53 @@ def test_taken_port_is_reported_before_the_model_loads(capsys, monkeypatch):
     assert code == 2 and "Cannot listen on 127.0.0.1" in err and "choose another --port" in err
 
 
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", cli.API_KEY_ENV: KEY}
-
-
 def _infer(tmp_path, name, scan, *extra):
+    """``python -m medsam3_core.volume infer`` in this process (the server is the separate process under test)."""
+    from medsam3_core import volume
+
     out = tmp_path / name
-    cmd = [
-        sys.executable,
-        "-m",
-        "medsam3_core.volume",
-        "infer",
-        str(scan),
-        "kidney",
-        "liver",
-        "-o",
-        str(out),
-        "--device",
-        "cpu",
-        "--mode",
-        "detect",
-        "--threshold",
-        "0",
-        "--progress",
-        "none",
-        "--quiet",
-        *extra,
-    ]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr
-    image = sitk.ReadImage(str(out / "labels.nii.gz"))
-    return image, json.loads((out / "report.json").read_text())
+    argv = ["infer", str(scan), "kidney", "liver", "-o", str(out), "--device", "cpu", "--mode", "detect",
+            "--threshold", "0", "--progress", "none", "--quiet", *extra]  # fmt: skip
+    assert volume.main(argv) == 0
+    return sitk.ReadImage(str(out / "labels.nii.gz")), json.loads((out / "report.json").read_text())
 
 
-def test_serve_and_infer_with_server_equal_local_inference(tmp_path):
-    from medsam3_core.io import write_volume
-    from medsam3_core.phantom import make_abdomen_phantom
-
-    scan = tmp_path / "scan.nii.gz"
-    write_volume(make_abdomen_phantom(0, (6, 40, 48), (2.0, 2.0, 5.0))[0], scan)
+def _start_server():
+    """``python -m medsam3_core.server`` (= ``medsam3 serve``) on a free port; returns the process and its URL."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", cli.API_KEY_ENV: KEY}
     server = subprocess.Popen(
         [sys.executable, "-m", "medsam3_core.server", "--model", "demo", "--device", "cpu", "--port", "0"],
-        env=_env(),
+        env=env,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
     )
     lines: "queue.Queue[str]" = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in server.stderr], daemon=True).start()
+    deadline, log = time.monotonic() + 180, []
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            log.append(lines.get(timeout=1))
+        except queue.Empty:
+            continue
+        match = re.search(r"ready at (http://127\.0\.0\.1:\d+)", log[-1])
+        if match:
+            return server, match.group(1)
+    server.kill()
+    server.wait(10)
+    raise AssertionError("server did not start:\n" + "".join(log))
+
+
+@pytest.mark.slow
+def test_serve_and_infer_with_server_equal_local_inference(tmp_path):
+    from medsam3_core.io import write_volume
+    from medsam3_core.phantom import make_abdomen_phantom
+
+    scan = tmp_path / "scan.nii.gz"
+    write_volume(make_abdomen_phantom(0, (6, 40, 48), (2.0, 2.0, 5.0))[0], scan)
+    server, url = _start_server()
     try:
-        url, deadline, log = None, time.monotonic() + 180, []
-        while url is None and time.monotonic() < deadline and server.poll() is None:
-            try:
-                log.append(lines.get(timeout=1))
-            except queue.Empty:
-                continue
-            match = re.search(r"ready at (http://127\.0\.0\.1:\d+)", log[-1])
-            url = match.group(1) if match else None
-        assert url, "server did not start:\n" + "".join(log)
-        remote_image, remote_report = _infer(tmp_path, "remote", scan, "--server", url)
+        remote_image, remote_report = _infer(tmp_path, "remote", scan, "--server", url, "--api-key", KEY)
         local_image, local_report = _infer(tmp_path, "local", scan)
     finally:
         server.send_signal(signal.SIGINT)

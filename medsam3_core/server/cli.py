@@ -9,6 +9,7 @@ The socket is bound before the model loads, so a taken port fails in a second, n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import secrets
@@ -94,55 +95,65 @@ def _validate(args: argparse.Namespace) -> None:
             raise MedSam3Error(f"TLS file not found: {path}")
 
 
-def _model_info(bundle: Any) -> dict[str, Any]:
-    return {
+def _warm_segmenter(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Load the model once (torch and transformers are imported here, after the port is secured)."""
+    from ..local import LocalSegmenter
+    from ..model import load_model
+
+    print(f"Loading model {args.model!r} on {args.device} …", file=sys.stderr)
+    bundle = load_model(args.model, device=args.device)
+    info = {
         "source": bundle.source,
         "device": str(bundle.device),
         "dtype": str(bundle.dtype).replace("torch.", ""),
         "tracker": bool(bundle.has_tracker),
         "image_size": int(bundle.image_size),
     }
+    return LocalSegmenter(bundle), info
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; 0 after a clean shutdown, 2 for a user error (one line on stderr)."""
+    from .app import DEFAULT_MAX_VOXELS, create_app
+    from .runner import bind_socket, is_loopback, serve
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         _validate(args)
         api_key = _api_key(args)
-        from ..local import LocalSegmenter
-        from ..model import load_model
-        from .app import DEFAULT_MAX_VOXELS, create_app
-        from .runner import bind_socket, is_loopback, serve
-
         sock = bind_socket(args.host, args.port)
-        print(f"Loading model {args.model!r} on {args.device} …", file=sys.stderr)
-        bundle = load_model(args.model, device=args.device)
+    except MedSam3Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with sock:
+        try:
+            segmenter, model_info = _warm_segmenter(args)
+        except MedSam3Error as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         app = create_app(
-            LocalSegmenter(bundle),
+            segmenter,
             api_key=api_key,
             max_upload_mb=args.max_upload_mb,
             queue_size=args.queue_size,
             result_ttl_s=args.result_ttl,
             max_voxels=args.max_voxels or DEFAULT_MAX_VOXELS,
-            model_info=_model_info(bundle),
+            model_info=model_info,
         )
-    except MedSam3Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    scheme = "https" if args.ssl_certfile else "http"
-    if scheme == "http" and not is_loopback(args.host):
+        scheme = "https" if args.ssl_certfile else "http"
+        if scheme == "http" and not is_loopback(args.host):
+            print(
+                f"warning: serving plain HTTP on {args.host}: images and the API key cross the network unencrypted. "
+                "Use --ssl-certfile/--ssl-keyfile, a TLS reverse proxy or an SSH tunnel.",
+                file=sys.stderr,
+            )
+        port = sock.getsockname()[1]
         print(
-            f"warning: serving plain HTTP on {args.host}: images and the API key cross the network unencrypted. "
-            "Use --ssl-certfile/--ssl-keyfile, a TLS reverse proxy or an SSH tunnel.",
+            f"Medical SAM3 server ready at {scheme}://{args.host}:{port} (model: {model_info['source']})",
             file=sys.stderr,
         )
-    port = sock.getsockname()[1]
-    print(f"Medical SAM3 server ready at {scheme}://{args.host}:{port} (model: {bundle.source})", file=sys.stderr)
-    try:
-        serve(app, sock, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):
+            serve(app, sock, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     return 0
 
 
