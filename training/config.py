@@ -57,9 +57,14 @@ class SourceConfig:
 
 @dataclass
 class ModelConfig:
-    """``init`` is ``tiny`` (random tiny SAM3 built from the fields below) or anything ``load_model`` accepts."""
+    """``init`` is ``tiny`` (random tiny SAM3 built from the fields below) or anything ``load_model`` accepts.
+
+    ``tracker`` (tiny only) adds the memory tracker, untrained, so the export runs in track mode; it needs
+    ``hidden`` > 64 (SAM3_NOTES §4).
+    """
 
     init: str = "tiny"
+    tracker: bool = True
     seed: int = 0
     image_size: int = 112
     patch_size: int = 14
@@ -131,6 +136,7 @@ class TrainConfig:
             _check(s.weight > 0, f"data.sources[{i}].weight must be > 0, got {s.weight}")
         m, d, e, o = self.model, self.data, self.engine, self.optim
         _check(m.image_size % m.patch_size == 0, f"model.image_size {m.image_size} must be a multiple of patch_size")
+        _check(not (m.init == "tiny" and m.tracker) or m.hidden > 64, f"model.hidden {m.hidden} must be > 64 with the tracker")
         _check(m.hidden % 8 == 0, f"model.hidden {m.hidden} must be a multiple of 8 (GroupNorm(8, H) in SAM3)")
         _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
         _check(0.0 <= d.negative_prob < 1.0, f"data.negative_prob must be in [0, 1), got {d.negative_prob}")
@@ -192,7 +198,10 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 
 
 def _demo() -> TrainConfig:
-    """CPU, tiny model, about 40 min on 2 cores: the recipe of the shipped demo model (training/DEMO_MODEL.md).
+    """CPU, tiny model, one thread: the recipe of the shipped demo model (training/DEMO_MODEL.md).
+
+    One thread because the CPU is shared: with more threads than free cores PyTorch's workers spin and each step
+    got ~3× slower in a measured run.
 
     Architecture: 112² input, patch 14 (8×8 tokens, 32×32 masks), ViT 128×4, H = 128 (the memory tracker needs
     H > 64), CLIP text 32 wide (the 49 408-token embedding dominates the file size), 20 queries. Learning rates
@@ -216,7 +225,7 @@ def _demo() -> TrainConfig:
         optim=OptimConfig(lr_decoder=5e-4, lr_vision=4e-4, lr_text=4e-4, lr_geometry=1e-4, llrd_gamma=0.85,
                           llrd_levels=4, weight_decay=1e-4, warmup_steps=150, grad_clip=1.0),
         engine=EngineConfig(epochs=12, steps_per_epoch=150, checkpoint_every=50, log_every=10, device="cpu",
-                            amp=False, threads=2, eval_instances="all"),
+                            amp=False, threads=1, eval_instances="all"),
     )
 
 

@@ -48,8 +48,12 @@ def build_model(cfg: ModelConfig) -> TrainModel:
             text_hidden=cfg.text_hidden,
         )
         torch.manual_seed(cfg.seed)
+        source = f"random tiny SAM3 (seed {cfg.seed})"
+        if not cfg.tracker:
+            detector = Sam3Model(det_cfg)
+            return TrainModel(detector, detector, source)
         root = Sam3VideoModel(tiny_video_config(det_cfg))
-        return TrainModel(root, root.detector_model, f"random tiny SAM3 (seed {cfg.seed})")
+        return TrainModel(root, root.detector_model, source)
     bundle = load_model(cfg.init, device="cpu")
     detector = bundle.detector.float()
     if not bundle.has_tracker:

@@ -1,0 +1,160 @@
+"""Training data: manifests (nnU-Net, 2D folders, JSONL), split by case, instances, prompt samples, sampling, config."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from medsam3_core.errors import InputError
+from training.config import ConfigError, TrainConfig, apply_overrides, load_config
+from training.data.manifests import folder2d_cases, jsonl_cases, nnunet_cases, split_cases
+from training.data.sampler import BalancedSampler
+from training.data.samples import Case, PromptDataset, instances_of
+from medsam3_core.geometry import Volume
+
+
+def _nnunet(root, n=3):
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for c in range(n):
+        img = np.random.default_rng(c).normal(40, 10, (16, 16, 6)).astype(np.float32)
+        lab = np.zeros((16, 16, 6), np.uint8)
+        lab[2:7, 3:9, 1:5] = 1
+        lab[10:14, 10:14, 2:4] = 2
+        nib.save(nib.Nifti1Image(img, np.eye(4)), root / "imagesTr" / f"case{c:02d}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), root / "labelsTr" / f"case{c:02d}.nii.gz")
+    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "left_kidney": 2},
+            "numTraining": n, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+def test_nnunet_manifest_cases_concepts_and_slices(tmp_path):
+    _nnunet(tmp_path / "Dataset001_Toy")
+    cases = nnunet_cases(tmp_path / "Dataset001_Toy")
+    assert [c.case_id for c in cases] == ["case00", "case01", "case02"]
+    assert cases[0].concepts == {1: "liver", 2: "left kidney"} and cases[0].dataset == "Dataset001_Toy"
+    volume, labels = cases[0].load()
+    assert volume.modality == "CT" and labels.shape == volume.shape == (6, 16, 16)
+    ds = PromptDataset(cases, image_size=28, vocabulary=["liver", "left kidney"], augment=False)
+    assert len(ds) == 3 * 4  # four labelled axial slices per case
+    (tmp_path / "Dataset001_Toy" / "label_to_text.json").write_text(json.dumps({"1": "liver", "2": "kidney"}))
+    assert nnunet_cases(tmp_path / "Dataset001_Toy")[0].concepts[2] == "kidney"
+
+
+def test_nnunet_manifest_errors_name_the_problem(tmp_path):
+    with pytest.raises(InputError, match="dataset.json is missing"):
+        nnunet_cases(tmp_path)
+    _nnunet(tmp_path / "d")
+    (tmp_path / "d" / "imagesTr" / "case01_0000.nii.gz").unlink()
+    with pytest.raises(InputError, match="case01_0000.nii.gz"):
+        nnunet_cases(tmp_path / "d")
+
+
+def _png(path, array):
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+def test_folder2d_and_jsonl_manifests(tmp_path):
+    root = tmp_path / "polyps"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:10, 5:12] = 1
+    for i in range(2):
+        _png(root / "images" / f"im{i}.png", np.full((20, 30), 100 + i))
+        _png(root / "masks" / f"im{i}.png", mask)
+    (root / "labels.json").write_text(json.dumps({"1": "polyp"}))
+    cases = folder2d_cases(root)
+    assert [c.case_id for c in cases] == ["im0", "im1"] and cases[0].concepts == {1: "polyp"}
+    image, labels = cases[0].load()
+    assert labels.shape[-2:] == (20, 30) and labels.max() == 1
+
+    lines = [{"image": "polyps/images/im0.png", "mask": "polyps/masks/im0.png", "text": "polyp"},
+             {"image": "polyps/images/im0.png", "mask": "polyps/masks/im0.png", "text": "lesion"}]
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    triplets = jsonl_cases(tmp_path / "t.jsonl")
+    assert [c.concepts for c in triplets] == [{1: "polyp"}, {1: "lesion"}]
+    assert triplets[0].case_id == triplets[1].case_id  # one image → one case for the split
+    (tmp_path / "bad.jsonl").write_text('{"image": "x.png"}\n')
+    with pytest.raises(InputError, match="bad.jsonl:1"):
+        jsonl_cases(tmp_path / "bad.jsonl")
+
+
+def test_split_by_case_is_85_15_seeded_and_keeps_cases_whole():
+    cases = [Case("d", f"c{i:02d}", {1: "x"}, lambda: None) for i in range(20)]
+    cases += [Case("d", "c05", {1: "y"}, lambda: None)]  # a second concept of case c05
+    train, val = split_cases(cases, 0.15, 42)
+    val_ids = {c.case_id for c in val}
+    assert len(val_ids) == 3 and not val_ids & {c.case_id for c in train}
+    assert split_cases(cases, 0.15, 42)[1] == val and split_cases(cases, 0.15, 7)[1] != val
+    assert sum(c.case_id == "c05" for c in val) in (0, 2)
+
+
+def test_instances_are_connected_components_without_specks():
+    lab = np.zeros((20, 20), np.int32)
+    lab[2:6, 2:6] = 3
+    lab[10:15, 12:18] = 3
+    lab[18, 18] = 3  # one-pixel speck
+    inst = instances_of(lab, 3, min_pixels=4)
+    assert inst.shape == (2, 20, 20) and sorted(int(m.sum()) for m in inst) == [16, 30]
+
+
+def _toy_case(dataset="toy"):
+    def load():
+        arr = np.zeros((2, 28, 28), np.float32)
+        lab = np.zeros((2, 28, 28), np.int32)
+        arr[:, 4:12, 4:12] = 200.0
+        lab[:, 4:12, 4:12] = 1
+        arr[:, 16:24, 16:20] = 400.0
+        lab[:, 16:24, 16:20] = 1
+        return Volume(arr, modality="MR"), lab
+
+    return Case(dataset, "a", {1: "blob"}, load)
+
+
+def test_prompt_samples_positive_negative_and_deterministic():
+    pos = PromptDataset([_toy_case()], 56, ["blob", "liver"], negative_prob=0.0, augment=False)
+    s = pos[0]
+    assert s.text == "blob" and s.pixel_values.shape == (3, 56, 56)
+    assert s.target.masks.shape == (2, 56, 56) and s.target.boxes.shape == (2, 4)
+    assert float(s.pixel_values.min()) >= -1 and float(s.pixel_values.max()) <= 1
+    neg = PromptDataset([_toy_case()], 56, ["blob", "liver"], negative_prob=0.999, augment=True)
+    n = neg[1]
+    assert n.text == "liver" and n.target.num_instances == 0
+    aug = PromptDataset([_toy_case()], 56, ["blob"], augment=True, seed=3)
+    first = aug[0].pixel_values
+    assert np.array_equal(first, aug[0].pixel_values)  # same (seed, epoch, index) → same sample
+    aug.set_epoch(1)
+    assert not np.array_equal(first, aug[0].pixel_values)
+
+
+def test_balanced_sampler_weights_ranks_and_resume():
+    s = BalancedSampler([1000, 10], [1.0, 1.0], samples_per_epoch=2000, seed=0)
+    idx = np.array(list(s))
+    assert 0.45 < np.mean(idx >= 1000) < 0.55  # the small dataset gets half of the samples
+    r0 = BalancedSampler([50, 30], [1, 1], 40, seed=1, rank=0, world_size=2)
+    r1 = BalancedSampler([50, 30], [1, 1], 40, seed=1, rank=1, world_size=2)
+    full = r0.epoch_indices(0)
+    assert list(r0) + list(r1) != [] and sorted(list(r0) + list(r1)) == sorted(full.tolist())
+    r0.set_epoch(0, position=7)
+    assert list(r0) == full[0::2][7:].tolist() and len(r0) == 13
+
+
+def test_config_presets_validation_and_overrides(tmp_path):
+    cfg = apply_overrides(load_config("demo"), ["engine.max_steps=5", "optim.betas=0.8,0.99", "run.output_dir=/x"])
+    assert cfg.engine.max_steps == 5 and cfg.optim.betas == (0.8, 0.99) and cfg.output_dir == "/x"
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="no such setting"):
+        apply_overrides(cfg, ["engine.max_stepz=5"])
+    with pytest.raises(ConfigError, match="data.sources is empty"):
+        load_config("paper").validate()
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        apply_overrides(cfg, ["model.hidden=100", "model.tracker=false"]).validate()
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"engine": {"epochs": "x"}}))
+    with pytest.raises(ConfigError, match="config.engine.epochs must be a int"):
+        load_config(path)
+    paper = apply_overrides(load_config("paper"), [], ["nnunet:/data/Dataset001::liver-ct"])
+    assert paper.data.sources[0].name == "liver-ct" and paper.model.image_size == 1008
