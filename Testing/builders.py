@@ -72,7 +72,8 @@ def write_dicom_series(
     study_uid = study_uid or generate_uid()
     frame_uid = generate_uid()
     sop_class = SOP_CLASSES.get(modality, _SECONDARY_CAPTURE)
-    names = np.random.default_rng(len(array_kji)).permutation(len(array_kji)) if shuffle_names else range(len(array_kji))
+    count = len(array_kji)
+    names = np.random.default_rng(count).permutation(count) if shuffle_names else range(count)
     now = datetime.datetime(2024, 1, 2, 3, 4, 5)
     paths = []
     for k, plane in enumerate(stored):

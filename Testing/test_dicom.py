@@ -180,3 +180,12 @@ def test_projection_radiograph_and_colour_capture(tmp_path):
     capture = read_volume(write_dicom_image(tmp_path / "sc" / "photo.dcm", rgb, modality="XC"))
     assert capture.is_rgb and capture.modality == "RGB" and capture.metadata["modality"] == "XC"
     np.testing.assert_array_equal(capture.array[0], rgb)
+
+
+def test_gantry_tilt_is_reported(tmp_path):
+    tilt = np.deg2rad(15)
+    sheared = np.array([[1.0, 0, 0], [0, 1, np.sin(tilt)], [0, 0, np.cos(tilt)]])  # slices step along a tilted axis
+    write_dicom_series(tmp_path, _hu((4, 6, 6)), SPACING, ORIGIN, sheared)
+    vol = read_volume(tmp_path)
+    assert any("gantry tilt" in w for w in vol.metadata["warnings"])
+    np.testing.assert_allclose(vol.direction, np.eye(3), atol=1e-6)

@@ -234,33 +234,36 @@ def _slices_of(path: Path, ds: Any) -> list[_Slice]:
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if frames > 1 and per_frame is not None:
         shared = ds.get("SharedFunctionalGroupsSequence")
-        shared = shared[0] if shared else None
-        out = []
-        for f in range(frames):
-            group = per_frame[f]
-
-            def value(sequence: str, keyword: str) -> Any:
-                return _group_value(group, shared, sequence, keyword)
-
-            spacing = _floats(value("PixelMeasuresSequence", "PixelSpacing"), 2)
-            out.append(_Slice(
-                path,
-                f,
-                _floats(value("PlanePositionSequence", "ImagePositionPatient"), 3),
-                _floats(value("PlaneOrientationSequence", "ImageOrientationPatient"), 6),
-                (float(spacing[0]), float(spacing[1])) if spacing is not None else _pixel_spacing(ds),
-                _first(value("PixelValueTransformationSequence", "RescaleSlope")) or slope,
-                _first(value("PixelValueTransformationSequence", "RescaleIntercept")) or intercept,
-                (f,),
-                f"{sop}/{f}",
-            ))
-        return out
+        return [_enhanced_frame(path, ds, f, per_frame[f], shared[0] if shared else None, slope, intercept)
+                for f in range(frames)]
     position = _floats(ds.get("ImagePositionPatient"), 3)
     orientation = _floats(ds.get("ImageOrientationPatient"), 6)
     if frames > 1:  # cine/multi-frame without per-frame geometry: frames are time points of one plane
         return [_Slice(path, f, position, orientation, _pixel_spacing(ds), slope, intercept, (f,), f"{sop}/{f}")
                 for f in range(frames)]
     return [_Slice(path, None, position, orientation, _pixel_spacing(ds), slope, intercept, _temporal_key(ds), sop)]
+
+
+def _enhanced_frame(path: Path, ds: Any, f: int, group: Any, shared: Any, slope: float, intercept: float) -> _Slice:
+    """Frame ``f`` of an enhanced multi-frame file: per-frame attributes override the shared ones."""
+
+    def value(sequence: str, keyword: str) -> Any:
+        return _group_value(group, shared, sequence, keyword)
+
+    spacing = _floats(value("PixelMeasuresSequence", "PixelSpacing"), 2)
+    frame_slope = _first(value("PixelValueTransformationSequence", "RescaleSlope"))
+    frame_intercept = _first(value("PixelValueTransformationSequence", "RescaleIntercept"))
+    return _Slice(
+        path,
+        f,
+        _floats(value("PlanePositionSequence", "ImagePositionPatient"), 3),
+        _floats(value("PlaneOrientationSequence", "ImageOrientationPatient"), 6),
+        (float(spacing[0]), float(spacing[1])) if spacing is not None else _pixel_spacing(ds),
+        slope if frame_slope is None else frame_slope,
+        intercept if frame_intercept is None else frame_intercept,
+        (f,),
+        f"{ds.get('SOPInstanceUID', path)}/{f}",
+    )
 
 
 def _group_value(group: Any, shared: Any, sequence: str, keyword: str) -> Any:
@@ -282,57 +285,14 @@ def _build_volume(
     progress: Optional[ProgressCallback],
     cancel: Optional[CancelToken],
 ) -> Volume:
-    warnings: list[str] = []
     ds0 = headers[0][1]
-    groups: dict[tuple, list[_Slice]] = {}
-    seen: set[str] = set()
-    for path, ds in headers:
-        for s in _slices_of(path, ds):
-            if s.sop_uid in seen:  # the same image copied twice into the folder
-                continue
-            seen.add(s.sop_uid)
-            groups.setdefault(_geometry_key(s, int(ds.Rows), int(ds.Columns)), []).append(s)
-    key = max(groups, key=lambda k: len(groups[k]))
-    slices = groups[key]
-    if len(groups) > 1:
-        dropped = sum(len(g) for g in groups.values()) - len(slices)
-        warnings.append(
-            f"Ignored {dropped} image(s) of this series with another orientation or size (e.g. a localiser)."
-        )
-
-    rows, cols = key[1], key[2]
+    slices, warnings = _main_stack(headers)
     if slices[0].orientation is None or slices[0].position is None:
         slices, frames_meta = _pick_frame([slices], frame)  # no geometry: one plane, images are frames
-        origin, direction, dk = np.zeros(3), np.eye(3), 1.0
-        gaps: list[dict[str, Any]] = []
+        origin, direction, dk, gaps = np.zeros(3), np.eye(3), 1.0, []
     else:
-        row_cos, col_cos = slices[0].orientation[:3], slices[0].orientation[3:]
-        normal = np.cross(row_cos, col_cos)
-        by_position: dict[float, list[_Slice]] = {}
-        for s in slices:
-            by_position.setdefault(round(float(s.position @ normal), 2), []).append(s)
-        ordered = [by_position[d] for d in sorted(by_position)]
-        slices, frames_meta = _pick_frame(ordered, frame)
-        distances = np.array([float(s.position @ normal) for s in slices])
-        steps = np.diff(distances)
-        dk = float(np.median(steps)) if len(steps) else _slice_thickness(ds0)
-        gaps = _gaps(steps, dk)
-        if gaps:
-            worst = max(gaps, key=lambda g: abs(g["distance_mm"] - dk))
-            warnings.append(
-                f"Irregular slice spacing: {len(gaps)} of {len(steps)} slice distances differ from {dk:.3g} mm "
-                f"(e.g. {worst['distance_mm']:.3g} mm between slices {worst['between_slices'][0]} and "
-                f"{worst['between_slices'][1]}); positions beyond a gap are approximate."
-            )
-        if len(slices) > 1:
-            span = slices[-1].position - slices[0].position
-            off_axis = np.linalg.norm(span - (span @ normal) * normal) / max(np.linalg.norm(span), 1e-9)
-            if off_axis > 0.01:
-                warnings.append(
-                    "Slices are not stacked along their normal (gantry tilt or sheared acquisition); "
-                    "the volume is placed along the slice normal."
-                )
-        origin, direction = slices[0].position, np.column_stack([row_cos, col_cos, normal])
+        slices, frames_meta, direction, dk, gaps = _order_in_space(slices, frame, ds0, warnings)
+        origin = slices[0].position
 
     array = _read_pixels(slices, progress, cancel)
     if array.ndim == 4 and array.shape[0] > 1:
@@ -353,11 +313,64 @@ def _build_volume(
     window = _window(ds0)
     if window is not None:
         metadata["window"] = window
-    spacing = (slices[0].pixel_spacing[1], slices[0].pixel_spacing[0], abs(dk) or 1.0)
+    spacing = (slices[0].pixel_spacing[1], slices[0].pixel_spacing[0], dk)
     volume = Volume(array, spacing, tuple(origin), direction, modality, metadata)
     if volume.is_rgb:
         volume.modality = "RGB"  # windowing hint: colour images are used as they are
     return volume
+
+
+def _main_stack(headers: list[tuple[Path, Any]]) -> tuple[list[_Slice], list[str]]:
+    """The largest set of images sharing orientation and size (localisers in the same series are dropped)."""
+    groups: dict[tuple, list[_Slice]] = {}
+    seen: set[str] = set()
+    for path, ds in headers:
+        for s in _slices_of(path, ds):
+            if s.sop_uid in seen:  # the same image copied twice into the folder
+                continue
+            seen.add(s.sop_uid)
+            groups.setdefault(_geometry_key(s, int(ds.Rows), int(ds.Columns)), []).append(s)
+    slices = max(groups.values(), key=len)
+    warnings = []
+    if len(groups) > 1:
+        dropped = sum(len(g) for g in groups.values()) - len(slices)
+        warnings.append(
+            f"Ignored {dropped} image(s) of this series with another orientation or size (e.g. a localiser)."
+        )
+    return slices, warnings
+
+
+def _order_in_space(
+    slices: list[_Slice], frame: Optional[int], ds0: Any, warnings: list[str]
+) -> tuple[list[_Slice], dict[str, Any], np.ndarray, float, list[dict[str, Any]]]:
+    """Sort by position along the slice normal; measure spacing, gaps and tilt (warnings appended)."""
+    row_cos, col_cos = slices[0].orientation[:3], slices[0].orientation[3:]
+    normal = np.cross(row_cos, col_cos)
+    by_position: dict[float, list[_Slice]] = {}
+    for s in slices:
+        by_position.setdefault(round(float(s.position @ normal), 2), []).append(s)
+    slices, frames_meta = _pick_frame([by_position[d] for d in sorted(by_position)], frame)
+    distances = np.array([float(s.position @ normal) for s in slices])
+    steps = np.diff(distances)
+    dk = float(np.median(steps)) if len(steps) else _slice_thickness(ds0)
+    gaps = _gaps(steps, dk)
+    if gaps:
+        first = gaps[0]["between_slices"][0]
+        error = float(np.max(np.abs(distances - distances[0] - dk * np.arange(len(distances)))))
+        warnings.append(
+            f"Irregular slice spacing: {len(gaps)} of {len(steps)} slice distances differ from {dk:.3g} mm "
+            f"(first between slices {first} and {first + 1}); the volume assumes uniform spacing, so positions "
+            f"from there on are off by up to {error:.3g} mm."
+        )
+    if len(slices) > 1:
+        span = slices[-1].position - slices[0].position
+        off_axis = np.linalg.norm(span - (span @ normal) * normal) / max(np.linalg.norm(span), 1e-9)
+        if off_axis > 0.01:
+            warnings.append(
+                "Slices are not stacked along their normal (gantry tilt or sheared acquisition); "
+                "the volume is placed along the slice normal."
+            )
+    return slices, frames_meta, np.column_stack([row_cos, col_cos, normal]), dk, gaps
 
 
 def _slice_thickness(ds: Any) -> float:
@@ -399,7 +412,9 @@ def _pick_frame(ordered: list[list[_Slice]], frame: Optional[int]) -> tuple[list
     return chosen, {"frames": frames, "frame": int(frame)}
 
 
-def _read_pixels(slices: list[_Slice], progress: Optional[ProgressCallback], cancel: Optional[CancelToken]) -> np.ndarray:
+def _read_pixels(
+    slices: list[_Slice], progress: Optional[ProgressCallback], cancel: Optional[CancelToken]
+) -> np.ndarray:
     """Decode every slice and apply its own RescaleSlope/Intercept (they may differ per slice)."""
     planes = []
     current: tuple[Optional[Path], Optional[np.ndarray]] = (None, None)

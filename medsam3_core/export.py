@@ -125,7 +125,7 @@ def write_outputs(
     planned: list[tuple[str, Path, Any]] = [("labels", out_dir / f"labels.{fmt}", labels)]
     if per_segment:
         names = safe_names([s.prompt for s in result.segments])
-        for seg, name in zip(result.segments, names):
+        for seg, name in zip(result.segments, names, strict=True):
             mask = labels.with_array((labels.array == seg.label).astype(np.uint8))
             planned.append((f"mask:{seg.prompt}", out_dir / "masks" / f"{name}.{fmt}", mask))
     if confidence:

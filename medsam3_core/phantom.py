@@ -102,7 +102,9 @@ class _Canvas:
         self.inv = np.linalg.inv(self.a)
         self.tissue = np.full(self.shape, _T["air"], dtype=np.uint8)
 
-    def box(self, lo: Sequence[float], hi: Sequence[float]) -> Optional[tuple[tuple[slice, ...], tuple[np.ndarray, ...]]]:
+    def box(
+        self, lo: Sequence[float], hi: Sequence[float]
+    ) -> Optional[tuple[tuple[slice, ...], tuple[np.ndarray, ...]]]:
         """Index slices covering the ``uvw`` box and the (broadcast) ``u, v, w`` of those voxels, or None if empty."""
         corners = np.array([[u, v, w] for u in (lo[0], hi[0]) for v in (lo[1], hi[1]) for w in (lo[2], hi[2])])
         ijk = (self.inv @ (corners - self.b).T).T
@@ -113,7 +115,7 @@ class _Canvas:
         k, j, i = k[:, None, None], j[None, :, None], i[None, None, :]
         # Only the index axes a coordinate depends on are broadcast, so axis-aligned grids stay 1D per coordinate.
         uvw = tuple(
-            sum((c * x for c, x in zip(self.a[n], (i, j, k)) if abs(c) > 1e-12), np.float32(self.b[n]))
+            sum((c * x for c, x in zip(self.a[n], (i, j, k), strict=True) if abs(c) > 1e-12), np.float32(self.b[n]))
             for n in range(3)
         )
         return tuple(slice(*r) for r in ranges), uvw
@@ -372,7 +374,7 @@ def demo_label_names() -> dict[int, str]:
 
 
 def write_demo_assets(folder: Optional[Path] = None) -> DemoPaths:
-    """(Re)generate the deterministic demo scan: canonical phantom, 48×160×160, 2.2×2.2×5 mm, oblique and flipped."""
+    """(Re)generate the deterministic demo scan: canonical phantom, 48×160×160, 2.2×2.2×5 mm, oblique, flipped."""
     from .io import write_volume  # io is heavier (SimpleITK, pydicom); the phantom itself needs neither
 
     paths = demo_paths() if folder is None else DemoPaths(*(Path(folder) / p.name for p in demo_paths()))
