@@ -129,6 +129,16 @@ def test_non_dicom_input_and_wrong_grid_are_user_errors(tmp_path):
     assert not (tmp_path / "seg.dcm").exists() and not list(tmp_path.glob(".seg-*"))
 
 
+def test_multi_frame_source_is_refused_with_a_clear_line(tmp_path):
+    from builders import write_enhanced_dicom
+
+    (tmp_path / "mf").mkdir()
+    write_enhanced_dicom(tmp_path / "mf" / "ct.dcm", np.zeros(SHAPE, np.int16), (0.7, 0.8, 2.5))
+    source = read_volume(tmp_path / "mf")
+    with pytest.raises(InputError, match="single-frame"):
+        write_dicom_seg(source.with_array(_labels()), SEGMENTS, source, tmp_path / "seg.dcm")
+
+
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) not installed")
 def test_dciodvfy_finds_no_errors(tmp_path):
     source = _series(tmp_path)

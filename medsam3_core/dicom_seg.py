@@ -20,7 +20,7 @@ from . import __version__
 from .atomic import atomic_path
 from .errors import InputError
 from .geometry import Volume
-from .prompts import LOCAL_SCHEME, Code, SynonymTable, coded_concept, load_synonyms
+from .prompts import LOCAL_SCHEME, Code, coded_concept, load_synonyms
 from .segmenter import SegmentInfo
 
 __all__ = ["write_dicom_seg", "ALGORITHM_NAME"]
@@ -62,11 +62,11 @@ def _coded(code: Code) -> Any:
     return CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
 
 
-def _description(number: int, segment: SegmentInfo, table: SynonymTable, version: str, model: str) -> Any:
+def _description(number: int, segment: SegmentInfo, codes_: tuple[Code, Code], version: str, model: str) -> Any:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    category, kind = coded_concept(segment.concept or segment.prompt, table)
+    category, kind = codes_
     parameters = {"prompt": segment.prompt[:64], "concept": (segment.concept or segment.prompt)[:64]}
     if model:
         parameters["model"] = model[:64]
@@ -126,7 +126,8 @@ def write_dicom_seg(
     for number, segment in enumerate(segments, start=1):
         lut[segment.label] = number
     frames = lut[np.asarray(labelmap.array).astype(np.int64)]
-    descriptions = [_description(n, s, table, version, model) for n, s in enumerate(segments, start=1)]
+    coded = [coded_concept(s.concept or s.prompt, table) for s in segments]
+    descriptions = [_description(n, s, c, version, model) for n, (s, c) in enumerate(zip(segments, coded), start=1)]
 
     first = datasets[0]
     seg = hd.seg.Segmentation(
@@ -147,7 +148,7 @@ def write_dicom_seg(
         content_description="Text-prompted segmentation"[:64],
         omit_empty_frames=bool(frames.any()),
     )
-    if any(coded_concept(s.concept or s.prompt, table)[1].scheme == LOCAL_SCHEME for s in segments):
+    if any(kind.scheme == LOCAL_SCHEME for _, kind in coded):
         _declare_local_scheme(seg)
     path = Path(path)
     with atomic_path(path) as tmp:
