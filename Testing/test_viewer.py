@@ -215,3 +215,18 @@ def test_view_command_screenshot(tmp_path, phantom):
     width, height = Image.open(shot).size
     assert width == 900 and height >= 600
     assert main(["view", str(tmp_path / "missing.nii.gz"), "--screenshot", str(shot)]) == 2
+
+
+def test_a_2d_colour_picture_shows_one_view_without_window_controls(qtbot, phantom):
+    from medsam3_core.geometry import Volume
+
+    ct, labels, names = phantom
+    rgb = np.zeros((1, 30, 40, 3), np.uint8)
+    rgb[0, 10:20, 5:15] = (200, 120, 90)
+    picture = Volume(rgb, modality="RGB")
+    window = _window(qtbot, picture, OracleSegmenter(labels, names))
+    assert window.views["axial"].isVisible()
+    assert not window.views["coronal"].isVisible() and not window.views["sagittal"].isVisible()
+    assert not window.window_box.isEnabled()
+    shown = window.views["axial"].rendered()
+    assert shown.shape == (30, 40, 3) and tuple(shown[15, 10]) == (200, 120, 90)
