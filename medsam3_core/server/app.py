@@ -95,7 +95,7 @@ class _BodyLimit:
     async def _refuse(self, send: Any) -> None:
         mb = self.max_bytes / 2**20
         response = JSONResponse(
-            {"detail": f"The upload is larger than this server accepts ({mb:.0f} MB); crop or downsample the volume."},
+            {"detail": f"The upload is larger than this server accepts ({mb:g} MB); crop or downsample the volume."},
             status_code=413,
             headers={"Connection": "close"},
         )
