@@ -359,6 +359,9 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
         request.validate()
         self.ensureDependencies(remote=request.remote)
         array = np.array(slicer.util.arrayFromVolume(inputVolume))
+        if array.ndim != 3:
+            raise ValueError(_("Only grey-scale volumes can be segmented; convert colour or multi-component volumes "
+                               "first (module 'Vector to Scalar Volume')."))
         ijkToRas = self.ijkToRasArray(inputVolume)
         self._run = {"input": inputVolume, "output": outputSegmentation, "request": request, "ijkToRas": ijkToRas,
                      "callback": eventCallback or (lambda event: None), "start": time.monotonic(), "tmp": None}

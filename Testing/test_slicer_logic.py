@@ -517,10 +517,39 @@ def test_ensure_dependencies_asks_then_installs_in_order(qapp, monkeypatch):
         ("pip_install", ["--no-deps", "--upgrade", str(ROOT)]), ("pip_install", ["httpx>=0.27"])]
 
 
-def test_self_test_class_runs_through_the_standin(qapp, monkeypatch):
-    """The in-Slicer self-test, with the thresholding CLI (the real model run is covered by the CLI's own tests)."""
-    monkeypatch.setattr(module.MedicalSAM3SlicerLogic, "cliModule", "threshold_cli")
-    test = module.MedicalSAM3SlicerTest()
-    test.runTest()
-    segmentations = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
-    assert len(segmentations) == 1 and segmentations[0].GetSegmentation().GetNumberOfSegments() == 3
+def test_self_test_class_runs_through_the_standin(qapp):
+    """The in-Slicer self-test (phantom, two runs, replace-by-name), here with the thresholding CLI."""
+    module.MedicalSAM3SlicerTest().runTest()
+    (output,) = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
+    assert output.GetSegmentation().GetNumberOfSegments() == 3
+
+
+@pytest.mark.slow
+def test_real_cli_end_to_end_with_the_demo_model(qapp, monkeypatch):
+    """One local run through the real ``medsam3_core.volume infer`` child process (demo model, CPU)."""
+    from medsam3_core.phantom import make_abdomen_phantom
+
+    monkeypatch.setattr(module.MedicalSAM3SlicerLogic, "cliModule", "medsam3_core.volume")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ct, _labels, _names = make_abdomen_phantom(seed=2, shape=(8, 40, 32), spacing=(1.5, 1.1, 4.0),
+                                               direction=LPS_TO_RAS @ DIRECTION_LPS)
+    image = sitk.GetImageFromArray(ct.array)
+    image.SetSpacing(ct.spacing)
+    image.SetOrigin(ct.origin)
+    image.SetDirection(ct.direction.ravel().tolist())
+    node = _load_like_slicer(image)
+    events = []
+    output = module.MedicalSAM3SlicerLogic().process(
+        node, None, RunRequest(prompts=["liver", "left kidney"], device="cpu", mode="detect"),
+        eventCallback=events.append)
+    segmentation = output.GetSegmentation()
+    assert [segmentation.GetNthSegment(n).GetName() for n in range(2)] == ["liver", "left kidney"]
+    tag = vtk.reference("")
+    segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("liver"))
+    assert segment.GetTag(module.SOURCE_TAG, tag) and "demo" in tag.get()
+    assert segment.GetTag(module.CONFIDENCE_TAG, tag) and 0.0 <= float(tag.get()) <= 1.0
+    labelmap = slicer.vtkOrientedImageData()
+    output.GetBinaryLabelmapRepresentation(output.GetSegmentation().GetNthSegmentID(0), labelmap)
+    np.testing.assert_allclose(labelmap.ijk_to_ras, module.MedicalSAM3SlicerLogic.ijkToRasArray(node), atol=1e-6)
+    stages = {e.stage for e in events if e.kind == "progress"}
+    assert {"load", "write"} <= stages and events[-1].kind == "done"

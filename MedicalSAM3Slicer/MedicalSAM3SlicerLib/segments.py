@@ -72,5 +72,6 @@ def summary_line(segments: Sequence[SegmentData], timings: dict[str, float], wal
         size = f"{seg.volume_ml:.1f} mL" if seg.volume_ml is not None else f"{seg.voxels} voxels"
         score = f" ({seg.score:.2f})" if seg.score is not None else ""
         parts.append(f"{seg.name} {size}{score}")
-    steps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in timings.items() if seconds >= 0.05)
+    steps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in timings.items()
+                      if seconds >= 0.05 and name != "total")
     return f"{', '.join(parts)} \u00b7 {wall_s:.1f} s" + (f" ({steps})" if steps else "")
