@@ -354,6 +354,7 @@ class ViewerWindow(QMainWindow):
         thread.failed.connect(self._error)
         thread.cancelled.connect(lambda: self._set_status("Cancelled; nothing was kept."))
         thread.finished.connect(self._on_finished)
+        thread.finished.connect(thread.deleteLater)
         self._thread = thread
         self.state = RUNNING
         self._set_status("Starting…")
