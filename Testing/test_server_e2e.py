@@ -86,3 +86,13 @@ def test_cancel_a_real_job_mid_run(served):
     thread.join(60)
     assert not thread.is_alive() and isinstance(outcome.get("error"), Cancelled)
     assert jobs.stats()["cancelled"] == cancelled_before + 1 and jobs.stats()["running"] == 0
+
+
+def test_concepts_travel_with_their_prompts(served):
+    local, remote, _ = served
+    volume, options = _scan(), SegmentOptions(mode="detect", threshold=0.0)
+    prompts, concepts = ["left kidney", "hepar"], ["kidney", "liver"]
+    got = remote.segment(volume, prompts, options, concepts=concepts)
+    expected = local.segment(volume, prompts, options, concepts=concepts)
+    assert [(s.prompt, s.concept) for s in got.segments] == list(zip(prompts, concepts))
+    assert np.array_equal(got.labelmap.array, expected.labelmap.array)
