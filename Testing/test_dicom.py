@@ -154,7 +154,8 @@ def test_progress_reaches_one(tmp_path):
     write_dicom_series(tmp_path, _hu((3, 4, 4)), SPACING, ORIGIN)
     seen = []
     read_volume(tmp_path, progress=lambda stage, f: seen.append((stage, f)))
-    assert seen[-1] == ("load", 1.0)
+    assert seen[-1] == ("load", 1.0) and {stage for stage, _ in seen} == {"load"}
+    assert [f for _, f in seen] == sorted(f for _, f in seen)
 
 
 def test_enhanced_multiframe_file(tmp_path):
@@ -189,3 +190,41 @@ def test_gantry_tilt_is_reported(tmp_path):
     vol = read_volume(tmp_path)
     assert any("gantry tilt" in w for w in vol.metadata["warnings"])
     np.testing.assert_allclose(vol.direction, np.eye(3), atol=1e-6)
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    grey = np.array([[0, 100], [1000, 4000]], np.uint16)
+    path = write_dicom_image(tmp_path / "cr.dcm", grey, modality="CR")
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.WindowCenter, ds.WindowWidth = "1000", "2000"
+    ds.save_as(path)
+    vol = read_volume(path)
+    np.testing.assert_array_equal(vol.array[0], 4000 - grey)
+    assert vol.metadata["window"] == (3000.0, 2000.0)
+    assert any("MONOCHROME1" in w for w in vol.metadata["warnings"])
+
+
+def test_jpeg_lossless_falls_back_to_gdcm_without_double_rescale(tmp_path):
+    """pydicom alone cannot decode JPEG Lossless; SimpleITK's GDCM reader does and already applies the rescale."""
+    import SimpleITK as sitk
+
+    hu = _hu((1, 16, 20))
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((0.5, 0.6, 2.0))
+    image.SetOrigin((1.0, 2.0, 3.0))
+    for tag, value in (("0028|1052", "-1024"), ("0028|1053", "1"), ("0008|0060", "CT")):
+        image.SetMetaData(tag, value)
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.SetFileName(str(tmp_path / "jpegll.dcm"))
+    writer.SetUseCompression(True)
+    writer.SetCompressor("JPEG")
+    writer.Execute(image)
+    ds = pydicom.dcmread(tmp_path / "jpegll.dcm")
+    assert "Lossless" in ds.file_meta.TransferSyntaxUID.name and float(ds.RescaleIntercept) == -1024
+    vol = read_volume(tmp_path / "jpegll.dcm")
+    assert vol.array.dtype == np.int16
+    np.testing.assert_array_equal(vol.array, hu)
+    np.testing.assert_allclose(vol.spacing[:2], (0.5, 0.6))
+    np.testing.assert_allclose(vol.origin, (1.0, 2.0, 3.0))

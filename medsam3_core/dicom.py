@@ -19,6 +19,7 @@ from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 import pydicom
+import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from .errors import InputError
@@ -34,6 +35,7 @@ _NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
     "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
 }
+_SCAN_SHARE = 0.2  # part of the "load" progress spent reading headers; decoding pixels takes the rest
 _GAP_TOLERANCE = 0.05  # relative deviation from the median slice distance reported as a gap / irregularity
 
 
@@ -97,7 +99,7 @@ def _scan(
             continue
         series.setdefault(uid, []).append((path, ds))
         if n % 32 == 0:
-            report(progress, "scan", n / max(1, len(files)))
+            report(progress, "load", _SCAN_SHARE * n / max(1, len(files)))
     return series, len(files)
 
 
@@ -311,6 +313,9 @@ def _build_volume(
         **frames_meta,
     }
     window = _window(ds0)
+    if str(ds0.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        array, window = _invert(array, window)
+        warnings.append("MONOCHROME1 image: grey values inverted so that dense structures are bright.")
     if window is not None:
         metadata["window"] = window
     spacing = (slices[0].pixel_spacing[1], slices[0].pixel_spacing[0], dk)
@@ -373,6 +378,15 @@ def _order_in_space(
     return slices, frames_meta, np.column_stack([row_cos, col_cos, normal]), dk, gaps
 
 
+def _invert(array: np.ndarray, window: Optional[tuple[float, float]]) -> tuple[np.ndarray, Any]:
+    """MONOCHROME1 (minimum = white, some radiographs) → the usual orientation, keeping range and dtype."""
+    lo, hi = array.min(), array.max()
+    inverted = (hi.astype(np.float64) + lo - array).astype(array.dtype)
+    if window is not None:
+        window = (float(hi) + float(lo) - window[0], window[1])
+    return inverted, window
+
+
 def _slice_thickness(ds: Any) -> float:
     for tag in ("SpacingBetweenSlices", "SliceThickness"):
         value = _first(ds.get(tag))
@@ -416,42 +430,59 @@ def _read_pixels(
     slices: list[_Slice], progress: Optional[ProgressCallback], cancel: Optional[CancelToken]
 ) -> np.ndarray:
     """Decode every slice and apply its own RescaleSlope/Intercept (they may differ per slice)."""
-    planes = []
-    current: tuple[Optional[Path], Optional[np.ndarray]] = (None, None)
+    planes, slopes, intercepts = [], [], []
+    current: tuple[Optional[Path], Any] = (None, None)
     for n, s in enumerate(slices):
         if cancel is not None:
             cancel.raise_if_cancelled()
         if current[0] != s.path:  # multi-frame files are decoded once and used frame by frame
             current = (s.path, _decode(s.path))
-        pixels = current[1]
+        pixels, rescaled = current[1]
         planes.append(pixels[s.frame] if s.frame is not None else pixels)
-        report(progress, "load", (n + 1) / len(slices))
-    raw = np.stack(planes)
-    slopes = np.array([s.slope for s in slices])
-    intercepts = np.array([s.intercept for s in slices])
-    if np.all(slopes == 1) and np.all(intercepts == 0):
+        slopes.append(1.0 if rescaled else s.slope)
+        intercepts.append(0.0 if rescaled else s.intercept)
+        report(progress, "load", _SCAN_SHARE + (1 - _SCAN_SHARE) * (n + 1) / len(slices))
+    return _rescale(np.stack(planes), np.array(slopes), np.array(intercepts))
+
+
+def _rescale(raw: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
+    """Modality values in the smallest faithful type: int16 for CT HU, int32 if needed, float32 otherwise."""
+    identity = bool(np.all(slopes == 1) and np.all(intercepts == 0))
+    if identity and raw.dtype.itemsize <= 2:
         return raw
     shape = (-1,) + (1,) * (raw.ndim - 1)
-    values = raw.astype(np.float64) * slopes.reshape(shape) + intercepts.reshape(shape)
-    integral = np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts))
-    if integral and values.min() >= np.iinfo(np.int16).min and values.max() <= np.iinfo(np.int16).max:
-        return values.astype(np.int16)
-    if integral and values.min() >= np.iinfo(np.int32).min and values.max() <= np.iinfo(np.int32).max:
-        return values.astype(np.int32)
+    values = raw if identity else raw.astype(np.float64) * slopes.reshape(shape) + intercepts.reshape(shape)
+    integral = raw.dtype.kind in "iub" and np.all(slopes == np.round(slopes)) and np.all(
+        intercepts == np.round(intercepts)
+    )
+    if integral:
+        for dtype in (np.int16, np.int32):
+            if values.min() >= np.iinfo(dtype).min and values.max() <= np.iinfo(dtype).max:
+                return values.astype(dtype)
     return values.astype(np.float32)
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: Path) -> tuple[np.ndarray, bool]:
+    """Pixels of one file and whether they are already rescaled.
+
+    pydicom decodes uncompressed, RLE, JPEG baseline and JPEG 2000 data by itself; JPEG Lossless and JPEG-LS need
+    optional plugins, so those fall back to SimpleITK's GDCM reader, which applies RescaleSlope/Intercept itself.
+    """
     ds = pydicom.dcmread(path)
     try:
-        return np.asarray(ds.pixel_array)
+        return np.asarray(ds.pixel_array), False
     except Exception as err:  # pydicom raises RuntimeError/NotImplementedError/ValueError for codec problems
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", "unknown transfer syntax")
-        raise InputError(
-            f"Cannot decode the pixels of {path.name} ({name}): {err}. For compressed DICOM install "
-            "pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg, or convert the series to NIfTI first."
-        ) from None
+        try:
+            pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        except RuntimeError:
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            name = getattr(syntax, "name", "unknown transfer syntax")
+            raise InputError(
+                f"Cannot decode the pixels of {path.name} ({name}): {err}. Install pylibjpeg, pylibjpeg-libjpeg "
+                "and pylibjpeg-openjpeg, or convert the series to NIfTI first."
+            ) from None
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        return (pixels if frames > 1 else pixels[0]), True
 
 
 def _window(ds: Any) -> Optional[tuple[float, float]]:

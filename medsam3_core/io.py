@@ -140,10 +140,7 @@ def _read_with_sitk(path: Path, fmt: str, frame: Optional[int]) -> Volume:
     if len(size) == 4 and frame is not None:  # already extracted while reading
         metadata.update(frames=int(size[3]), frame=frame)
         frame = None
-    volume = volume_from_sitk(image, frame=frame, metadata=metadata)
-    if fmt == "image2d" and volume.is_rgb:
-        volume.modality = "RGB"
-    return volume
+    return volume_from_sitk(image, frame=frame, metadata=metadata)
 
 
 def _itk_reason(err: Exception) -> str:
