@@ -94,5 +94,5 @@ def test_concepts_travel_with_their_prompts(served):
     prompts, concepts = ["left kidney", "hepar"], ["kidney", "liver"]
     got = remote.segment(volume, prompts, options, concepts=concepts)
     expected = local.segment(volume, prompts, options, concepts=concepts)
-    assert [(s.prompt, s.concept) for s in got.segments] == list(zip(prompts, concepts))
+    assert [(s.prompt, s.concept) for s in got.segments] == list(zip(prompts, concepts, strict=True))
     assert np.array_equal(got.labelmap.array, expected.labelmap.array)

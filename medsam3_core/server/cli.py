@@ -14,9 +14,14 @@ import logging
 import os
 import secrets
 import sys
+import time
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from ..errors import MedSam3Error
+from ..geometry import Volume
+from ..segmenter import SegmentOptions
 
 __all__ = ["add_arguments", "run", "main", "API_KEY_ENV", "MIN_KEY_LENGTH"]
 
@@ -96,12 +101,18 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _warm_segmenter(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """Load the model once (torch and transformers are imported here, after the port is secured)."""
+    """Load the model once and run it once (torch and transformers are imported here, after the port is bound)."""
     from ..local import LocalSegmenter
     from ..model import load_model
 
     print(f"Loading model {args.model!r} on {args.device} …", file=sys.stderr)
     bundle = load_model(args.model, device=args.device)
+    segmenter = LocalSegmenter(bundle)
+    # One tiny job now, so a model that cannot run fails here and the first user's job does not pay for CUDA
+    # initialisation and kernel selection.
+    started = time.perf_counter()
+    segmenter.segment(Volume(np.zeros((1, 64, 64), np.float32)), ["warm-up"], SegmentOptions(mode="detect"))
+    print(f"Warm-up inference took {time.perf_counter() - started:.1f} s.", file=sys.stderr)
     info = {
         "source": bundle.source,
         "device": str(bundle.device),
@@ -109,7 +120,7 @@ def _warm_segmenter(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         "tracker": bool(bundle.has_tracker),
         "image_size": int(bundle.image_size),
     }
-    return LocalSegmenter(bundle), info
+    return segmenter, info
 
 
 def run(args: argparse.Namespace) -> int:
