@@ -230,3 +230,13 @@ def test_a_2d_colour_picture_shows_one_view_without_window_controls(qtbot, phant
     assert not window.window_box.isEnabled()
     shown = window.views["axial"].rendered()
     assert shown.shape == (30, 40, 3) and tuple(shown[15, 10]) == (200, 120, 90)
+
+
+def test_ctrl_enter_segments_from_the_prompt_box(qtbot, phantom):
+    ct, labels, names = phantom
+    window = _window(qtbot, ct, OracleSegmenter(labels, names), prompts=("spleen",))
+    qtbot.keyClick(window.prompt_edit, Qt.Key_Return, Qt.ControlModifier)
+    assert window.state == RUNNING
+    qtbot.waitUntil(lambda: window.state == IDLE, timeout=20000)
+    assert window.legend.rows()[0][1:3] == ["spleen", "spleen"]
+    assert window.prompt_edit.toPlainText() == "spleen", "the shortcut does not type a newline"

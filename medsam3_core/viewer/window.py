@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QAction,
     QComboBox,
@@ -50,6 +50,18 @@ _AUTO, _CUSTOM = "auto", "custom"
 _STAGE_TEXT = {"load": "Loading model", "encode": "Encoding slices", "detect": "Detecting", "track": "Tracking",
                "fuse": "Fusing", "write": "Writing", "upload": "Uploading", "queue": "Waiting for server",
                "download": "Downloading"}
+
+
+class _PromptEdit(QPlainTextEdit):
+    """Prompt box where Ctrl+Enter means "segment" (a plain Enter starts the next prompt line)."""
+
+    submitted = Signal()
+
+    def keyPressEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        if event.key() in (Qt.Key_Return, Qt.Key_Enter) and event.modifiers() & Qt.ControlModifier:
+            self.submitted.emit()
+            return
+        super().keyPressEvent(event)
 
 
 class ViewerWindow(QMainWindow):
@@ -97,9 +109,10 @@ class ViewerWindow(QMainWindow):
         for view in self.views.values():
             view.window_dragged.connect(self._drag_window)
 
-        self.prompt_edit = QPlainTextEdit()
+        self.prompt_edit = _PromptEdit()
+        self.prompt_edit.submitted.connect(self._on_segment_button)
         self.prompt_edit.setObjectName("promptEdit")
-        self.prompt_edit.setPlaceholderText("One concept per line, e.g.\nliver\nkidney")
+        self.prompt_edit.setPlaceholderText("One concept per line, e.g.\nliver\nkidney\n(Ctrl+Enter segments)")
         self.prompt_edit.setMaximumHeight(96)
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(MODES)
