@@ -382,10 +382,6 @@ class ViewerWindow(QMainWindow):
             self._set_status("Cancelling…")
             self._update_state()
 
-    @property
-    def busy(self) -> bool:
-        return self.state != IDLE
-
     def _on_progress(self, stage: str, fraction: float) -> None:
         if self.state == RUNNING:
             self.progress_bar.setValue(int(fraction * 1000))
