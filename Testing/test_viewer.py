@@ -240,3 +240,19 @@ def test_ctrl_enter_segments_from_the_prompt_box(qtbot, phantom):
     qtbot.waitUntil(lambda: window.state == IDLE, timeout=20000)
     assert window.legend.rows()[0][1:3] == ["spleen", "spleen"]
     assert window.prompt_edit.toPlainText() == "spleen", "the shortcut does not type a newline"
+
+
+def test_remote_server_that_is_down_gives_one_line(qtbot, phantom):
+    import socket
+
+    from medsam3_core.viewer.cli import segmenter_factory
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ct, _, _ = phantom
+    window = ViewerWindow(segmenter_factory(server=f"http://127.0.0.1:{port}", api_key="key"), ct, prompts=["liver"])
+    qtbot.addWidget(window)
+    _run(qtbot, window)
+    assert window.result is None and window.last_error and "\n" not in window.last_error
+    assert str(port) in window.last_error or "connect" in window.last_error.lower()
