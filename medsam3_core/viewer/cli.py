@@ -102,10 +102,14 @@ def _screenshot(app, window, path: Path, segment: bool) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Open the viewer; returns the process exit code (2 for user errors, with one line on stderr)."""
-    from qtpy.QtWidgets import QApplication
+    try:
+        from qtpy.QtWidgets import QApplication
 
-    from .window import ViewerWindow
-
+        from .window import ViewerWindow
+    except ImportError as err:  # qtpy raises an ImportError subclass when no Qt binding is installed
+        print(f"error: the viewer needs Qt for Python ({err}); install it with: pip install 'medsam3[gui]'",
+              file=sys.stderr)
+        return 2
     try:
         width, height = _size(args.size)
         options = SegmentOptions(threshold=args.threshold, mode=args.mode)
