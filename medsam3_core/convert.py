@@ -43,6 +43,7 @@ __all__ = [
     "native_to_transformers",
     "transformers_to_native",
     "target_shapes",
+    "config_for_checkpoint",
     "merge_lora",
     "convert_checkpoint",
     "add_arguments",
@@ -329,7 +330,8 @@ def _apply(rule: Rule, tensor: torch.Tensor, fields: dict[str, str]) -> dict[str
         side = int(round((positions - 1) ** 0.5))
         if side * side == positions - 1:
             tensor = tensor[:, 1:]
-    return {t.format(**fields): tensor for t in rule.targets}
+    # Extra targets get their own copy: transformers refuses to save one storage under two unrelated names.
+    return {t.format(**fields): tensor if n == 0 else tensor.clone() for n, t in enumerate(rule.targets)}
 
 
 def native_to_transformers(state: Mapping[str, torch.Tensor], config: PretrainedConfig) -> Conversion:
@@ -424,6 +426,23 @@ def target_shapes(config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def config_for_checkpoint(raw: checkpoints.RawWeights, config: Optional[PretrainedConfig] = None) -> PretrainedConfig:
+    """The architecture a single checkpoint file is loaded into.
+
+    An explicit ``config`` wins, then a ``config.json`` beside the file (how tiny or custom models travel), then
+    full-size SAM3 — what Meta and Medical SAM3 release. A file without tracker weights gets the detector alone.
+    """
+    if config is None and (raw.path.parent / "config.json").is_file():
+        config = checkpoints.read_config(raw.path.parent)
+    tracker_heads = ("tracker.", "tracker_model.", "tracker_neck.", "inst_interactive_predictor.")
+    has_tracker = any(k.startswith(tracker_heads) for k in raw.state_dict)
+    if config is None:
+        config = Sam3VideoConfig() if has_tracker else Sam3Config()
+    if isinstance(config, Sam3VideoConfig) and not has_tracker:
+        config = config.detector_config
+    return config
+
+
 def merge_lora(model: PreTrainedModel, adapter_dir: Union[str, Path]) -> PreTrainedModel:
     """Fold a PEFT LoRA adapter into ``model``'s weights (the result needs no ``peft`` at inference)."""
     adapter_dir = Path(adapter_dir)
@@ -453,7 +472,7 @@ def convert_checkpoint(
         source: native ``sam3.pt``, Medical SAM3 trainer checkpoint, or safetensors/``.pt`` in transformers names.
         out_dir: folder to create (replaced atomically if it exists).
         lora: optional PEFT adapter folder merged into the weights.
-        config: target architecture; default full-size SAM3 with tracker when the file has tracker weights.
+        config: target architecture (default: see :func:`config_for_checkpoint`).
         dtype: storage precision of the output.
 
     Returns:
@@ -465,10 +484,7 @@ def convert_checkpoint(
     """
     start = time.perf_counter()
     raw = checkpoints.read_weights(source)
-    tracker_heads = ("tracker.", "tracker_model.", "inst_interactive_predictor.")
-    has_tracker = any(k.startswith(tracker_heads) for k in raw.state_dict)
-    if config is None:
-        config = Sam3VideoConfig() if has_tracker else Sam3Config()
+    config = config_for_checkpoint(raw, config)
     conversion = Conversion(state_dict=raw.state_dict)
     if raw.layout == Layout.NATIVE:
         conversion = native_to_transformers(raw.state_dict, config)

@@ -32,7 +32,7 @@ from transformers import (
 
 from . import checkpoints
 from .checkpoints import Layout, save_model
-from .convert import native_to_transformers
+from .convert import config_for_checkpoint, native_to_transformers
 from .download import RELEASES, not_downloaded_message, release_dir
 from .errors import DeviceError, ModelError
 from .progress import ProgressCallback, report
@@ -243,31 +243,9 @@ def _checkpoint_in_folder(folder: Path) -> Path:
     return files[0]
 
 
-def _default_config(tracker: bool) -> PretrainedConfig:
-    """Full-size SAM3 (what Meta and Medical SAM3 release): detector+tracker, or the detector alone."""
-    return Sam3VideoConfig() if tracker else Sam3Config()
-
-
-def _config_for_file(path: Path, layout: str, keys, config: Optional[PretrainedConfig]) -> PretrainedConfig:
-    """The architecture a single checkpoint file is loaded into.
-
-    An explicit ``config`` wins, then a ``config.json`` beside the file, then full-size SAM3. A detector-only file
-    always gets the detector part of the configuration.
-    """
-    if config is None and (path.parent / "config.json").is_file():
-        config = checkpoints.read_config(path.parent)
-    has_tracker = any(k.startswith(("tracker.", "tracker_model.", "tracker_neck.")) for k in keys)
-    if config is None:
-        config = _default_config(has_tracker)
-    detector_only = layout == Layout.HF_DETECTOR or (layout == Layout.NATIVE and not has_tracker)
-    if detector_only and isinstance(config, Sam3VideoConfig):
-        config = config.detector_config
-    return config
-
-
 def _load_file(path: Path, dtype: torch.dtype, config: Optional[PretrainedConfig]) -> PreTrainedModel:
     raw = checkpoints.read_weights(path)
-    cfg = _config_for_file(path, raw.layout, raw.state_dict.keys(), config)
+    cfg = config_for_checkpoint(raw, config)
     state = raw.state_dict
     if raw.layout == Layout.NATIVE:
         state = native_to_transformers(state, cfg).state_dict
