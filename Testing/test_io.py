@@ -199,3 +199,9 @@ def test_vector_nrrd_needs_frame(tmp_path):
     with pytest.raises(InputError, match="--frame"):
         read_volume(tmp_path / "dwi.nrrd")
     assert read_volume(tmp_path / "dwi.nrrd", frame=1).shape == (3, 4, 5)
+
+
+def test_folder_of_nifti_files_names_them(tmp_path):
+    write_volume(_oblique_volume(), tmp_path / "scan.nii.gz")
+    with pytest.raises(InputError, match="No DICOM images found .* holds scan.nii.gz: pass a file"):
+        read_volume(tmp_path)

@@ -135,6 +135,7 @@ def read_dicom_series(
     recursive: bool = True,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    empty_hint: str = "",
 ) -> Volume:
     """Load one series from a folder of DICOM files as a :class:`Volume`.
 
@@ -142,6 +143,7 @@ def read_dicom_series(
         folder: searched recursively; non-DICOM files are ignored.
         series_uid: the SeriesInstanceUID to load; default the series with most images.
         frame: for series with several images per position (time points, echoes), which one to take.
+        empty_hint: appended to the error when the folder holds no DICOM image (the caller knows what else is there).
 
     Raises:
         InputError: no DICOM images, unknown ``series_uid`` (the message lists the available ones), undecodable
@@ -152,8 +154,8 @@ def read_dicom_series(
     series, n_files = _scan(folder, recursive, progress, cancel)
     if not series:
         raise InputError(
-            f"No DICOM images found in {folder} ({n_files} files checked, including subfolders). "
-            "Point to a folder of DICOM files or to an image file (.nii.gz, .nrrd, .mha, .png …)."
+            f"No DICOM images found in {folder} ({n_files} files checked, including subfolders)."
+            + (empty_hint or " Point to a folder of DICOM files or to an image file (.nii.gz, .nrrd, .mha, .png …).")
         )
     if series_uid is None:
         series_uid = max(series, key=lambda uid: (_series_info(uid, series[uid]).images, uid))

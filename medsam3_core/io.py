@@ -98,7 +98,12 @@ def read_volume(
     if not path.exists():
         raise InputError(f"Input not found: {path}. Check the path (use 'demo' for the bundled demo scan).")
     if path.is_dir():
-        volume = dicom.read_dicom_series(path, series_uid=series_uid, frame=frame, progress=progress, cancel=cancel)
+        images = sorted(p.name for p in path.iterdir() if format_of(p) not in (None, ".dcm"))
+        more = " …" if len(images) > 3 else ""
+        hint = f" The folder holds {', '.join(images[:3])}{more}: pass a file." if images else ""
+        volume = dicom.read_dicom_series(
+            path, series_uid=series_uid, frame=frame, progress=progress, cancel=cancel, empty_hint=hint
+        )
     else:
         suffix = format_of(path)
         if suffix == ".dcm" or (suffix is None and _is_dicom_file(path)):

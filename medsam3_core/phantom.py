@@ -21,7 +21,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -124,7 +124,14 @@ class _Canvas:
     def _clip(values: np.ndarray, n: int) -> tuple[int, int]:
         return max(0, int(np.floor(values.min()))), min(n, int(np.ceil(values.max())) + 1)
 
-    def paint(self, mask_fn, lo, hi, tissue: str, inside: Optional[Sequence[str]] = None) -> None:
+    def paint(
+        self,
+        mask_fn: Callable[..., np.ndarray],
+        lo: Sequence[float],
+        hi: Sequence[float],
+        tissue: str,
+        inside: Optional[Sequence[str]] = None,
+    ) -> None:
         """Set voxels where ``mask_fn(u, v, w)`` holds (optionally only over the given tissues) to ``tissue``."""
         found = self.box(lo, hi)
         if found is None:
