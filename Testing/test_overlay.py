@@ -173,3 +173,9 @@ def test_cli_png_option_writes_pictures(tmp_path):
     pictures = sorted((tmp_path / "png").glob("axial_*.png"))
     assert 1 <= len(pictures) <= 5
     assert all(Image.open(p).size[0] > 200 for p in pictures)
+
+
+def test_planar_captions_use_pixels():
+    seg = SegmentInfo("polyp", "polyp", 1, 321, 0.321, 0.75, (0, 0))
+    assert segment_caption(seg, planar=True) == "polyp: 321 px, score 0.75"
+    assert segment_caption(seg) == "polyp: 0.3 mL, score 0.75"

@@ -64,10 +64,14 @@ def blend(image: np.ndarray, labels: np.ndarray, n_labels: int, opacity: float =
     return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def segment_caption(segment: SegmentInfo) -> str:
-    """One legend line: the prompt (and the concept the model was asked, when a synonym changed it), mL, score."""
+def segment_caption(segment: SegmentInfo, planar: bool = False) -> str:
+    """One legend line: the prompt (and the concept the model was asked, when a synonym changed it), size, score.
+
+    Size is the volume in mL, or the area in pixels for a single 2D image (``planar``), where mL means nothing.
+    """
     name = segment.prompt if segment.concept in ("", segment.prompt) else f"{segment.prompt} → {segment.concept}"
-    return f"{name}: {segment.volume_ml:.1f} mL, score {segment.score:.2f}"
+    size = f"{segment.voxels} px" if planar else f"{segment.volume_ml:.1f} mL"
+    return f"{name}: {size}, score {segment.score:.2f}"
 
 
 def write_overlays(
@@ -99,8 +103,10 @@ def write_overlays(
     labels = np.asarray(labelmap.array).astype(np.int64)
     normalizer = IntensityNormalizer.for_volume(volume, window)
     n_labels = max([s.label for s in segments] + [int(labels.max(initial=0))])
+    planar = volume.shape[0] == 1
     legend = [
-        Patch(facecolor=segment_color_float(s.label), edgecolor="white", label=segment_caption(s)) for s in segments
+        Patch(facecolor=segment_color_float(s.label), edgecolor="white", label=segment_caption(s, planar))
+        for s in segments
     ]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,8 +124,8 @@ def write_overlays(
                 ax.contour(label_slice == s.label, levels=[0.5], colors=[segment_color_float(s.label)],
                            linewidths=1.0)
         ax.set_axis_off()
-        fig.suptitle(f"{slice_axis} slice {index} of {plane.count - 1}  ·  window: {normalizer.description}",
-                     color="white", fontsize=9, y=0.985)
+        where = "" if plane.count == 1 else f"{slice_axis} slice {index} of {plane.count - 1}  ·  "
+        fig.suptitle(f"{where}window: {normalizer.description}", color="white", fontsize=9, y=0.985)
         if legend:
             ax.legend(handles=legend, loc="lower left", fontsize=8, framealpha=0.6, facecolor="black",
                       labelcolor="white", edgecolor="none")

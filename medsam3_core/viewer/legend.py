@@ -39,8 +39,10 @@ class SegmentLegend(QTableWidget):
         self._labels: list[int] = []
         self.cellClicked.connect(lambda row, _col: self.segment_clicked.emit(self._labels[row]))
 
-    def set_segments(self, segments: Sequence[SegmentInfo]) -> None:
+    def set_segments(self, segments: Sequence[SegmentInfo], planar: bool = False) -> None:
+        """Fill the table; ``planar`` (a single 2D image) shows areas in pixels instead of volumes in mL."""
         self.setRowCount(0)
+        self.setHorizontalHeaderItem(3, QTableWidgetItem("Area (px)" if planar else COLUMNS[3]))
         self._labels = [s.label for s in segments]
         for row, seg in enumerate(segments):
             self.insertRow(row)
@@ -48,7 +50,8 @@ class SegmentLegend(QTableWidget):
             swatch.setBackground(QColor(*segment_color(seg.label)))
             rng = f"{seg.slice_range[0]}–{seg.slice_range[1]}" if seg.slice_range else "none"
             cells = [swatch, QTableWidgetItem(seg.prompt), QTableWidgetItem(seg.concept),
-                     QTableWidgetItem(f"{seg.volume_ml:.1f}"), QTableWidgetItem(f"{seg.score:.2f}"),
+                     QTableWidgetItem(str(seg.voxels) if planar else f"{seg.volume_ml:.1f}"),
+                     QTableWidgetItem(f"{seg.score:.2f}"),
                      QTableWidgetItem(rng)]
             for col in (3, 4):
                 cells[col].setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))

@@ -395,7 +395,7 @@ class ViewerWindow(QMainWindow):
         n_labels = max([s.label for s in result.segments] + [int(labels.max(initial=0))])
         for view in self.views.values():
             view.set_labels(labels, n_labels, self.opacity_slider.value() / 100.0)
-        self.legend.set_segments(result.segments)
+        self.legend.set_segments(result.segments, planar=self.volume is not None and self.volume.shape[0] == 1)
         found = [s for s in result.segments if s.voxels]
         if found:
             self.centre_on_segment(max(found, key=lambda s: s.voxels).label)
