@@ -15,8 +15,15 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["write_dicom_series", "write_enhanced_dicom", "write_dicom_image", "mni152_files", "oblique_direction",
-           "SOP_CLASSES"]
+__all__ = [
+    "write_dicom_series",
+    "write_enhanced_dicom",
+    "write_dicom_image",
+    "write_phantom_dicom",
+    "mni152_files",
+    "oblique_direction",
+    "SOP_CLASSES",
+]
 
 SOP_CLASSES = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
@@ -204,6 +211,27 @@ def write_dicom_image(
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def write_phantom_dicom(
+    folder: Union[str, Path],
+    *,
+    seed: int = 0,
+    shape: tuple[int, int, int] = (8, 64, 64),
+    spacing: tuple[float, float, float] = (5.0, 5.0, 10.0),
+    direction: Optional[np.ndarray] = None,
+):
+    """The abdominal phantom as a CT DICOM series (intercept −1024): returns ``(paths, ct, labels, names)``.
+
+    ``ct``/``labels`` are the phantom volumes the series was written from, so a test can compare what a reader
+    (or a DICOM SEG writer) produces against known voxels and geometry.
+    """
+    from medsam3_core.phantom import make_abdomen_phantom
+
+    ct, labels, names = make_abdomen_phantom(seed, shape=shape, spacing=spacing, direction=direction)
+    paths = write_dicom_series(folder, ct.array, ct.spacing, ct.origin, ct.direction, intercept=-1024,
+                               window=(40, 400), description="Abdomen phantom")
+    return paths, ct, labels, names
 
 
 def mni152_files(tmp_dir: Union[str, Path]) -> tuple[Path, Path]:

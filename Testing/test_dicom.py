@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from builders import oblique_direction, write_dicom_image, write_dicom_series, write_enhanced_dicom
+from builders import (
+    oblique_direction,
+    write_dicom_image,
+    write_dicom_series,
+    write_enhanced_dicom,
+    write_phantom_dicom,
+)
 
 from medsam3_core.dicom import list_series, read_dicom_series
 from medsam3_core.errors import Cancelled, InputError
@@ -228,3 +234,15 @@ def test_jpeg_lossless_falls_back_to_gdcm_without_double_rescale(tmp_path):
     np.testing.assert_array_equal(vol.array, hu)
     np.testing.assert_allclose(vol.spacing[:2], (0.5, 0.6))
     np.testing.assert_allclose(vol.origin, (1.0, 2.0, 3.0))
+
+
+def test_dicom_and_nifti_of_the_same_scan_agree(tmp_path):
+    """The phantom written as an oblique DICOM series and as NIfTI reads back on one grid with equal voxels."""
+    from medsam3_core.io import write_volume
+
+    _, ct, _, _ = write_phantom_dicom(tmp_path / "dicom", direction=oblique_direction(30))
+    from_dicom = read_volume(tmp_path / "dicom")
+    from_nifti = read_volume(write_volume(ct, tmp_path / "ct.nii.gz"))
+    assert from_dicom.same_geometry(from_nifti, atol=1e-4) and from_dicom.same_geometry(ct, atol=1e-4)
+    np.testing.assert_array_equal(from_dicom.array, from_nifti.array)
+    assert from_dicom.metadata["window"] == (40.0, 400.0)

@@ -205,3 +205,11 @@ def test_folder_of_nifti_files_names_them(tmp_path):
     write_volume(_oblique_volume(), tmp_path / "scan.nii.gz")
     with pytest.raises(InputError, match="No DICOM images found .* holds scan.nii.gz: pass a file"):
         read_volume(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd", ".png"])
+def test_rgb_round_trip(tmp_path, suffix):
+    rgb = Volume(np.random.default_rng(3).integers(0, 256, size=(1, 6, 8, 3)).astype(np.uint8))
+    back = read_volume(write_volume(rgb, tmp_path / f"photo{suffix}"))
+    assert back.is_rgb and back.modality == "RGB"
+    np.testing.assert_array_equal(back.array, rgb.array)

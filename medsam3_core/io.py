@@ -8,6 +8,7 @@ file, 4D data without a frame) raise :class:`~medsam3_core.errors.InputError` wi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -97,6 +98,8 @@ def read_volume(
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"Input not found: {path}. Check the path (use 'demo' for the bundled demo scan).")
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise InputError(f"Cannot read {path}: permission denied.")
     if path.is_dir():
         images = sorted(p.name for p in path.iterdir() if format_of(p) not in (None, ".dcm"))
         more = " …" if len(images) > 3 else ""
@@ -183,6 +186,8 @@ def volume_from_sitk(
 
     if dim == 2:
         array = array[None]
+    elif dim == 3 and ncomp in (3, 4) and image.GetSize()[2] == 1:
+        pass  # a colour picture stored as a one-slice volume: keep it RGB
     elif dim == 4 or (dim == 3 and ncomp > 1):
         frames = array.shape[0] if dim == 4 else ncomp
         frame = _check_frame(frame, frames)
