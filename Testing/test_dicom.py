@@ -246,3 +246,15 @@ def test_dicom_and_nifti_of_the_same_scan_agree(tmp_path):
     assert from_dicom.same_geometry(from_nifti, atol=1e-4) and from_dicom.same_geometry(ct, atol=1e-4)
     np.testing.assert_array_equal(from_dicom.array, from_nifti.array)
     assert from_dicom.metadata["window"] == (40.0, 400.0)
+
+
+def test_segmentation_objects_in_the_folder_are_not_images(tmp_path):
+    """A DICOM SEG saved next to its CT (many frames, own series) must not be picked as the largest series."""
+    hu = _hu((3, 6, 6))
+    write_dicom_series(tmp_path, hu, SPACING, ORIGIN)
+    seg = pydicom.dcmread(write_dicom_image(tmp_path / "seg" / "seg.dcm", np.zeros((6, 6), np.uint16)))
+    seg.SOPClassUID = seg.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    seg.NumberOfFrames = 50
+    seg.save_as(tmp_path / "seg" / "seg.dcm")
+    assert [s.images for s in list_series(tmp_path)] == [3]
+    np.testing.assert_array_equal(read_volume(tmp_path).array, hu)

@@ -2,7 +2,8 @@
 
 All or nothing: every file is first written to a hidden temporary beside its target and only renamed into place once
 all of them succeeded, so a failed or cancelled export never leaves a label map without its report, a half set of
-masks, or a freshly created empty output folder. Existing files are replaced only at that final step.
+masks, or a freshly created empty output folder. Existing files are replaced only at that final step; files of
+earlier runs that this run does not produce (e.g. masks of other prompts) are left alone.
 """
 
 from __future__ import annotations
