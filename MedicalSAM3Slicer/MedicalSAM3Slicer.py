@@ -40,6 +40,7 @@ from MedicalSAM3SlicerLib import (
     ThreadJob,
     core_source,
     default_python,
+    describe_server,
     infer_command,
     install_commands,
     missing_requirements,
@@ -84,7 +85,6 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._parameterNode = None
         self._updatingGUI = False
         self._state = ProcessingState.IDLE
-        self._runStart = 0.0
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -243,8 +243,7 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def onTestConnection(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Could not reach the server."), waitCursor=True):
             info = self.logic.testConnection(self.ui.serverUrlLineEdit.text.strip(), self.ui.apiKeyLineEdit.text)
-            details = ", ".join(f"{k}: {v}" for k, v in info.items() if not isinstance(v, (dict, list)))
-            self.ui.statusLabel.text = _("Connected. {details}").format(details=details)
+            self.ui.statusLabel.text = describe_server(info)
 
     def onApplyButton(self) -> None:
         if self._state.busy:
@@ -253,7 +252,6 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         node = self._parameterNode
         request = RunRequest.from_parameters(Parameters(node), api_key=self.ui.apiKeyLineEdit.text)
-        self._runStart = time.monotonic()
         self.setState(ProcessingState.STARTING, _("Starting..."))
         try:
             self.logic.process(node.GetNodeReference("InputVolume"), node.GetNodeReference("OutputSegmentation"),
@@ -269,6 +267,8 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def onJobEvent(self, event: JobEvent) -> None:
         """Called on the GUI thread by the logic for every progress/terminal event of the running job."""
         if event.kind == "progress":
+            if self._state == ProcessingState.CANCELLING:  # keep saying "Cancelling..." until the job ends
+                return
             if self._state == ProcessingState.STARTING:
                 self.setState(ProcessingState.RUNNING)
             self.ui.progressBar.setRange(0, 100)
@@ -485,10 +485,12 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
         if segmentationNode is None:
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
                 "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} segments"))
+            # A new segmentation moves with its volume. An existing one keeps its transform: Slicer's labelmap
+            # import maps the voxels from the volume's frame into the segmentation's, and its other segments stay.
+            segmentationNode.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
         if segmentationNode.GetDisplayNode() is None:
             segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
-        segmentationNode.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
         segmentation = segmentationNode.GetSegmentation()
         for data in segments:
             segmentId = segmentation.GetSegmentIdBySegmentName(data.name)

@@ -4,7 +4,6 @@ The geometry tests are the point: a label map must come back on the very physica
 oblique volume with anisotropic spacing, through every hop (volume node → NRRD → CLI process → NRRD → segment).
 """
 
-import json
 import os
 import signal
 import sys
@@ -122,7 +121,8 @@ def test_core_volume_from_slicer_matrix_agrees_with_itk():
 
     image = _itk_phantom()
     node = _load_like_slicer(image)
-    volume = Volume.from_ijk_to_ras(slicer.util.arrayFromVolume(node), module.MedicalSAM3SlicerLogic.ijkToRasArray(node))
+    ijk_to_ras = module.MedicalSAM3SlicerLogic.ijkToRasArray(node)
+    volume = Volume.from_ijk_to_ras(slicer.util.arrayFromVolume(node), ijk_to_ras)
     np.testing.assert_allclose(volume.spacing, SPACING)
     np.testing.assert_allclose(volume.origin, ORIGIN_LPS)
     np.testing.assert_allclose(volume.direction, DIRECTION_LPS, atol=1e-12)
@@ -234,7 +234,7 @@ def test_non_blocking_run_reports_progress_then_done_via_qtimer(qtbot):
     assert logic.lastOutputSegmentation.GetSegmentation().GetNumberOfSegments() == 1
 
 
-# -- background process: protocol, cancel, process tree ------------------------------------------------------------------
+# -- background process: protocol, cancel, process tree ----------------------------------------------------------------
 def _fake(tmp_path, *flags):
     return [sys.executable, "-m", "threshold_cli", "infer", str(tmp_path / "none.nrrd"), "x", "-o",
             str(tmp_path / "out"), *flags]
@@ -357,7 +357,7 @@ def _fake_hang_command(python, input_path, prompts, output_dir, **kwargs):
     return infer_command(python, input_path, prompts, output_dir, **kwargs) + ["--hang"]
 
 
-# -- remote runs in a thread ----------------------------------------------------------------------------------------------
+# -- remote runs in a thread -------------------------------------------------------------------------------------------
 def test_thread_job_reports_progress_result_errors_and_cancel():
     from medsam3_core.errors import Cancelled, InputError
 
@@ -392,41 +392,88 @@ def test_thread_job_reports_progress_result_errors_and_cancel():
     assert issubclass(Cancelled, Exception)
 
 
-def test_remote_run_imports_result_on_the_input_grid(qapp, monkeypatch):
-    """The remote path with the real client API replaced by a segmenter computing on the Volume it is given."""
-    import medsam3_core.server.client as client
-    from medsam3_core.segmenter import SegmentationResult, SegmentInfo
+class _ThresholdEngine:
+    """Stands in for the GPU model behind a real loopback ``medsam3 serve`` app: label 1 = voxels above 0."""
 
-    seen = {}
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay, self.calls = delay, []
 
-    class ThresholdServer:
-        def __init__(self, url, api_key=None, timeout=30.0):
-            seen["url"], seen["key"] = url, api_key
+    def segment(self, volume, prompts, options=None, progress=None, cancel=None, concepts=None):
+        from medsam3_core.segmenter import SegmentationResult, SegmentInfo
 
-        def segment(self, volume, prompts, options, progress, cancel, concepts=None):
-            seen["concepts"], seen["options"] = concepts, options
-            progress("upload", 1.0)
-            labels = volume.with_array((volume.array > 0).astype(np.uint8))
-            info = SegmentInfo(prompts[0], concepts[0], 1, int(labels.array.sum()), 1.0, 0.8, (2, 4))
-            return SegmentationResult(labels, [info], model="remote-test")
+        self.calls.append((list(prompts), options, concepts))
+        for k in range(volume.shape[0]):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            time.sleep(self.delay)
+            progress("detect", (k + 1) / volume.shape[0])
+        labels = volume.with_array((volume.array > 0).astype(np.uint8))
+        infos = [SegmentInfo(p, p, n, int((labels.array == n).sum()), 0.1, 0.8 if n == 1 else 0.0, None)
+                 for n, p in enumerate(prompts, 1)]
+        return SegmentationResult(labels, infos, model="threshold-server", options=options)
 
-    monkeypatch.setattr(client, "RemoteSegmenter", ThresholdServer)
+
+def _serve(engine):
+    from medsam3_core.server.app import create_app
+    from medsam3_core.server.runner import BackgroundServer
+
+    return BackgroundServer(create_app(engine, api_key="slicer-test-key-0123456789"))
+
+
+def test_remote_run_over_http_imports_the_result_on_the_input_grid(qapp):
+    engine = _ThresholdEngine()
     image = _itk_phantom()
     node = _load_like_slicer(image)
-    request = RunRequest(prompts=["Kidneys"], model_source="remote", server_url="http://gpu:8000", api_key="k",
-                         threshold=0.3, window="lung")
-    output = module.MedicalSAM3SlicerLogic().process(node, None, request)
-    assert seen["url"] == "http://gpu:8000" and seen["key"] == "k"
-    assert seen["options"].threshold == 0.3 and seen["options"].window == "lung"
-    assert seen["concepts"] == [r.concept for r in __import__("medsam3_core.prompts").prompts.resolve_prompts(
-        ["Kidneys"])]
+    with _serve(engine) as url:
+        logic = module.MedicalSAM3SlicerLogic()
+        info = logic.testConnection(url, "slicer-test-key-0123456789")
+        assert module.describe_server(info).startswith("Connected to Medical SAM3 server ")
+        with pytest.raises(RuntimeError, match="(?i)key"):
+            logic.testConnection(url, "wrong-key-0123456789abcdef")
+        events = []
+        request = RunRequest(prompts=["Kidneys", "nothing"], model_source="remote", server_url=url,
+                             api_key="slicer-test-key-0123456789", threshold=0.3, window="lung")
+        output = logic.process(node, None, request, eventCallback=events.append)
+    from medsam3_core.prompts import resolve_prompts
+
+    ((prompts, options, concepts),) = engine.calls
+    assert options.threshold == 0.3 and options.window == "lung"
+    assert concepts == [r.concept for r in resolve_prompts(["Kidneys", "nothing"])]  # synonyms resolved as the CLI does
+    assert {"upload", "download"} <= {e.stage for e in events if e.kind == "progress"}
     segmentation = output.GetSegmentation()
+    assert [segmentation.GetNthSegment(n).GetName() for n in range(2)] == ["Kidneys", "nothing"]
     got = _segment_ras_points(output, segmentation.GetSegmentIdBySegmentName("Kidneys"))
     expected = _ras_of_itk_voxels(image, np.argwhere(sitk.GetArrayFromImage(image) > 0))
     np.testing.assert_allclose(_sorted(got), _sorted(expected), atol=1e-6)
+    tag = vtk.reference("")
+    assert segmentation.GetNthSegment(0).GetTag(module.SOURCE_TAG, tag) and tag.get() == "threshold-server"
 
 
-# -- Slicer-independent pieces ----------------------------------------------------------------------------------------------
+def test_remote_cancel_stops_the_server_job_and_leaves_the_scene_unchanged(qtbot):
+    engine = _ThresholdEngine(delay=0.3)
+    node = _load_like_slicer(_itk_phantom())
+    with _serve(engine) as url:
+        logic = module.MedicalSAM3SlicerLogic()
+        events = []
+        request = RunRequest(prompts=["box"], model_source="remote", server_url=url,
+                             api_key="slicer-test-key-0123456789")
+        logic.process(node, None, request, waitForCompletion=False, eventCallback=events.append)
+        qtbot.waitUntil(lambda: any(e.stage == "detect" for e in events), timeout=20000)
+        logic.cancel()
+        qtbot.waitUntil(lambda: bool(events) and events[-1].terminal, timeout=20000)
+    assert events[-1].kind == "cancelled"
+    assert slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode") == []
+
+
+# -- Slicer-independent pieces -----------------------------------------------------------------------------------------
+def test_describe_server():
+    info = {"version": "0.1.0", "model": {"model": "medsam3-ct", "device": "cuda"},
+            "queue": {"running": 1, "queued": 2}}
+    assert module.describe_server(info) == (
+        "Connected to Medical SAM3 server 0.1.0: model medsam3-ct on cuda; 1 running, 2 waiting.")
+    assert module.describe_server({}) == "Connected to Medical SAM3 server ?: model unknown model."
+
+
 def test_segments_from_labelmap_follow_prompt_order_and_report():
     labels = np.zeros((2, 3, 4), np.uint8)
     labels[0, 0, :2] = 2
@@ -465,7 +512,7 @@ def test_processing_state_drives_the_button():
     assert all(state.tooltip for state in ProcessingState)
 
 
-# -- dependencies ------------------------------------------------------------------------------------------------------------
+# -- dependencies ------------------------------------------------------------------------------------------------------
 def test_missing_requirements_by_presence_and_version():
     versions = {"torch": "2.13.0+cu128", "transformers": "5.24.1", "medsam3": "0.1.0", "httpx": "0.20"}
     present = {"torch", "transformers", "medsam3_core", "httpx", "scipy", "nibabel", "pydicom", "tqdm", "PIL",

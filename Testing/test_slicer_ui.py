@@ -31,7 +31,8 @@ from MedicalSAM3SlicerLib.request import WINDOW_PRESETS  # noqa: E402
 
 EXPECTED_CLASSES = {
     "inputVolumeSelector": "qMRMLNodeComboBox", "outputSegmentationSelector": "qMRMLNodeComboBox",
-    "promptsTextEdit": "QPlainTextEdit", "modelSourceComboBox": "QComboBox", "checkpointPathLineEdit": "ctkPathLineEdit",
+    "promptsTextEdit": "QPlainTextEdit", "modelSourceComboBox": "QComboBox",
+    "checkpointPathLineEdit": "ctkPathLineEdit",
     "serverUrlLineEdit": "QLineEdit", "apiKeyLineEdit": "QLineEdit", "testConnectionButton": "QPushButton",
     "deviceComboBox": "QComboBox", "modeComboBox": "QComboBox", "thresholdSliderWidget": "ctkSliderWidget",
     "windowComboBox": "QComboBox", "sliceAxisComboBox": "QComboBox", "cleanupCheckBox": "QCheckBox",

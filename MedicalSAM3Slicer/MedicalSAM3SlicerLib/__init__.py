@@ -11,6 +11,7 @@ from .events import JobEvent, parse_event_line
 from .nrrd import read_nrrd, write_nrrd
 from .parameters import FIELDS, Parameters
 from .process import CliJob, default_python, infer_command
+from .remote import describe_server
 from .request import RunRequest
 from .segments import CONFIDENCE_TAG, SOURCE_TAG, SegmentData, segments_from_labelmap, summary_line
 from .state import ProcessingState
@@ -19,7 +20,6 @@ from .thread import ThreadJob
 __all__ = [
     "REQUIREMENTS", "InstallError", "Requirement", "core_source", "install_commands", "missing_requirements",
     "JobEvent", "parse_event_line", "read_nrrd", "write_nrrd", "FIELDS", "Parameters", "CliJob", "default_python",
-    "infer_command", "RunRequest", "CONFIDENCE_TAG", "SOURCE_TAG", "SegmentData", "segments_from_labelmap",
-    "summary_line",
-    "ProcessingState", "ThreadJob",
+    "infer_command", "describe_server", "RunRequest", "CONFIDENCE_TAG", "SOURCE_TAG", "SegmentData",
+    "segments_from_labelmap", "summary_line", "ProcessingState", "ThreadJob",
 ]
