@@ -23,7 +23,7 @@ from medsam3_core.convert import (
     transformers_to_native,
 )
 from medsam3_core.errors import CheckpointError
-from medsam3_core.model import load_model, tiny_video_config
+from medsam3_core.model import load_model, random_video_model
 from medsam3_core.tokenizer import bundled_tokenizer, tokenize
 
 MANIFEST = Path(__file__).parent / "data" / "sam3_native_keys.json.gz"
@@ -39,12 +39,7 @@ def native_meta() -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_video() -> Sam3VideoModel:
-    """A tiny random detector+tracker whose two tracker positional matrices agree, as in every real checkpoint."""
-    torch.manual_seed(0)
-    model = Sam3VideoModel(tiny_video_config()).eval()
-    tracker = model.tracker_model
-    tracker.shared_image_embedding.positional_embedding.copy_(tracker.prompt_encoder.shared_embedding.positional_embedding)
-    return model
+    return random_video_model(seed=0)
 
 
 def _shapes(state: dict) -> dict:
@@ -129,8 +124,8 @@ def test_tiny_native_checkpoint_converts_to_an_identical_model(tiny_video, tmp_p
 
     bundle = load_model(tmp_path / "converted", device="cpu")
     reference = tiny_video.state_dict()
-    parts = (("detector_model.", bundle.detector), ("tracker_model.", bundle.tracker), ("tracker_neck.", bundle.tracker_neck))
-    for prefix, module in parts:
+    parts = {"detector_model.": bundle.detector, "tracker_model.": bundle.tracker, "tracker_neck.": bundle.tracker_neck}
+    for prefix, module in parts.items():
         for name, tensor in module.state_dict().items():
             assert torch.equal(tensor, reference[prefix + name]), prefix + name
     ids, mask = tokenize(bundled_tokenizer(), ["liver"])
@@ -157,9 +152,8 @@ def test_conversion_refuses_to_leave_layers_random(tiny_video, tmp_path):
 def test_lora_adapter_is_merged(tiny_video, tmp_path):
     peft = pytest.importorskip("peft")
     source = _save_trainer_checkpoint(tiny_video, tmp_path / "release")
-    adapted = peft.get_peft_model(
-        Sam3VideoModel(tiny_video.config), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["fc1"], init_lora_weights=False)
-    )
+    lora = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["fc1"], init_lora_weights=False)
+    adapted = peft.get_peft_model(Sam3VideoModel(tiny_video.config), lora)
     adapted.save_pretrained(str(tmp_path / "adapter"))
     lora_b = {n: p for n, p in adapted.named_parameters() if "lora_B" in n}
     assert lora_b, "the adapter must touch some layers for this test to mean anything"

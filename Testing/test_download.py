@@ -12,23 +12,19 @@ import huggingface_hub
 import pytest
 import torch
 from huggingface_hub import errors as hub_errors
-from transformers import Sam3VideoModel
 
 from medsam3_core import download
 from medsam3_core.checkpoints import save_model
 from medsam3_core.convert import transformers_to_native
 from medsam3_core.download import RELEASES, cache_root, download_release, release_dir
 from medsam3_core.errors import ModelError
-from medsam3_core.model import load_model, tiny_video_config
+from medsam3_core.model import load_model, random_video_model
 
 
 @pytest.fixture(scope="module")
 def tiny_release(tmp_path_factory) -> Path:
     """A folder as a Medical SAM3 release would be: a native trainer checkpoint (+ the tiny model's config)."""
-    torch.manual_seed(3)
-    model = Sam3VideoModel(tiny_video_config())
-    tracker = model.tracker_model
-    tracker.shared_image_embedding.positional_embedding.copy_(tracker.prompt_encoder.shared_embedding.positional_embedding)
+    model = random_video_model(seed=3)
     folder = tmp_path_factory.mktemp("hub")
     torch.save({"model": transformers_to_native(model.state_dict()), "optimizer": {}, "epoch": 1}, folder / "ckpt.pt")
     model.config.to_json_file(str(folder / "config.json"))
@@ -102,15 +98,15 @@ def test_download_converts_once_and_the_name_then_loads(monkeypatch, tmp_path, t
 
 def test_checksum_mismatch_is_refused(monkeypatch, tmp_path, tiny_release):
     monkeypatch.setitem(RELEASES, "medsam3-2d", download.Release("medsam3-2d", "o/r", "ckpt.pt", "d", "l", "0" * 64))
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename, local_dir: str(tiny_release / filename))
+    fake_download = lambda repo_id, filename, local_dir: str(tiny_release / filename)  # noqa: E731
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     with pytest.raises(ModelError, match="SHA-256 mismatch"):
         download_release("medsam3-2d", tmp_path)
     assert not release_dir("medsam3-2d", tmp_path).exists()
 
 
 def test_hub_folder_release_is_validated_and_copied(monkeypatch, tmp_path):
-    torch.manual_seed(4)
-    hub_copy = save_model(Sam3VideoModel(tiny_video_config()), tmp_path / "hub_snapshot")
+    hub_copy = save_model(random_video_model(seed=4), tmp_path / "hub_snapshot")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, local_dir, allow_patterns: str(hub_copy))
     out = download_release("sam3", tmp_path / "cache")
     assert (out / "config.json").is_file()

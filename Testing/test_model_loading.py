@@ -12,17 +12,19 @@ from medsam3_core import model as model_module
 from medsam3_core.checkpoints import Layout, read_weights, save_model
 from medsam3_core.convert import transformers_to_native
 from medsam3_core.errors import CheckpointError, DeviceError, ModelError
-from medsam3_core.model import DEMO_RANDOM_SOURCE, load_model, tiny_detector_config, tiny_video_config
+from medsam3_core.model import (
+    DEMO_RANDOM_SOURCE,
+    load_model,
+    random_video_model,
+    tiny_detector_config,
+    tiny_video_config,
+)
 from medsam3_core.tokenizer import bundled_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tiny_video() -> Sam3VideoModel:
-    torch.manual_seed(1)
-    model = Sam3VideoModel(tiny_video_config()).eval()
-    tracker = model.tracker_model
-    tracker.shared_image_embedding.positional_embedding.copy_(tracker.prompt_encoder.shared_embedding.positional_embedding)
-    return model
+    return random_video_model(seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ __all__ = [
     "tiny_detector_config",
     "tiny_video_config",
     "build_random_bundle",
+    "random_video_model",
     "DEMO_MODEL_DIR",
     "DEMO_RANDOM_SOURCE",
     "resolve_model_spec",
@@ -205,6 +206,23 @@ def build_random_bundle(seed: int = 0, device: str = "cpu", config: Optional[Sam
     torch.manual_seed(seed)
     video = Sam3VideoModel(config or tiny_video_config())
     return bundle_from_video_model(video, device, source=f"random tiny SAM3 (seed {seed})")
+
+
+def random_video_model(seed: int = 0, config: Optional[Sam3VideoConfig] = None) -> Sam3VideoModel:
+    """A random-init ``Sam3VideoModel`` (tiny by default) shaped like a released one.
+
+    transformers keeps the tracker's random-Fourier positional matrix twice (image and prompt encoder); Meta's
+    checkpoints hold it once. Random init draws the two independently, so here they are made equal, as in every
+    real checkpoint — then the model survives a round trip through Meta's format unchanged.
+    """
+    torch.manual_seed(seed)
+    video = Sam3VideoModel(config or tiny_video_config()).eval()
+    tracker = video.tracker_model
+    with torch.no_grad():
+        tracker.shared_image_embedding.positional_embedding.copy_(
+            tracker.prompt_encoder.shared_embedding.positional_embedding
+        )
+    return video
 
 
 def resolve_model_spec(spec: Union[str, Path, None], cache_dir: Union[str, Path, None] = None) -> Optional[Path]:

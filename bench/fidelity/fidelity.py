@@ -45,7 +45,8 @@ IMAGE_SIZE = 1008
 
 
 def patch_native_for_cpu() -> None:
-    """Meta's builder hard-codes ``device="cuda"`` in two constructors (SAM3_NOTES §7); make them CPU-safe."""
+    """Make Meta's code CPU-safe: two constructors hard-code ``device="cuda"`` (SAM3_NOTES §7), and the geometry
+    encoder pins host memory (which needs a CUDA driver) even for an empty box prompt."""
     import sam3.model.decoder as decoder
     import sam3.model.position_encoding as position_encoding
 
@@ -61,6 +62,8 @@ def patch_native_for_cpu() -> None:
         return original_coords(height, width, "cpu" if str(device).startswith("cuda") else device)
 
     decoder.TransformerDecoder._get_coords = staticmethod(coords_on_cpu)
+    if not torch.cuda.is_available():
+        torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
 
 
 def versions() -> dict[str, str]:
