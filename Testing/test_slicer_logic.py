@@ -108,9 +108,9 @@ def test_standin_volume_node_matches_itk_physical_points():
     ras = (m @ np.c_[kji[:, ::-1], np.ones(len(kji))].T).T[:, :3]
     np.testing.assert_allclose(ras, _ras_of_itk_voxels(image, kji), atol=1e-9)
     assert slicer.util.arrayFromVolume(node).shape == (9, 14, 11)  # [k, j, i]
-    # the 9-value SetIJKToRASDirections form takes the i, j, k axes one after the other, as in Slicer
+    # the 9-value SetIJKToRASDirections(ir, jr, kr, ia, ja, ka, is, js, ks) form is row by row, as in Slicer
     other = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-    other.SetIJKToRASDirections(*(LPS_TO_RAS @ DIRECTION_LPS).T.ravel())
+    other.SetIJKToRASDirections(*(LPS_TO_RAS @ DIRECTION_LPS).ravel())
     other.SetSpacing(SPACING)
     other.SetOrigin(LPS_TO_RAS @ np.array(ORIGIN_LPS))
     np.testing.assert_allclose(module.MedicalSAM3SlicerLogic.ijkToRasArray(other), m)
@@ -126,6 +126,28 @@ def test_core_volume_from_slicer_matrix_agrees_with_itk():
     np.testing.assert_allclose(volume.spacing, SPACING)
     np.testing.assert_allclose(volume.origin, ORIGIN_LPS)
     np.testing.assert_allclose(volume.direction, DIRECTION_LPS, atol=1e-12)
+
+
+def test_module_loads_without_the_core_and_never_imports_torch():
+    """Slicer loads the module before the first-run install: it must import with neither torch nor the core."""
+    import subprocess
+
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'medsam3_core', 'SimpleITK'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"sys.path[:0] = [{str(STANDIN)!r}, {str(ROOT / 'MedicalSAM3Slicer')!r}]\n"
+        "import MedicalSAM3Slicer\n"
+        "w = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'medsam3_core')]\n"
+        "print('loaded', w)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "loaded []"
 
 
 # -- NRRD hand-over ---------------------------------------------------------------------------------------------------

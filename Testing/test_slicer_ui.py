@@ -213,6 +213,26 @@ def test_invalid_input_is_reported_without_starting(qapp):
     widget.cleanup()
 
 
+def test_test_connection_button_reports_the_server_or_the_error(qapp):
+    from medsam3_core.server.app import create_app
+    from medsam3_core.server.runner import BackgroundServer
+
+    key = "ui-test-key-0123456789abcdef"
+    widget = _widget()
+    ui = widget.ui
+    ui.modelSourceComboBox.setCurrentIndex(ui.modelSourceComboBox.findData("remote"))
+    with BackgroundServer(create_app(object(), api_key=key, model_info={"model": "demo", "device": "cpu"})) as url:
+        ui.serverUrlLineEdit.text = url
+        ui.apiKeyLineEdit.text = key
+        ui.testConnectionButton.click()
+        assert ui.statusLabel.text.startswith("Connected to Medical SAM3 server") and "demo on cpu" in ui.statusLabel.text
+        ui.apiKeyLineEdit.text = "not-the-key-0123456789"
+        ui.testConnectionButton.click()
+    kind, message = slicer.calls[-1]
+    assert kind == "error" and message.startswith("Could not reach the server.") and "key" in message.lower()
+    widget.cleanup()
+
+
 def render_screenshot(path: Path) -> Path:
     """The panel as a user sees it before a run: volume chosen, prompts typed, demo model, new segmentation."""
     volume = _volume("Abdomen CT")

@@ -135,7 +135,8 @@ class CliJob:
         return events
 
     def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> list[JobEvent]:
-        """Block until the job ends (scripts and tests); returns every event."""
+        """Block until the job ends (scripts, tests, Slicer's batch mode); returns every event. After ``timeout``
+        seconds the job is cancelled, and still waited for, so the child never outlives the call."""
         deadline = None if timeout is None else time.monotonic() + timeout
         events: list[JobEvent] = []
         while True:
@@ -182,7 +183,7 @@ class CliJob:
         assert self._proc is not None and self._proc.stderr is not None
         for line in self._proc.stderr:
             line = line.rstrip()
-            if line and "\r" not in line:  # drop tqdm-style redraws
+            if line:
                 self._stderr.append(line)
                 self._queue.put(JobEvent(LOG, message=line))
 

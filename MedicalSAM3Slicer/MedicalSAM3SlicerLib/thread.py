@@ -61,6 +61,7 @@ class ThreadJob:
         return events
 
     def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> list[JobEvent]:
+        """Block until the job ends; after ``timeout`` seconds it is cancelled and still waited for."""
         deadline = None if timeout is None else time.monotonic() + timeout
         events: list[JobEvent] = []
         while not self._finished:

@@ -152,9 +152,10 @@ class vtkMRMLScalarVolumeNode(vtkMRMLNode):
         return tuple(self._origin)
 
     def SetIJKToRASDirections(self, *dirs) -> None:
-        """``SetIJKToRASDirections(dirs[3][3])`` (row-major RAS×IJK) or the 9-value form ``(ir, ia, is, jr, …)``."""
+        """``SetIJKToRASDirections(dirs[3][3])`` (rows R, A, S; columns i, j, k) or the 9-value form, which Slicer
+        also takes row by row: ``(ir, jr, kr, ia, ja, ka, is, js, ks)``."""
         if len(dirs) == 9:
-            self._directions = np.array(dirs, dtype=float).reshape(3, 3).T  # arguments are given axis by axis
+            self._directions = np.array(dirs, dtype=float).reshape(3, 3)
         else:
             self._directions = np.array(dirs[0], dtype=float).reshape(3, 3)
         self.Modified()
