@@ -58,7 +58,7 @@ def test_demo_report_describes_every_prompt(demo_run):
         assert seg["voxels"] == int((labels == seg["label"]).sum())
         assert seg["volume_ml"] == pytest.approx(seg["voxels"] * np.prod(report["input"]["spacing"]) / 1000, rel=1e-4)
     assert report["options"]["mode"] == "detect"
-    assert "detect" in " ".join(report["timings"])
+    assert report["timings"]["read"] > 0 and report["timings"]["total"] > 0
 
 
 def test_real_mni152_scan_end_to_end(tmp_path):

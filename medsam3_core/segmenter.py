@@ -145,4 +145,7 @@ class Segmenter(Protocol):
         options: Optional[SegmentOptions] = None,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
-    ) -> SegmentationResult: ...
+        concepts: Optional[Sequence[str]] = None,
+    ) -> SegmentationResult:
+        """Label ``k + 1`` is ``prompts[k]``; ``concepts[k]`` (default: the prompt itself) is the text the model
+        reads, e.g. the canonical concept a synonym resolved to."""

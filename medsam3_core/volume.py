@@ -27,7 +27,7 @@ from .segmenter import MODES, SLICE_AXES, SegmentOptions
 __all__ = ["add_arguments", "run", "main", "EXIT_OK", "EXIT_USER_ERROR", "EXIT_CANCELLED"]
 
 EXIT_OK, EXIT_BUG, EXIT_USER_ERROR, EXIT_CANCELLED = 0, 1, 2, 3
-OUTPUT_FORMATS = ("nii.gz", "nrrd", "mha")
+OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", default=None, help="override the modality hint (CT, MR, ...)")
     parser.add_argument("--series", default=None, metavar="UID", help="DICOM SeriesInstanceUID to read")
     parser.add_argument("--frame", type=int, default=None, help="frame index of a 4D input")
-    parser.add_argument("--format", choices=OUTPUT_FORMATS, default="nii.gz", help="label map format")
+    parser.add_argument("--format", choices=OUTPUT_FORMATS, default="nii.gz",
+                        help="label map format (png for 2D images only; default: nii.gz)")
     parser.add_argument("--per-segment", action="store_true", help="also write one binary mask per prompt")
     parser.add_argument("--confidence-map", action="store_true", help="also write a per-voxel confidence map")
     parser.add_argument("--cleanup", action="store_true", help="keep the largest 3D component per object, fill holes")
@@ -119,16 +120,16 @@ def _make_segmenter(args: argparse.Namespace, progress: _Progress):
     from .local import LocalSegmenter
     from .model import load_model
 
-    progress("load", 0.0)
+    progress("model", 0.0)
     bundle = load_model(args.model, device=args.device)
-    progress("load", 1.0)
+    progress("model", 1.0)
     return LocalSegmenter(bundle)
 
 
 def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: _Progress) -> dict[str, Any]:
     from .export import write_outputs
     from .io import read_volume
-    from .prompts import resolve_prompts
+    from .prompts import duplicate_concepts, resolve_prompts
 
     options = SegmentOptions(
         threshold=args.threshold, window=_parse_window(args.window), slice_axis=args.slice_axis, mode=args.mode,
@@ -144,16 +145,18 @@ def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: 
 
         input_path = str(demo_paths()[0])
     t0 = time.perf_counter()
-    volume = read_volume(input_path, series_uid=args.series, modality=args.modality, frame=args.frame)
+    volume = read_volume(input_path, series_uid=args.series, modality=args.modality, frame=args.frame,
+                         progress=progress, cancel=cancel)
     read_s = time.perf_counter() - t0
     if args.dicom_seg and "dicom_files" not in volume.metadata:
         raise InputError("--dicom-seg needs a DICOM series as input.")
 
     segmenter = _make_segmenter(args, progress)
-    result = segmenter.segment(volume, [r.concept for r in resolutions], options, progress=progress, cancel=cancel)
-    for info, res in zip(result.segments, resolutions):
-        info.prompt, info.concept = res.raw, res.concept
+    result = segmenter.segment(volume, [r.raw for r in resolutions], options, progress=progress, cancel=cancel,
+                               concepts=[r.concept for r in resolutions])
     result.timings = {"read": read_s, **result.timings}
+    for concept, raws in duplicate_concepts(resolutions).items():
+        result.warnings.append(f"Prompts {', '.join(map(repr, raws))} all mean {concept!r}; each got its own label.")
     cancel.raise_if_cancelled()
 
     progress("write", 0.0)
