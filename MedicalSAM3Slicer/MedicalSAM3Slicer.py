@@ -365,14 +365,13 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
         ijkToRas = self.ijkToRasArray(inputVolume)
         self._run = {"input": inputVolume, "output": outputSegmentation, "request": request, "ijkToRas": ijkToRas,
                      "callback": eventCallback or (lambda event: None), "start": time.monotonic(), "tmp": None}
-        self._job = self._remoteJob(array, ijkToRas, request) if request.remote else self._localJob(array, ijkToRas,
-                                                                                                      request)
         try:
+            self._job = self._remoteJob(array, ijkToRas, request) if request.remote else self._localJob(
+                array, ijkToRas, request)
             self._job.start()
-        except RuntimeError:
+        except Exception:  # nothing started: leave no job and no temporary files behind, then report
             self._job = None
-            if self._run["tmp"]:
-                shutil.rmtree(self._run["tmp"], ignore_errors=True)
+            self._removeTemporaryFiles()
             raise
         if not waitForCompletion:
             qt.QTimer.singleShot(POLL_INTERVAL_MS, self._checkJob)
@@ -393,7 +392,10 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
     def _localJob(self, array, ijkToRas, request: RunRequest) -> CliJob:
         tmp = tempfile.mkdtemp(prefix="MedicalSAM3-")
         self._run["tmp"] = tmp
-        inputPath = write_nrrd(os.path.join(tmp, "input.nrrd"), array, ijkToRas)
+        try:
+            inputPath = write_nrrd(os.path.join(tmp, "input.nrrd"), array, ijkToRas)
+        except OSError as err:
+            raise RuntimeError(_("Could not write the volume to {folder}: {err}").format(folder=tmp, err=err)) from err
         command = infer_command(
             default_python(), str(inputPath), request.prompts, os.path.join(tmp, "output"), model=request.model,
             device=request.device, mode=request.mode, threshold=request.threshold, window=request.cli_window(),
@@ -405,15 +407,19 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
         return CliJob(command, env=slicer.util.startupEnvironment())
 
     def _remoteJob(self, array, ijkToRas, request: RunRequest) -> ThreadJob:
+        from medsam3_core.errors import MedSam3Error
         from medsam3_core.geometry import Volume
         from medsam3_core.prompts import resolve_prompts
         from medsam3_core.segmenter import SegmentOptions
         from medsam3_core.server.client import RemoteSegmenter
 
-        volume = Volume.from_ijk_to_ras(array, ijkToRas, modality=self.volumeModality(self._run["input"]) or None)
-        options = SegmentOptions(**request.options_dict())
-        concepts = [r.concept for r in resolve_prompts(request.prompts)]  # synonyms, as the CLI resolves them
-        segmenter = RemoteSegmenter(request.server_url, api_key=request.api_key or None)
+        try:
+            volume = Volume.from_ijk_to_ras(array, ijkToRas, modality=self.volumeModality(self._run["input"]) or None)
+            options = SegmentOptions(**request.options_dict())
+            concepts = [r.concept for r in resolve_prompts(request.prompts)]  # synonyms, as the CLI resolves them
+            segmenter = RemoteSegmenter(request.server_url, api_key=request.api_key or None)
+        except MedSam3Error as err:
+            raise ValueError(str(err)) from None
         return ThreadJob(lambda progress, cancel: segmenter.segment(
             volume, request.prompts, options, progress, cancel, concepts=concepts))
 
@@ -442,10 +448,14 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
         except (ValueError, OSError) as err:
             event = JobEvent("error", message=str(err))
         finally:
-            if self._run.get("tmp"):
-                shutil.rmtree(self._run["tmp"], ignore_errors=True)
+            self._removeTemporaryFiles()
         callback(event)
         return event
+
+    def _removeTemporaryFiles(self) -> None:
+        if self._run.get("tmp"):
+            shutil.rmtree(self._run["tmp"], ignore_errors=True)
+            self._run["tmp"] = None
 
     def _importEvent(self, event: JobEvent) -> JobEvent:
         run = self._run

@@ -92,6 +92,10 @@ class CliJob:
         kwargs: dict = {}
         if sys.platform == "win32":
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+            hidden = subprocess.STARTUPINFO()  # type: ignore[attr-defined]
+            hidden.dwFlags |= subprocess.STARTF_USESHOWWINDOW  # type: ignore[attr-defined]
+            hidden.wShowWindow = 0  # no console window flashing up over Slicer
+            kwargs["startupinfo"] = hidden
         else:
             kwargs["start_new_session"] = True
         try:
