@@ -225,7 +225,8 @@ def test_test_connection_button_reports_the_server_or_the_error(qapp):
         ui.serverUrlLineEdit.text = url
         ui.apiKeyLineEdit.text = key
         ui.testConnectionButton.click()
-        assert ui.statusLabel.text.startswith("Connected to Medical SAM3 server") and "demo on cpu" in ui.statusLabel.text
+        status = ui.statusLabel.text
+        assert status.startswith("Connected to Medical SAM3 server") and "demo on cpu" in status
         ui.apiKeyLineEdit.text = "not-the-key-0123456789"
         ui.testConnectionButton.click()
     kind, message = slicer.calls[-1]
