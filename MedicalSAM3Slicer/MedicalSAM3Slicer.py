@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Callable, Optional
@@ -119,6 +120,14 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
         self.initializeParameterNode()
         self.setState(ProcessingState.IDLE)
+
+    def onReload(self) -> None:
+        """Developer "Reload": reload the Lib package too, which Python would otherwise keep cached. Submodules go
+        first, in name order (each only imports names from modules earlier in that order), then the package."""
+        for name in sorted(n for n in sys.modules if n.startswith("MedicalSAM3SlicerLib.")):
+            importlib.reload(sys.modules[name])
+        importlib.reload(sys.modules["MedicalSAM3SlicerLib"])
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
         self.removeObservers()

@@ -234,6 +234,19 @@ def test_test_connection_button_reports_the_server_or_the_error(qapp):
     widget.cleanup()
 
 
+def test_developer_reload_also_reloads_the_lib_package(qapp, monkeypatch):
+    import importlib
+
+    reloaded = []
+    monkeypatch.setattr(importlib, "reload", lambda mod: reloaded.append(mod.__name__) or mod)
+    widget = _widget()
+    widget.onReload()
+    lib = sorted(n for n in sys.modules if n.startswith("MedicalSAM3SlicerLib."))
+    assert reloaded == lib + ["MedicalSAM3SlicerLib"] and "MedicalSAM3SlicerLib.process" in lib
+    assert slicer.calls[-1] == ("reloadScriptedModule", "MedicalSAM3Slicer")
+    widget.cleanup()
+
+
 def render_screenshot(path: Path) -> Path:
     """The panel as a user sees it before a run: volume chosen, prompts typed, demo model, new segmentation."""
     volume = _volume("Abdomen CT")

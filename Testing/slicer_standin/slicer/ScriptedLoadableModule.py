@@ -39,6 +39,10 @@ class ScriptedLoadableModuleWidget:
     def setup(self) -> None:
         pass
 
+    def onReload(self) -> None:
+        """Slicer re-imports the module file and rebuilds the widget; the stand-in records the request."""
+        slicer.calls.append(("reloadScriptedModule", self.moduleName))
+
 
 class ScriptedLoadableModuleLogic:
     def __init__(self, parent=None) -> None:
