@@ -490,7 +490,7 @@ class _Sweep:
                 self.book.record(item.track, index, float(fusion.scores[j]), present[row])
                 if j in changed:
                     fused_logits[row] = torch.from_numpy(_logit(fusion.probs[j])).to(fused_logits)
-            room = max(run.engine.max_objects - int(present[rows].sum()), 0)
+            room = max(run.engine.max_objects - len([r for r in rows if live[r].track.active]), 0)
             spawns += [
                 (p, fusion.spawn_probs[n], float(det_scores[d])) for n, d in enumerate(fusion.spawn[:room])
             ]
@@ -505,7 +505,9 @@ class _Sweep:
         run.timings["track"] += run.engine.clock() - t0
 
         t0 = run.engine.clock()
-        painted = [(item.track, fused_logits[row].float().sigmoid()) for row, item in enumerate(live) if present[row]]
+        painted = [
+            (item.track, fused_logits[row].float().sigmoid().cpu()) for row, item in enumerate(live) if present[row]
+        ]
         painted += [(item.track, torch.from_numpy(prob)) for item, (_, prob, _) in zip(new_items, spawns)]
         if painted:
             originals = run.letterbox.to_original(torch.stack([prob for _, prob in painted]), mode="bilinear").numpy()

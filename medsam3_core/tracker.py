@@ -138,6 +138,8 @@ class MemoryTracker:
         self.memory_size = memory_size
         self.pointer_span = max(1, min(int(num_slices), int(self.model.config.max_object_pointers_in_encoder)))
         self._multimask = self.model._use_multimask(False, None)
+        with torch.inference_mode():
+            self._image_pe = self.model.get_image_wide_positional_embeddings()  # constant: computed once per run
 
     @property
     def mask_grid(self) -> tuple[int, int]:
@@ -234,6 +236,7 @@ class MemoryTracker:
         n = len(memories)
         if n == 0:
             return
+        present = present.to(mask_logits.device)
         if present.dtype == torch.bool:
             present = torch.where(present, _PRESENT_LOGIT, -_PRESENT_LOGIT)
         score = present.to(mask_logits.dtype)[:, None, None]
@@ -287,7 +290,7 @@ class MemoryTracker:
         )
         masks, iou, tokens, score_logits = model.mask_decoder(
             image_embeddings=embeddings[-1],
-            image_positional_embeddings=model.get_image_wide_positional_embeddings().repeat(n, 1, 1, 1),
+            image_positional_embeddings=self._image_pe.expand(n, -1, -1, -1),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,

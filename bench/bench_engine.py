@@ -1,0 +1,186 @@
+"""Benchmark: the volume engine against the stock transformers ``Sam3VideoModel`` pipeline, same weights, same run.
+
+Prints ratios measured in one run (timed tests would be flaky on shared CPUs; ratios within one run are not):
+
+* ``speed``  — 1 prompt vs 5 prompts with the engine, and the stock pipeline with 1 prompt, 5 prompts in one session,
+  and 5 separate sessions (the naive way), alternating repeats, medians.
+* ``memory`` — one run in *this* process, printing its peak RSS (``ru_maxrss``) as JSON; ``all`` starts one fresh
+  subprocess per (implementation, slice count) so peaks do not contaminate each other.
+* ``full``   — 1 vs 5 prompts with the full-size (1008², ViT-L) configuration on a few slices.
+* ``all``    — speed for tiny and small, memory for 100 and 400 slices (tiny), optionally ``--full``.
+
+Engine settings mirror the stock ones of /work/shared/BASELINE.md: threshold 0 and at most 3 objects per prompt, and
+objects never end, so both track 3 objects per prompt on every slice (printed as ``objects/slice``).
+
+Run from the repository root: ``python bench/bench_engine.py all`` (one torch thread; see bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).absolute().parent))
+sys.path.insert(0, str(Path(__file__).absolute().parents[1]))
+
+from configs import PROMPTS, build_video, random_volume  # noqa: E402
+from stock import run_stock, video_frames  # noqa: E402
+
+from medsam3_core.engine import VolumeEngine  # noqa: E402
+from medsam3_core.fusion import FusionRule  # noqa: E402
+from medsam3_core.model import bundle_from_video_model  # noqa: E402
+from medsam3_core.segmenter import SegmentOptions  # noqa: E402
+from medsam3_core.tracker import MemoryTracker  # noqa: E402
+
+# Objects never end and every detection may start one: the engine keeps 3 objects per prompt, like stock.
+KEEP_ALL = FusionRule(spawn_score=0.0, keep_score=0.0, patience=10**9)
+
+
+class _CountingTracker(MemoryTracker):
+    """Counts the objects propagated per slice (random trackers call most of them "absent", but they are tracked)."""
+
+    propagated: list[int] = []
+
+    def propagate(self, feats, memories, slice_index):
+        _CountingTracker.propagated.append(len(memories))
+        return super().propagate(feats, memories, slice_index)
+
+
+def _engine_runner(video, mode: str = "track"):
+    bundle = bundle_from_video_model(video, "cpu", source="bench")
+    engine = VolumeEngine(bundle, max_objects=3, rule=KEEP_ALL, tracker_factory=_CountingTracker)
+
+    def run(volume, prompts):
+        _CountingTracker.propagated = []
+        options = SegmentOptions(threshold=0.0, mode=mode, batch_size=4)
+        result = engine.run(volume, prompts, options)
+        propagated = _CountingTracker.propagated
+        return {"objects_per_slice": sum(propagated) / max(len(propagated), 1),
+                "timings": {k: round(v, 3) for k, v in result.timings.items()}}
+
+    return run
+
+
+def _timed(fn, *args) -> tuple[float, dict]:
+    start = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - start, out
+
+
+def speed(config: str, slices: int, repeats: int) -> dict:
+    """Median seconds of each setup, alternating setups within every repeat (plus one untimed warm-up)."""
+    video = build_video(config)
+    size = video.config.detector_config.vision_config.backbone_config.image_size
+    volume = random_volume(slices, size)
+    frames = video_frames(volume, size)
+    engine = _engine_runner(video)
+    setups = {
+        "engine, 1 prompt": lambda: engine(volume, PROMPTS[:1]),
+        "engine, 5 prompts": lambda: engine(volume, PROMPTS),
+        "stock, 1 prompt": lambda: run_stock(video, frames, PROMPTS[:1]),
+        "stock, 5 prompts one session": lambda: run_stock(video, frames, PROMPTS),
+        "stock, 5 separate sessions": lambda: [run_stock(video, frames, [p]) for p in PROMPTS][-1],
+    }
+    for fn in setups.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    info: dict[str, dict] = {}
+    for _ in range(repeats):
+        for name, fn in setups.items():
+            seconds, info[name] = _timed(fn)
+            times[name].append(seconds)
+    rows = {name: {"median_s": statistics.median(t), "times_s": [round(x, 3) for x in t], **info[name]}
+            for name, t in times.items()}
+    med = {name: r["median_s"] for name, r in rows.items()}
+    ratios = {
+        "engine 5 prompts / engine 1 prompt": med["engine, 5 prompts"] / med["engine, 1 prompt"],
+        "stock 5 prompts one session / stock 1 prompt": med["stock, 5 prompts one session"] / med["stock, 1 prompt"],
+        "stock 5 separate sessions / engine 5 prompts": med["stock, 5 separate sessions"] / med["engine, 5 prompts"],
+        "stock 5 prompts one session / engine 5 prompts": med["stock, 5 prompts one session"] / med["engine, 5 prompts"],
+        "stock 1 prompt / engine 1 prompt": med["stock, 1 prompt"] / med["engine, 1 prompt"],
+    }
+    return {"config": config, "slices": slices, "repeats": repeats, "setups": rows, "ratios": ratios}
+
+
+def memory(config: str, slices: int, impl: str, prompts: int) -> dict:
+    """Peak RSS of one run in this process (call in a fresh subprocess)."""
+    video = build_video(config)
+    size = video.config.detector_config.vision_config.backbone_config.image_size
+    volume = random_volume(slices, size)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with torch.inference_mode():
+        if impl == "engine":
+            out = _engine_runner(video)(volume, PROMPTS[:prompts])
+        else:
+            out = run_stock(video, video_frames(volume, size), PROMPTS[:prompts])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"impl": impl, "config": config, "slices": slices, "prompts": prompts, "peak_rss_mb": round(peak, 1),
+            "peak_before_run_mb": round(before, 1), "objects_per_slice": out["objects_per_slice"]}
+
+
+def full(slices: int) -> dict:
+    """1 vs 5 prompts with the full-size configuration (ViT-dominated), engine only."""
+    video = build_video("full")
+    size = video.config.detector_config.vision_config.backbone_config.image_size
+    volume = random_volume(slices, size)
+    engine = _engine_runner(video)
+    rows = {}
+    for name, prompts in (("engine, 1 prompt", PROMPTS[:1]), ("engine, 5 prompts", PROMPTS)):
+        seconds, out = _timed(engine, volume, prompts)
+        rows[name] = {"seconds": round(seconds, 2), **out}
+    ratio = rows["engine, 5 prompts"]["seconds"] / rows["engine, 1 prompt"]["seconds"]
+    return {"config": "full", "slices": slices, "setups": rows, "ratios": {"engine 5 prompts / 1 prompt": ratio}}
+
+
+def _subprocess(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("speed")
+    p.add_argument("--config", default="tiny", choices=["tiny", "small"])
+    p.add_argument("--slices", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p = sub.add_parser("memory")
+    p.add_argument("--config", default="tiny", choices=["tiny", "small"])
+    p.add_argument("--slices", type=int, default=100)
+    p.add_argument("--impl", default="engine", choices=["engine", "stock"])
+    p.add_argument("--prompts", type=int, default=5)
+    p = sub.add_parser("full")
+    p.add_argument("--slices", type=int, default=2)
+    p = sub.add_parser("all")
+    p.add_argument("--full", action="store_true", help="also the full-size configuration (minutes per slice on CPU)")
+    p.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    if args.command == "speed":
+        print(json.dumps(speed(args.config, args.slices, args.repeats)))
+    elif args.command == "memory":
+        print(json.dumps(memory(args.config, args.slices, args.impl, args.prompts)))
+    elif args.command == "full":
+        print(json.dumps(full(args.slices)))
+    else:
+        results = {"speed": [speed("tiny", 32, args.repeats), speed("small", 32, max(1, args.repeats - 1))]}
+        results["memory"] = [
+            _subprocess(["memory", "--impl", impl, "--slices", str(n)]) for impl in ("engine", "stock") for n in (100, 400)
+        ]
+        if args.full:
+            results["full"] = full(2)
+        print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
