@@ -477,9 +477,9 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
                 labelsIjkToRas, run["ijkToRas"], atol=1e-3):
             raise ValueError(_("The result does not lie on the input volume's voxel grid; it was not imported."))
         segments = segments_from_labelmap(labels, run["request"].prompts, report.get("segments", []))
-        self.lastOutputSegmentation = self.importSegments(segments, run["input"], run["output"],
-                                                          report.get("model") or run["request"].model)
-        message = summary_line(segments, report.get("timings", {}), time.monotonic() - run["start"])
+        model = report.get("model") or run["request"].model
+        self.lastOutputSegmentation = self.importSegments(segments, run["input"], run["output"], model)
+        message = summary_line(segments, report.get("timings", {}), time.monotonic() - run["start"], model)
         return JobEvent("done", message=message, output=event.output, report=report)
 
     # -- MRML conversion ------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from MedicalSAM3SlicerLib import (  # noqa: E402
     parse_event_line,
     read_nrrd,
     segments_from_labelmap,
+    summary_line,
     write_nrrd,
 )
 from MedicalSAM3SlicerLib.dependencies import REQUIREMENTS, InstallError, nvidia_cuda_version, torch_index_url  # noqa: E402
@@ -504,6 +505,13 @@ def test_segments_from_labelmap_follow_prompt_order_and_report():
     assert segments[0].color != segments[1].color
     with pytest.raises(ValueError, match=r"labels \[3\]"):
         segments_from_labelmap(np.full((1, 1, 1), 3, np.uint8), ["a", "b"])
+
+
+def test_summary_line_names_sizes_scores_timings_and_model():
+    found = segments_from_labelmap(np.ones((1, 2, 2), np.uint8), ["liver", "tumor"],
+                                   [{"label": 1, "score": 0.912, "volume_ml": 1520.34}])
+    text = summary_line(found, {"load": 3.12, "encode": 6.2, "fuse": 0.01, "total": 9.4}, 12.43, "medsam3-ct")
+    assert text == "liver 1520.3 mL (0.91), tumor: not found \u00b7 12.4 s (load 3.1, encode 6.2) \u00b7 model: medsam3-ct"
 
 
 def test_parameters_are_typed_and_defaulted():

@@ -61,9 +61,12 @@ def segments_from_labelmap(
     return result
 
 
-def summary_line(segments: Sequence[SegmentData], timings: dict[str, float], wall_s: float) -> str:
-    """Status-line text: what was found and where the time went, e.g.
-    ``liver 1520.3 mL (0.91), tumor: not found · 12.4 s (load 3.1, encode 6.2, detect 2.9)``."""
+def summary_line(segments: Sequence[SegmentData], timings: dict[str, float], wall_s: float, model: str = "") -> str:
+    """Status-line text: what was found, where the time went and which model did it, e.g.
+    ``liver 1520.3 mL (0.91), tumor: not found · 12.4 s (load 3.1, encode 6.2, detect 2.9) · model: medsam3-ct``.
+
+    The model is named because the built-in demo model is untrained and says so in its name; a user must not
+    mistake its masks for a real result."""
     parts = []
     for seg in segments:
         if seg.voxels == 0:
@@ -74,4 +77,5 @@ def summary_line(segments: Sequence[SegmentData], timings: dict[str, float], wal
         parts.append(f"{seg.name} {size}{score}")
     steps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in timings.items()
                       if seconds >= 0.05 and name != "total")
-    return f"{', '.join(parts)} \u00b7 {wall_s:.1f} s" + (f" ({steps})" if steps else "")
+    text = f"{', '.join(parts)} \u00b7 {wall_s:.1f} s" + (f" ({steps})" if steps else "")
+    return text + (f" \u00b7 model: {model}" if model else "")
