@@ -172,6 +172,8 @@ class Trainer:
             num_workers=d.num_workers,
             drop_last=True,
             pin_memory=self.device.type == "cuda",
+            # its own generator: drawing the loader's base seed from the global RNG would shift dropout after a resume
+            generator=torch.Generator().manual_seed(e.seed + epoch),
         )
         micro, sums, t0 = 0, {}, time.time()
         for batch in loader:
@@ -249,6 +251,7 @@ class Trainer:
         return results
 
     def _save(self) -> None:
+        self.state["world_size"] = self.world
         if dist.is_main():
             save_checkpoint(
                 self.ckpt_path, self.trainable, self.optimizer, self.scheduler, self.state, self.cfg.to_dict()

@@ -1,0 +1,146 @@
+"""End-to-end training runs on a tiny model: learning, exact resume, 2-process DDP, LoRA, export → load_model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.checkpoint import load_checkpoint
+from training.config import DataConfig, EngineConfig, ModelConfig, SourceConfig, TrainConfig
+from training.criterion import LossConfig
+from training.optim import OptimConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory) -> Path:
+    """A 2D folder dataset: 16 noisy 56² pictures, each with one bright square ("blob") at a random place."""
+    root = tmp_path_factory.mktemp("blobs")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        img = rng.normal(60, 12, (56, 56))
+        mask = np.zeros((56, 56), np.uint8)
+        y, x = rng.integers(4, 30, size=2)
+        s = rng.integers(12, 22)
+        img[y : y + s, x : x + s] += 120
+        mask[y : y + s, x : x + s] = 1
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"b{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"b{i:02d}.png")
+    (root / "labels.json").write_text(json.dumps({"1": "blob"}))
+    return root
+
+
+def _config(data: Path, out: Path, **engine) -> TrainConfig:
+    lr = dict(lr_decoder=1e-3, lr_vision=1e-3, lr_text=1e-3, lr_geometry=1e-3)
+    return TrainConfig(
+        name="test",
+        output_dir=str(out),
+        model=ModelConfig(init="tiny", tracker=False, image_size=56, patch_size=14, hidden=32, vit_hidden=32,
+                          vit_layers=2, text_hidden=32, num_queries=8),
+        data=DataConfig(sources=[SourceConfig(kind="folder2d", path=str(data), name="blobs")], batch_size=4,
+                        augment=False, val_max_images=8),
+        loss=LossConfig(),
+        optim=OptimConfig(warmup_steps=5, grad_clip=1.0, weight_decay=0.0, llrd_levels=2, **lr),
+        engine=EngineConfig(**{"epochs": 1, "steps_per_epoch": 100, "checkpoint_every": 3, "device": "cpu",
+                               "score_threshold": 0.0, **engine}),
+    )
+
+
+def _train(cfg: TrainConfig) -> list[float]:
+    from training.engine import Trainer
+
+    losses: list[float] = []
+    trainer = Trainer(cfg, on_step=lambda step, logs: losses.append(logs["loss"]))
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    return losses
+
+
+def _dice(cfg: TrainConfig, model_dir: Path) -> float:
+    from medsam3_core.model import load_model
+    from training.data.sources import build_datasets
+    from training.evaluate import evaluate_model, summarize
+
+    bundle = load_model(str(model_dir), device="cpu")
+    train_sets, _, _ = build_datasets(cfg.data, cfg.model.image_size, 0)
+    rows = summarize(evaluate_model(bundle, train_sets, threshold=0.0))
+    return next(r.dice for r in rows if r.concept == "all")
+
+
+def test_short_run_lowers_the_loss_and_raises_dice(blobs, tmp_path):
+    cfg = _config(blobs, tmp_path / "learn", max_steps=0)
+    cfg.engine.steps_per_epoch = 45
+    cfg.engine.checkpoint_every = 100
+    before = tmp_path / "before"
+    from training.modelling import build_model, export_weights
+
+    export_weights(build_model(cfg.model), before)
+    losses = _train(cfg)
+    assert len(losses) == 45
+    assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8])
+    dice_before, dice_after = _dice(cfg, before), _dice(cfg, tmp_path / "learn" / "final")
+    assert dice_after > dice_before + 0.15, (dice_before, dice_after)
+
+
+def test_kill_and_resume_continues_exactly(blobs, tmp_path):
+    straight = _train(_config(blobs, tmp_path / "a", max_steps=6))
+    first = _train(_config(blobs, tmp_path / "b", max_steps=3))  # "killed" after the step-3 checkpoint
+    resumed = _train(_config(blobs, tmp_path / "b", max_steps=6))
+    assert len(straight) == 6 and len(first) == 3 and len(resumed) == 3
+    np.testing.assert_allclose(first + resumed, straight, rtol=1e-5)
+    state = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["state"]
+    assert state["step"] == 6 and state["position"] == 6 * 4
+
+
+def test_lora_trains_adapters_only_and_exports_a_plain_model(blobs, tmp_path):
+    from medsam3_core.model import load_model
+    from training.engine import Trainer
+
+    cfg = _config(blobs, tmp_path / "lora", max_steps=2)
+    cfg.model.lora_rank = 4
+    trainer = Trainer(cfg)
+    trainable = sum(p.numel() for p in trainer.trainable.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.trainable.parameters())
+    assert 0 < trainable < 0.1 * total
+    trainer.fit()
+    trainer.close()
+    bundle = load_model(str(tmp_path / "lora" / "final"), device="cpu")
+    assert not any("lora" in name for name, _ in bundle.detector.named_parameters())
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_run(blobs, tmp_path):
+    cfg = _config(blobs, tmp_path / "ddp", max_steps=3)
+    path = tmp_path / "ddp.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "training.run", "--config", str(path)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)["state"]
+    assert state["step"] == 3 and state["world_size"] == 2
+    assert state["position"] == 3 * 4  # each rank consumed its own 3 batches of 4
+    assert (tmp_path / "ddp" / "final" / "config.json").is_file()
+    assert done.stdout.count("done:") == 1  # rank 0 reports, rank 1 stays quiet
+
+
+def test_run_reports_config_errors_in_one_line(tmp_path, capsys):
+    from training.run import main
+
+    assert main(["--config", "paper", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().startswith("error: data.sources is empty") and "Traceback" not in err
+    assert main(["--config", "demo", "--set", "engine.epochs=0"]) == 2
+    assert "engine.epochs must be ≥ 1" in capsys.readouterr().err
