@@ -382,7 +382,7 @@ def _fake_hang_command(python, input_path, prompts, output_dir, **kwargs):
 
 # -- remote runs in a thread -------------------------------------------------------------------------------------------
 def test_thread_job_reports_progress_result_errors_and_cancel():
-    from medsam3_core.errors import Cancelled, InputError
+    from medsam3_core.errors import InputError
 
     def work(progress, cancel):
         progress("upload", 0.5)
@@ -412,7 +412,6 @@ def test_thread_job_reports_progress_result_errors_and_cancel():
     job.start()
     job.cancel()
     assert job.wait(timeout=10)[-1].kind == "cancelled"
-    assert issubclass(Cancelled, Exception)
 
 
 class _ThresholdEngine:
@@ -511,7 +510,8 @@ def test_summary_line_names_sizes_scores_timings_and_model():
     found = segments_from_labelmap(np.ones((1, 2, 2), np.uint8), ["liver", "tumor"],
                                    [{"label": 1, "score": 0.912, "volume_ml": 1520.34}])
     text = summary_line(found, {"load": 3.12, "encode": 6.2, "fuse": 0.01, "total": 9.4}, 12.43, "medsam3-ct")
-    assert text == "liver 1520.3 mL (0.91), tumor: not found \u00b7 12.4 s (load 3.1, encode 6.2) \u00b7 model: medsam3-ct"
+    dot = "\u00b7"
+    assert text == f"liver 1520.3 mL (0.91), tumor: not found {dot} 12.4 s (load 3.1, encode 6.2) {dot} model: medsam3-ct"
 
 
 def test_parameters_are_typed_and_defaulted():
