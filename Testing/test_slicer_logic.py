@@ -511,7 +511,8 @@ def test_summary_line_names_sizes_scores_timings_and_model():
                                    [{"label": 1, "score": 0.912, "volume_ml": 1520.34}])
     text = summary_line(found, {"load": 3.12, "encode": 6.2, "fuse": 0.01, "total": 9.4}, 12.43, "medsam3-ct")
     dot = "\u00b7"
-    assert text == f"liver 1520.3 mL (0.91), tumor: not found {dot} 12.4 s (load 3.1, encode 6.2) {dot} model: medsam3-ct"
+    assert text == (f"liver 1520.3 mL (0.91), tumor: not found {dot} 12.4 s (load 3.1, encode 6.2) "
+                    f"{dot} model: medsam3-ct")
 
 
 def test_parameters_are_typed_and_defaulted():
