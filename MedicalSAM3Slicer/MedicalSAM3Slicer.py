@@ -51,6 +51,7 @@ from MedicalSAM3SlicerLib import (
     write_nrrd,
 )
 from MedicalSAM3SlicerLib.dependencies import nvidia_cuda_version
+from MedicalSAM3SlicerLib.events import CANCELLED, DONE, ERROR, IMPORTING, LOG, PROGRESS
 
 __all__ = ["MedicalSAM3Slicer", "MedicalSAM3SlicerWidget", "MedicalSAM3SlicerLogic", "MedicalSAM3SlicerTest"]
 
@@ -275,7 +276,7 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onJobEvent(self, event: JobEvent) -> None:
         """Called on the GUI thread by the logic for every progress/terminal event of the running job."""
-        if event.kind == "progress":
+        if event.kind == PROGRESS:
             if self._state == ProcessingState.CANCELLING:  # keep saying "Cancelling..." until the job ends
                 return
             if self._state == ProcessingState.STARTING:
@@ -284,16 +285,16 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.progressBar.value = int(round(event.fraction * 100))
             self.ui.progressBar.setFormat(f"{event.stage}: %p%")
             self.ui.statusLabel.text = _("Running: {stage}").format(stage=event.stage)
-        elif event.kind == "importing":
+        elif event.kind == IMPORTING:
             self.setState(ProcessingState.IMPORTING, _("Importing the result..."))
-        elif event.kind == "done":
+        elif event.kind == DONE:
             output = self.logic.lastOutputSegmentation
             if output is not None and self._parameterNode is not None:
                 self._parameterNode.SetNodeReferenceID("OutputSegmentation", output.GetID())
             self.setState(ProcessingState.IDLE, event.message)
-        elif event.kind == "cancelled":
+        elif event.kind == CANCELLED:
             self.setState(ProcessingState.IDLE, event.message)
-        elif event.kind == "error":
+        elif event.kind == ERROR:
             self.setState(ProcessingState.FAILED, _("Failed: {message}").format(message=event.message))
 
 
@@ -385,14 +386,14 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
         if not waitForCompletion:
             qt.QTimer.singleShot(POLL_INTERVAL_MS, self._checkJob)
             return None
-        outcome = JobEvent("error", message=_("The segmentation ended without a result."))
+        outcome = JobEvent(ERROR, message=_("The segmentation ended without a result."))
         for event in self._job.wait():
             handled = self._handle(event)
             if handled.terminal:
                 outcome = handled
-        if outcome.kind == "error":
+        if outcome.kind == ERROR:
             raise RuntimeError(outcome.message)
-        return self.lastOutputSegmentation if outcome.kind == "done" else None
+        return self.lastOutputSegmentation if outcome.kind == DONE else None
 
     def cancel(self) -> None:
         if self._job is not None:
@@ -443,7 +444,7 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
     def _handle(self, event: JobEvent) -> JobEvent:
         """Forward one event; on success import the result first. Returns the event that was reported."""
         callback = self._run["callback"]
-        if event.kind == "log":
+        if event.kind == LOG:
             logging.debug("MedicalSAM3: %s", event.message)
             return event
         if not event.terminal:
@@ -451,11 +452,11 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
             return event
         self._job = None
         try:
-            if event.kind == "done":
-                callback(JobEvent("importing"))
+            if event.kind == DONE:
+                callback(JobEvent(IMPORTING))
                 event = self._importEvent(event)
         except (ValueError, OSError) as err:
-            event = JobEvent("error", message=str(err))
+            event = JobEvent(ERROR, message=str(err))
         finally:
             self._removeTemporaryFiles()
         callback(event)
@@ -480,7 +481,7 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
         model = report.get("model") or run["request"].model
         self.lastOutputSegmentation = self.importSegments(segments, run["input"], run["output"], model)
         message = summary_line(segments, report.get("timings", {}), time.monotonic() - run["start"], model)
-        return JobEvent("done", message=message, output=event.output, report=report)
+        return JobEvent(DONE, message=message, output=event.output, report=report)
 
     # -- MRML conversion ------------------------------------------------------------------------------------------
     @staticmethod
