@@ -512,6 +512,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    print(f"converting {args.source} -> {args.out_dir} (a 10 GB trainer checkpoint takes a few minutes)",
+          file=sys.stderr, flush=True)
     try:
         report = convert_checkpoint(args.source, args.out_dir, lora=args.lora, dtype=getattr(torch, args.dtype))
     except KeyboardInterrupt:
