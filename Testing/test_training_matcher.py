@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from training.matcher import HungarianMatcher, OneToManyMatcher, focal_class_cost
@@ -63,3 +64,17 @@ def test_one_to_many_query_goes_to_its_best_ground_truth():
     pred = torch.tensor([[0.0, 0.0, 0.5, 0.45]])  # IoU 0.9 with gt0, 0.889 with gt1
     match = OneToManyMatcher(topk=4, threshold=0.1)(torch.tensor([3.0]), pred, gt)
     assert match.pred.tolist() == [0] and match.gt.tolist() == [0]
+
+
+def test_optional_mask_cost_decides_between_equal_boxes():
+    box = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    gt_mask = torch.zeros(1, 4, 4)
+    gt_mask[0, :2] = 1
+    masks = torch.full((2, 4, 4), -20.0)
+    masks[1, :2] = 20.0  # query 1 predicts exactly the ground-truth mask
+    m = HungarianMatcher(w_mask=5.0)
+    cost = m.cost(torch.zeros(2), box.repeat(2, 1), box, masks, gt_mask)
+    assert float(cost[0, 0] - cost[1, 0]) == pytest.approx(5.0 * (1 - 1 / 9), abs=1e-4)  # Dice 1/9 vs 1
+    assert m(torch.zeros(2), box.repeat(2, 1), box, masks, gt_mask).pred.tolist() == [1]
+    assert torch.equal(HungarianMatcher().cost(torch.zeros(2), box.repeat(2, 1), box, masks, gt_mask)[:, 0].diff(),
+                       torch.zeros(1))  # the paper's matcher ignores masks

@@ -208,6 +208,8 @@ def _demo() -> TrainConfig:
     are ~2–10× the paper's because the network starts from random weights, not from SAM3 (SHARED FEASIBILITY.md:
     5e-4 trained a model of this size stably; 1e-3 diverged for a 10 M model). Validation counts every instance
     above the threshold (``eval_instances="all"``), as volume inference paints them: "kidney" is two instances.
+    The matcher adds a mask-Dice cost (5, as in FEASIBILITY.md): with the paper's box/class cost alone, a random-init
+    network reached only ~0.2 liver Dice after 300 steps (DEMO_MODEL.md) — SAM3 starts with good boxes, this does not.
     """
     return TrainConfig(
         name="demo",
@@ -221,7 +223,7 @@ def _demo() -> TrainConfig:
             batch_size=8,
             val_max_images=96,
         ),
-        loss=LossConfig(),
+        loss=LossConfig(match_mask=5.0),
         optim=OptimConfig(lr_decoder=5e-4, lr_vision=4e-4, lr_text=4e-4, lr_geometry=1e-4, llrd_gamma=0.85,
                           llrd_levels=4, weight_decay=1e-4, warmup_steps=150, grad_clip=1.0),
         engine=EngineConfig(epochs=12, steps_per_epoch=150, checkpoint_every=50, log_every=10, device="cpu",

@@ -42,6 +42,7 @@ class LossConfig:
     match_giou: float = 2.0
     match_alpha: float = 0.25
     match_gamma: float = 2.0
+    match_mask: float = 0.0
     o2m_topk: int = 4
     o2m_threshold: float = 0.4
     o2m_alpha: float = 0.3
@@ -93,7 +94,7 @@ class SetCriterion(torch.nn.Module):
         super().__init__()
         self.cfg = cfg or LossConfig()
         c = self.cfg
-        self.o2o = HungarianMatcher(c.match_cls, c.match_box, c.match_giou, c.match_alpha, c.match_gamma)
+        self.o2o = HungarianMatcher(c.match_cls, c.match_box, c.match_giou, c.match_alpha, c.match_gamma, c.match_mask)
         self.o2m = OneToManyMatcher(c.o2m_topk, c.o2m_threshold, c.o2m_alpha)
 
     def normaliser(self, targets: list[Target], device: torch.device) -> torch.Tensor:
@@ -120,12 +121,11 @@ class SetCriterion(torch.nn.Module):
         terms["giou"] = c.giou_weight * giou_loss(pred, gt)
         return terms
 
-    def _seg(self, out: DetectorOutputs, targets: list[Target], matches: list[Match]) -> dict:
+    def _seg(self, out: DetectorOutputs, targets: list[Target], matches: list[Match], smalls: list) -> dict:
         c = self.cfg
         size = out.masks.shape[-2:]
         pred, gt, union = [], [], []
-        for b, (t, m) in enumerate(zip(targets, matches)):
-            small = _downsample(t.masks, size, out.masks.dtype)
+        for b, (t, m, small) in enumerate(zip(targets, matches, smalls)):
             pred.append(out.masks[b, m.pred])
             gt.append(small[m.gt])
             union.append(small.amax(0) if t.num_instances else out.masks.new_zeros(size))
@@ -153,10 +153,16 @@ class SetCriterion(torch.nn.Module):
             for k, v in values.items():
                 terms[prefix + k] = terms.get(prefix + k, 0.0) + v
 
+        smalls = [_downsample(t.masks, out.masks.shape[-2:], out.masks.dtype) for t in targets]
         last_matches: list[Match] = []
         for li in layers:
             layer = _Layer(out.logits[li], out.boxes[li], out.presence[li])
-            o2o = [self.o2o(layer.logits[b], layer.boxes[b], t.boxes.to(layer.boxes)) for b, t in enumerate(targets)]
+            last = li == out.num_layers - 1  # only the last layer has masks for a mask matching cost
+            o2o = [
+                self.o2o(layer.logits[b], layer.boxes[b], t.boxes.to(layer.boxes),
+                         out.masks[b] if last else None, smalls[b] if last else None)
+                for b, t in enumerate(targets)
+            ]
             add("", self._find(layer, targets, o2o, with_presence=True))
             if c.o2m_weight > 0:
                 o2m = [
@@ -165,7 +171,7 @@ class SetCriterion(torch.nn.Module):
                 ]
                 add("o2m_", {k: c.o2m_weight * v for k, v in self._find(layer, targets, o2m, False).items()})
             last_matches = o2o
-        add("", self._seg(out, targets, last_matches))
+        add("", self._seg(out, targets, last_matches, smalls))
         total = sum(v / norm for v in terms.values())
         logs = {k: float(v.detach() / norm) for k, v in terms.items()}
         logs["num_instances"] = float(norm)

@@ -16,6 +16,7 @@ SAM3 prompts are binary (one concept per prompt), so there is no class dimension
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -54,22 +55,54 @@ class HungarianMatcher:
     """One-to-one matching π (each ground truth gets exactly one query when there are enough queries)."""
 
     def __init__(
-        self, w_cls: float = 2.0, w_box: float = 5.0, w_giou: float = 2.0, alpha: float = 0.25, gamma: float = 2.0
+        self,
+        w_cls: float = 2.0,
+        w_box: float = 5.0,
+        w_giou: float = 2.0,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+        w_mask: float = 0.0,
     ) -> None:
         self.w_cls, self.w_box, self.w_giou, self.alpha, self.gamma = w_cls, w_box, w_giou, alpha, gamma
+        self.w_mask = w_mask
 
-    def cost(self, logits: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
-        """``(Q, N)`` matching cost for ``logits (Q,)``, predicted ``boxes (Q, 4)`` and ``gt_boxes (N, 4)`` (xyxy)."""
+    def cost(
+        self,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        gt_boxes: torch.Tensor,
+        masks: Optional[torch.Tensor] = None,
+        gt_masks: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """``(Q, N)`` matching cost for ``logits (Q,)``, predicted ``boxes (Q, 4)`` and ``gt_boxes (N, 4)`` (xyxy).
+
+        With ``w_mask > 0`` and mask logits ``(Q, h, w)`` / targets ``(N, h, w)`` given, ``w_mask·(1 − Dice)`` is
+        added (not in the paper's matcher; it steadies the assignment of a network trained from scratch, whose
+        early boxes are noise).
+        """
         c_cls = focal_class_cost(logits.float(), self.alpha, self.gamma)[:, None]
         c_l1 = torch.cdist(xyxy_to_cxcywh(boxes.float()), xyxy_to_cxcywh(gt_boxes.float()), p=1)
         c_giou = -pairwise_giou(boxes.float(), gt_boxes.float())
-        return self.w_cls * c_cls + self.w_box * c_l1 + self.w_giou * c_giou
+        cost = self.w_cls * c_cls + self.w_box * c_l1 + self.w_giou * c_giou
+        if self.w_mask > 0 and masks is not None and gt_masks is not None:
+            p = masks.float().flatten(1).sigmoid()
+            t = gt_masks.float().flatten(1)
+            dice = (2 * p @ t.T + 1) / (p.sum(1)[:, None] + t.sum(1)[None, :] + 1)
+            cost = cost + self.w_mask * (1 - dice)
+        return cost
 
     @torch.no_grad()
-    def __call__(self, logits: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor) -> Match:
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        gt_boxes: torch.Tensor,
+        masks: Optional[torch.Tensor] = None,
+        gt_masks: Optional[torch.Tensor] = None,
+    ) -> Match:
         if gt_boxes.shape[0] == 0 or logits.shape[0] == 0:
             return Match.empty(logits.device)
-        cost = self.cost(logits, boxes, gt_boxes).cpu().numpy()
+        cost = self.cost(logits, boxes, gt_boxes, masks, gt_masks).cpu().numpy()
         rows, cols = linear_sum_assignment(np.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6))
         dev = logits.device
         return Match(torch.as_tensor(rows, dtype=torch.long, device=dev), torch.as_tensor(cols, dtype=torch.long, device=dev))
