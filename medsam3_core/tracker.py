@@ -10,8 +10,9 @@ maths, but
 * each object keeps a **bounded** memory bank: its conditioning memory (the seed slice) plus a ring of the
   ``memory_size - 1`` most recent slices and a ring of recent object pointers, so memory does not grow with the
   number of slices;
-* objects whose memory banks have the same layout are propagated **together in one batch** (memory attention and
-  mask decoder), which is what makes many prompts cheap;
+* all live objects are propagated **together in one batch** (memory attention and mask decoder), which is what
+  makes many prompts cheap; banks of different lengths are zero-padded and the padding is masked out of the
+  memory cross-attention through a registered attention function (transformers passes no mask there itself);
 * the slice features come from the detector's ViT through ``bundle.tracker_neck`` (the ViT runs once per slice
   and both heads read it, as in ``Sam3VideoModel``).
 
@@ -24,11 +25,15 @@ slices away uses embedding ``d - 1``), which the tests check against ``Sam3Track
 from __future__ import annotations
 
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import eager_attention_forward
 
 from .errors import ModelError
 from .model import Sam3Bundle
@@ -39,6 +44,9 @@ __all__ = ["SliceFeatures", "MemoryEntry", "ObjectMemory", "TrackStep", "MemoryT
 _PRESENT_LOGIT = 10.0
 # Mask logit transformers writes where the decoder says the object is absent.
 _NO_OBJECT_LOGIT = -1024.0
+# Key-padding mask of the batch being propagated (see _padded_attention); per thread/context.
+_KEY_MASK: ContextVar[Optional[torch.Tensor]] = ContextVar("medsam3_memory_key_mask", default=None)
+_ATTENTION_PREFIX = "medsam3_padded_memory|"
 
 
 @dataclass
@@ -97,7 +105,7 @@ class ObjectMemory:
 
     @property
     def layout(self) -> tuple[int, int]:
-        """Objects with equal layouts can share one batched memory-attention call."""
+        """How many recent memories and object pointers the bank holds."""
         return len(self.recent), len(self.pointers)
 
 
@@ -140,6 +148,7 @@ class MemoryTracker:
         self._multimask = self.model._use_multimask(False, None)
         with torch.inference_mode():
             self._image_pe = self.model.get_image_wide_positional_embeddings()  # constant: computed once per run
+        _install_padded_attention(self.model)
 
     @property
     def mask_grid(self) -> tuple[int, int]:
@@ -199,24 +208,35 @@ class MemoryTracker:
 
     # -- propagation ---------------------------------------------------------------------------------------------
     def propagate(self, feats: SliceFeatures, memories: Sequence[ObjectMemory], slice_index: int) -> TrackStep:
-        """Predict every object on ``slice_index`` from its memory bank (batched by memory layout)."""
+        """Predict every object on ``slice_index`` from its memory bank, all objects in one batch.
+
+        Objects whose banks hold different numbers of entries (started on different slices) are padded to the
+        longest bank and the padding is masked out of the memory cross-attention, so the result equals propagating
+        each object alone.
+        """
+        model = self.model
         n = len(memories)
         if n == 0:
             empty = feats.top.new_zeros((0,))
-            return TrackStep(empty.reshape(0, 0, 0), empty, empty.reshape(0, self.model.hidden_dim))
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, mem in enumerate(memories):
-            groups.setdefault(mem.layout, []).append(i)
-        results: list[Optional[tuple]] = [None] * n
-        for indices in groups.values():
-            step = self._propagate_group(feats, [memories[i] for i in indices], slice_index)
-            for row, i in enumerate(indices):
-                results[i] = (step.mask_logits[row], step.score_logits[row], step.pointers[row])
-        return TrackStep(
-            torch.stack([r[0] for r in results]),
-            torch.stack([r[1] for r in results]),
-            torch.stack([r[2] for r in results]),
-        )
+            return TrackStep(empty.reshape(0, *self.mask_grid), empty, empty.reshape(0, model.hidden_dim))
+        memory, memory_pos, num_pointer_tokens, key_mask = self._memory_tokens(memories, slice_index)
+        token = _KEY_MASK.set(key_mask)
+        try:
+            conditioned = model.memory_attention(
+                current_vision_features=feats.top.expand(-1, n, -1),
+                current_vision_position_embeddings=feats.top_pos.expand(-1, n, -1),
+                memory=memory,
+                memory_posision_embeddings=memory_pos,
+                num_object_pointer_tokens=num_pointer_tokens,
+            )
+        finally:
+            _KEY_MASK.reset(token)
+        height, width = model.backbone_feature_sizes[-1]
+        # (h*w, n, C) or (1, n, h*w, C) depending on the layer layout: normalise to (n, C, h, w).
+        pix = conditioned.reshape(n, height * width, -1) if conditioned.dim() == 4 else conditioned.transpose(0, 1)
+        pix = pix.transpose(1, 2).reshape(n, -1, height, width)
+        masks, scores, pointers = self._decode(self._high_res(feats, n) + [pix], None, self._multimask)
+        return TrackStep(masks, scores, pointers)
 
     def remember(
         self,
@@ -255,24 +275,6 @@ class MemoryTracker:
     def _high_res(feats: SliceFeatures, n: int) -> list[torch.Tensor]:
         return [level.expand(n, -1, -1, -1) for level in feats.high_res]
 
-    def _propagate_group(self, feats: SliceFeatures, memories: list[ObjectMemory], slice_index: int) -> TrackStep:
-        model = self.model
-        n = len(memories)
-        memory, memory_pos, num_pointer_tokens = self._memory_tokens(memories, slice_index)
-        conditioned = model.memory_attention(
-            current_vision_features=feats.top.expand(-1, n, -1),
-            current_vision_position_embeddings=feats.top_pos.expand(-1, n, -1),
-            memory=memory,
-            memory_posision_embeddings=memory_pos,
-            num_object_pointer_tokens=num_pointer_tokens,
-        )
-        height, width = model.backbone_feature_sizes[-1]
-        # (h*w, n, C) or (1, n, h*w, C) depending on the layer layout: normalise to (n, C, h, w).
-        pix = conditioned.reshape(n, height * width, -1) if conditioned.dim() == 4 else conditioned.transpose(0, 1)
-        pix = pix.transpose(1, 2).reshape(n, -1, height, width)
-        masks, scores, pointers = self._decode(self._high_res(feats, n) + [pix], None, self._multimask)
-        return TrackStep(masks, scores, pointers)
-
     def _decode(
         self, embeddings: list[torch.Tensor], mask_prompt: Optional[torch.Tensor], multimask: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -307,31 +309,80 @@ class MemoryTracker:
         return masks, score_logits, pointer
 
     def _memory_tokens(
-        self, memories: list[ObjectMemory], slice_index: int
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Concatenate spatial memories and object pointers of same-layout objects along the batch axis."""
+        self, memories: Sequence[ObjectMemory], slice_index: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int, Optional[torch.Tensor]]:
+        """Memory tokens ``(L, N, 64)``, their encodings, the pointer-token count and a key mask for padding.
+
+        Per object: conditioning memory, recent memories (temporal encoding by slice distance, as transformers),
+        zero padding up to the longest bank, then its object pointers, zero padding up to the most pointers. The
+        mask ``(N, 1, 1, L)`` is ``-inf`` on padding; ``None`` when no object needed any.
+        """
         model = self.model
         temporal = model.memory_temporal_positional_encoding  # (num_maskmem, 1, 1, mem_dim)
-        per_object_mem, per_object_pos = [], []
-        num_pointer_tokens = 0
+        frames = 1 + max(len(m.recent) for m in memories)
+        pointers = 1 + max(len(m.pointers) for m in memories)
+        spatial = memories[0].conditioning.features.shape[0]
+        device = memories[0].conditioning.features.device
+        splits = model.hidden_dim // model.mem_dim if model.mem_dim < model.hidden_dim else 1
+        per_object_mem, per_object_pos, masks = [], [], []
+        padded = False
         for mem in memories:
             entries = [(mem.conditioning, temporal[-1])]
             entries += [(e, temporal[min(abs(slice_index - e.slice_index), model.num_maskmem) - 1]) for e in mem.recent]
             tokens = [e.features.to(self.dtype) for e, _ in entries]
             pos = [(e.pos + t).to(self.dtype) for e, t in entries]
             pointer_entries = [mem.conditioning, *mem.pointers]
-            offsets = [abs(slice_index - e.slice_index) for e in pointer_entries]
             ptrs, ptr_pos = model._process_object_pointers(
-                offsets,
+                [abs(slice_index - e.slice_index) for e in pointer_entries],
                 [e.pointer for e in pointer_entries],
                 self.pointer_span,
                 1,
                 model.hidden_dim,
-                mem.conditioning.features.device,
+                device,
             )
-            tokens.append(ptrs.to(self.dtype))
-            pos.append(ptr_pos.to(self.dtype))
-            num_pointer_tokens = ptrs.shape[0]
-            per_object_mem.append(torch.cat(tokens, dim=0))
-            per_object_pos.append(torch.cat(pos, dim=0))
-        return torch.cat(per_object_mem, dim=1), torch.cat(per_object_pos, dim=1), num_pointer_tokens
+            missing_frames, missing_pointers = frames - len(entries), (pointers - len(pointer_entries)) * splits
+            pad_frames = tokens[0].new_zeros(missing_frames * spatial, 1, tokens[0].shape[-1])
+            pad_pointers = tokens[0].new_zeros(missing_pointers, 1, tokens[0].shape[-1])
+            per_object_mem.append(torch.cat([*tokens, pad_frames, ptrs.to(self.dtype), pad_pointers], dim=0))
+            per_object_pos.append(torch.cat([*pos, pad_frames, ptr_pos.to(self.dtype), pad_pointers], dim=0))
+            valid = torch.ones(per_object_mem[-1].shape[0], dtype=torch.bool, device=device)
+            valid[len(entries) * spatial : frames * spatial] = False
+            if missing_pointers:
+                valid[-missing_pointers:] = False
+            padded = padded or bool(missing_frames or missing_pointers)
+            masks.append(valid)
+        key_mask = None
+        if padded:
+            valid = torch.stack(masks)[:, None, None, :]
+            key_mask = torch.zeros(valid.shape, dtype=self.dtype, device=device).masked_fill(~valid, float("-inf"))
+        return torch.cat(per_object_mem, dim=1), torch.cat(per_object_pos, dim=1), pointers * splits, key_mask
+
+
+def _padded_attention(fallback: Callable) -> Callable:
+    """An attention function that adds the current key-padding mask (when it fits) and then calls ``fallback``.
+
+    transformers' memory attention passes ``attention_mask=None`` unconditionally; registering this wrapper as the
+    tracker's attention implementation is the supported hook (``AttentionInterface``) to mask padded memories.
+    Outside :meth:`MemoryTracker.propagate` no mask is set and the wrapper is exactly ``fallback``.
+    """
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        mask = _KEY_MASK.get()
+        fits = mask is not None and mask.shape[-1] == key.shape[-2] and mask.shape[0] == key.shape[0]
+        if fits and attention_mask is None:
+            attention_mask = mask
+        return fallback(module, query, key, value, attention_mask, **kwargs)
+
+    return attention
+
+
+def _install_padded_attention(model: torch.nn.Module) -> None:
+    """Route the memory attention (the tracker's top-level config) through :func:`_padded_attention`."""
+    current = model.config._attn_implementation or "eager"
+    if current.startswith(_ATTENTION_PREFIX):
+        return
+    name = _ATTENTION_PREFIX + current
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        fallback = ALL_ATTENTION_FUNCTIONS.get_interface(current, eager_attention_forward)
+        AttentionInterface.register(name, _padded_attention(fallback))
+    model.config._attn_implementation = {"": name}  # the top level only: sub-configs (mask decoder) keep theirs
