@@ -105,6 +105,22 @@ def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
+def fill_uninitialised(model: torch.nn.Module) -> list[str]:
+    """Give parameters Meta leaves as ``torch.empty`` (real weights always overwrite them) seeded N(0, 0.02) values.
+
+    Without this the text encoder's ``positional_embedding`` and ``text_projection`` hold whatever memory held —
+    non-finite or ~1e38 values — and every output is NaN.
+    """
+    gen = torch.Generator().manual_seed(SEED)
+    filled = []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not torch.isfinite(param).all() or param.abs().max() > 1e3:
+                param.copy_(0.02 * torch.randn(param.shape, generator=gen))
+                filled.append(name)
+    return filled
+
+
 def native_detector(prompt: str, pixels: torch.Tensor):
     """Meta's image model (seeded random weights), its outputs, its state_dict, and the forward time."""
     from sam3.model.data_misc import FindStage
@@ -112,6 +128,7 @@ def native_detector(prompt: str, pixels: torch.Tensor):
 
     torch.manual_seed(SEED)
     model = build_sam3_image_model(bpe_path=str(BPE_PATH), device="cpu", load_from_HF=False).eval()
+    print("filled uninitialised native tensors:", fill_uninitialised(model), flush=True)
     find = FindStage(
         img_ids=torch.tensor([0]), text_ids=torch.tensor([0]), input_boxes=None, input_boxes_mask=None,
         input_boxes_label=None, input_points=None, input_points_mask=None,
@@ -169,6 +186,7 @@ def tracker_step(seed: int = SEED) -> list[tuple[str, str, float, float]]:
 
     torch.manual_seed(seed)
     native = build_tracker(apply_temporal_disambiguation=False).eval()
+    fill_uninitialised(native)
     state = {"tracker." + k: v for k, v in native.state_dict().items()}
     converted = native_to_transformers(state, Sam3VideoConfig()).state_dict
     ours = Sam3TrackerVideoModel(Sam3VideoConfig().tracker_config, remove_vision_encoder=True).eval()
@@ -255,8 +273,9 @@ def write_results(results: dict) -> None:
         "# Fidelity of the native → transformers conversion",
         "",
         "Produced by `bench/fidelity/fidelity.py` (not CI), float32 on a shared 2-core CPU. Meta's full-size SAM3",
-        f"models are built with random weights (seed {SEED}), converted with `medsam3_core.convert`, and both",
-        "implementations run on identical inputs. Goal: every difference < 1e-3.",
+        f"models are built with random weights (seed {SEED}; the two text-encoder tensors Meta leaves uninitialised",
+        "get N(0, 0.02) values), converted with `medsam3_core.convert`, and both implementations run on identical",
+        "inputs. Goal: every difference < 1e-3.",
         "",
     ]
     det = results.get("detector")
