@@ -169,3 +169,12 @@ def test_unknown_names_and_paths_are_model_errors(tmp_path):
 def test_cuda_without_gpu_is_a_device_error_before_any_loading(tmp_path):
     with pytest.raises(DeviceError, match="--device cpu"):
         load_model(tmp_path / "not even checked", device="cuda")
+
+
+def test_unknown_native_tensors_are_reported(tiny_video, tmp_path, caplog):
+    native = transformers_to_native(tiny_video.state_dict())
+    native["detector.future_head.weight"] = torch.zeros(3)
+    torch.save({"model": native}, tmp_path / "newer.pt")
+    with caplog.at_level("WARNING", logger="medsam3_core.model"):
+        load_model(tmp_path / "newer.pt", device="cpu", config=tiny_video.config)
+    assert "detector.future_head.weight" in caplog.text

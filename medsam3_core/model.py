@@ -15,6 +15,7 @@ folder, a native or Medical SAM3 ``.pt``, a safetensors file) into a bundle; rea
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -51,6 +52,8 @@ __all__ = [
     "load_model",
     "save_model",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Where the bundled demo model (a ``Sam3VideoModel.save_pretrained`` folder) lives once it has been trained.
 DEMO_MODEL_DIR = Path(__file__).with_name("assets") / "demo_model"
@@ -266,7 +269,11 @@ def _load_file(path: Path, dtype: torch.dtype, config: Optional[PretrainedConfig
     cfg = config_for_checkpoint(raw, config)
     state = raw.state_dict
     if raw.layout == Layout.NATIVE:
-        state = native_to_transformers(state, cfg).state_dict
+        conversion = native_to_transformers(state, cfg)
+        if conversion.unmapped:
+            log.warning("%s: %d native tensor(s) with no transformers counterpart ignored, e.g. %s", path.name,
+                        len(conversion.unmapped), ", ".join(conversion.unmapped[:3]))
+        state = conversion.state_dict
     return checkpoints.instantiate(cfg, state, dtype, source=path.name)
 
 
