@@ -15,13 +15,8 @@ import torch
 from transformers import Sam3Config, Sam3VideoConfig, Sam3VideoModel
 
 from medsam3_core import convert
-from medsam3_core.convert import (
-    DROPPED_NATIVE,
-    convert_checkpoint,
-    native_to_transformers,
-    target_shapes,
-    transformers_to_native,
-)
+from medsam3_core.checkpoints import target_shapes
+from medsam3_core.convert import DROPPED_NATIVE, convert_checkpoint, native_to_transformers, transformers_to_native
 from medsam3_core.errors import CheckpointError
 from medsam3_core.model import load_model, random_video_model
 from medsam3_core.tokenizer import bundled_tokenizer, tokenize

@@ -127,8 +127,9 @@ def test_missing_weights_are_refused_with_their_names(tiny_video, tmp_path):
 def test_wrong_architecture_is_refused(tiny_video, tmp_path):
     torch.save(tiny_video.state_dict(), tmp_path / "tiny.pt")
     bigger = tiny_video_config(tiny_detector_config(hidden=256))
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(CheckpointError, match=r"does not fit.*wrong shape \(detector_model\.") as err:
         load_model(tmp_path / "tiny.pt", device="cpu", config=bigger)
+    assert "config.json" in str(err.value)
 
 
 def test_corrupt_and_unsafe_files_are_refused(tmp_path):

@@ -39,6 +39,7 @@ __all__ = [
     "read_weights",
     "read_config",
     "model_class_for",
+    "target_shapes",
     "instantiate",
     "load_folder",
     "check_loading_info",
@@ -191,6 +192,25 @@ def model_class_for(config: PretrainedConfig) -> type[PreTrainedModel]:
     return Sam3VideoModel if getattr(config, "model_type", "") == "sam3_video" else Sam3Model
 
 
+def target_shapes(config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter (and persistent buffer) of the transformers model for ``config``, with its shape.
+
+    Built on the meta device: no memory, about a second even for full-size SAM3.
+    """
+    with torch.device("meta"):
+        model = model_class_for(config)(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _shape_mismatches(config: PretrainedConfig, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    expected = target_shapes(config)
+    return [
+        f"{k} {tuple(v.shape)} vs {expected[k]}"
+        for k, v in state_dict.items()
+        if k in expected and tuple(v.shape) != expected[k]
+    ]
+
+
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' own progress bars and load reports; we report loading through our own channels."""
@@ -246,7 +266,12 @@ def instantiate(
                 None, config=config, state_dict=dict(state_dict), dtype=dtype, output_loading_info=True
             )
     except (RuntimeError, ValueError) as err:  # shape mismatches surface as RuntimeError
-        raise CheckpointError(f"{source} does not fit this architecture: {str(err).splitlines()[0][:300]}") from err
+        wrong = _shape_mismatches(config, state_dict)
+        detail = f"{len(wrong)} tensor(s) have the wrong shape ({_listing(wrong, 3)})" if wrong else str(err)
+        raise CheckpointError(
+            f"{source} does not fit this architecture: {detail.splitlines()[0][:400]}. "
+            "Was it made for another model size? Put its config.json beside it."
+        ) from err
     check_loading_info(info, source)
     return model.eval()
 

@@ -42,7 +42,6 @@ __all__ = [
     "Conversion",
     "native_to_transformers",
     "transformers_to_native",
-    "target_shapes",
     "config_for_checkpoint",
     "merge_lora",
     "convert_checkpoint",
@@ -413,17 +412,6 @@ def transformers_to_native(state: Mapping[str, torch.Tensor]) -> dict[str, torch
         if key.replace(".dconv_2x2_0.", ".dconv_2x2_1.") not in native:
             native[key.replace(".dconv_2x2_0.", ".dconv_2x2.")] = native.pop(key)
     return native
-
-
-def target_shapes(config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter (and persistent buffer) of the transformers model for ``config``, with its shape.
-
-    Built on the meta device: no memory, about a second even for full-size SAM3.
-    """
-    cls = checkpoints.model_class_for(config)
-    with torch.device("meta"):
-        model = cls(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def config_for_checkpoint(raw: checkpoints.RawWeights, config: Optional[PretrainedConfig] = None) -> PretrainedConfig:
