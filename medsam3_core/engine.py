@@ -547,8 +547,11 @@ class _Sweep:
                 del self.features[old]
             end = index + direction * self.run.options.batch_size
             window = [i for i in range(index, end, direction) if 0 <= i < self.run.num_slices]
-            for i, feats in zip(window, self.tracker.features(self.run._encode(window))):
+            vision = self.run._encode(window)
+            t0 = self.run.engine.clock()
+            for i, feats in zip(window, self.tracker.features(vision)):
                 self.features.setdefault(i, feats)
+            self.run.timings["track"] += self.run.engine.clock() - t0
         return self.features[index]
 
 
