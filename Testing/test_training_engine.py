@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from training.checkpoint import load_checkpoint
 from training.config import DataConfig, EngineConfig, ModelConfig, SourceConfig, TrainConfig
 from training.criterion import LossConfig
 from training.optim import OptimConfig

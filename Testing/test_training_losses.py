@@ -103,7 +103,8 @@ def test_criterion_presence_weight_and_aux_layers():
     base = SetCriterion(LossConfig(aux_layers=False))(out, t)[1]
     aux = SetCriterion(LossConfig(aux_layers=True))(out, t)[1]
     # presence BCE of the last layer, weight 20, two prompts (both present), normalised by 2 instances
-    expected = 20 * torch.nn.functional.binary_cross_entropy_with_logits(out.presence[-1], torch.ones(2), reduction="sum") / 2
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(out.presence[-1], torch.ones(2), reduction="sum")
+    expected = 20 * bce / 2
     assert base["presence"] == pytest.approx(float(expected), rel=1e-5)
     assert aux["presence"] > base["presence"]  # the first decoder layer adds its own term
 

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 from transformers import Sam3Model
 
 from medsam3_core.model import tiny_detector_config

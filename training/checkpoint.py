@@ -70,7 +70,7 @@ def load_checkpoint(
     optimizer: Optional[torch.optim.Optimizer] = None,
     scheduler: Any = None,
 ) -> TrainState:
-    """Restore ``model`` (and optimiser/scheduler/RNG when given) from ``path``; returns the saved :class:`TrainState`."""
+    """Restore ``model`` (and optimiser/scheduler/RNG when given) from ``path``; returns its :class:`TrainState`."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files

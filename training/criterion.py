@@ -5,8 +5,8 @@
   (deep supervision; each layer matched on its own), once with the one-to-one matching π and once with the
   one-to-many matching π_o2m. SAM3 scores π_o2m on a separate set of training-only queries, which transformers'
   ``Sam3Model`` does not have, so here both matchings supervise the same queries; the one-to-one pairs are
-  therefore always added to π_o2m, so the two terms never pull a query in opposite directions. Presence does not depend on the matching, so it enters the o2o term only; adding it
-  again in the o2m term would merely triple its weight.
+  therefore always added to π_o2m, so the two terms never pull a query in opposite directions. Presence does not
+  depend on the matching, so it enters the o2o term only; adding it again in the o2m term would triple its weight.
 * ``L_seg`` = λ_f·mask focal (α 0.6) + λ_d·dice on the last layer's matched masks, + λ_sp·a segmentation-level
   presence term: BCE of the semantic head against the union of the prompt's instances (so an absent concept must
   give an empty semantic map). Ground-truth masks are area-downsampled to the mask head's resolution (¼ of the
@@ -19,7 +19,7 @@ scaled by the world size because DDP averages gradients), clamped to ≥ 1 so an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch

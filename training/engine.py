@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -122,7 +120,8 @@ class Trainer:
         ids, mask = self._tokens_for(batch["texts"])
         pixels = batch["pixel_values"].to(self.device, non_blocking=True)
         targets = [t.to(self.device) for t in batch["targets"]]
-        no_sync = self.net.no_sync if (isinstance(self.net, DistributedDataParallel) and not sync) else contextlib.nullcontext
+        ddp = isinstance(self.net, DistributedDataParallel)
+        no_sync = self.net.no_sync if (ddp and not sync) else contextlib.nullcontext
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
         with no_sync():
             with autocast:

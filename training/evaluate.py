@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ __all__ = [
     "score_label_maps",
     "evaluate_model",
     "summarize",
+    "dataset_means",
     "format_table",
     "write_report",
     "score_files",
@@ -190,7 +190,8 @@ def format_table(rows: Sequence[Row]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.dataset:<22} {r.concept:<18} {r.n:>6} {r.dice:>7.3f} {r.iou:>7.3f} {r.n_present:>9} {r.dice_present:>12.3f}"
+            f"{r.dataset:<22} {r.concept:<18} {r.n:>6} {r.dice:>7.3f} {r.iou:>7.3f} {r.n_present:>9} "
+            f"{r.dice_present:>12.3f}"
         )
     means = dataset_means(rows)
     if means:
@@ -209,7 +210,9 @@ def write_report(rows: Sequence[Row], out_dir: Path) -> list[Path]:
     writer = csv.writer(buf)
     writer.writerow(["dataset", "concept", "n", "dice", "iou", "n_present", "dice_present"])
     for r in rows:
-        writer.writerow([r.dataset, r.concept, r.n, f"{r.dice:.4f}", f"{r.iou:.4f}", r.n_present, f"{r.dice_present:.4f}"])
+        writer.writerow(
+            [r.dataset, r.concept, r.n, f"{r.dice:.4f}", f"{r.iou:.4f}", r.n_present, f"{r.dice_present:.4f}"]
+        )
     with atomic_path(csv_path) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")
     png = out_dir / "dice.png"

@@ -55,7 +55,9 @@ def giou_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return (1 - torch.diagonal(pairwise_giou(pred.float(), gt.float()))).sum()
 
 
-def mask_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.6, gamma: float = 2.0) -> torch.Tensor:
+def mask_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.6, gamma: float = 2.0
+) -> torch.Tensor:
     """Focal loss of matched masks ``(M, h, w)`` averaged over pixels, summed over masks (targets may be soft)."""
     if logits.shape[0] == 0:
         return logits.sum() * 0.0

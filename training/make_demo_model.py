@@ -94,7 +94,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows = evaluate_heldout(model_dir, args.run / f"heldout-{instances}", instances)
         print(f"held-out, instances={instances}:\n{format_table(rows)}\n")
     for mode in ("detect", "track"):
-        print(f"bundled demo scan, CLI --mode {mode}:\n{format_table(score_demo_scan(model_dir, args.run / f'demo-scan-{mode}', mode))}\n")
+        rows = score_demo_scan(model_dir, args.run / f"demo-scan-{mode}", mode)
+        print(f"bundled demo scan, CLI --mode {mode}:\n{format_table(rows)}\n")
     if args.install:
         print(f"installed {install(model_dir)}")
     return 0

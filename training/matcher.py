@@ -105,7 +105,9 @@ class HungarianMatcher:
         cost = self.cost(logits, boxes, gt_boxes, masks, gt_masks).cpu().numpy()
         rows, cols = linear_sum_assignment(np.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6))
         dev = logits.device
-        return Match(torch.as_tensor(rows, dtype=torch.long, device=dev), torch.as_tensor(cols, dtype=torch.long, device=dev))
+        return Match(
+            torch.as_tensor(rows, dtype=torch.long, device=dev), torch.as_tensor(cols, dtype=torch.long, device=dev)
+        )
 
 
 class OneToManyMatcher:

@@ -128,7 +128,7 @@ def lr_factor(step: int, warmup_steps: int) -> float:
 def build_optimizer(
     params: Iterable[dict], cfg: OptimConfig
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over ``params`` and the warm-up/inverse-sqrt ``LambdaLR`` (call ``scheduler.step()`` per optimiser step)."""
+    """AdamW over ``params`` and the warm-up/inverse-sqrt ``LambdaLR`` (``scheduler.step()`` per optimiser step)."""
     groups = list(params)
     opt = torch.optim.AdamW(groups, betas=tuple(cfg.betas), fused=False)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps))

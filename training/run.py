@@ -58,7 +58,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         finally:
             trainer.close()
         if dist.is_main():
-            print(f"done: {cfg.output_dir}/final" + (f"  (validation mean Dice {results['mean']:.3f})" if results else ""))
+            dice = f"  (validation mean Dice {results['mean']:.3f})" if results else ""
+            print(f"done: {cfg.output_dir}/final{dice}")
         return 0
     except MedSam3Error as err:
         print(f"error: {err}", file=sys.stderr)

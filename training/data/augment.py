@@ -28,10 +28,8 @@ def augment_pair(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
     offset = centre - rot @ centre - shift
     lab = ndimage.affine_transform(labels, rot, offset=offset, order=0, mode="constant", cval=0)
     if image.ndim == 3:
-        img = np.stack(
-            [ndimage.affine_transform(image[..., c], rot, offset=offset, order=1, mode="nearest") for c in range(image.shape[-1])],
-            axis=-1,
-        )
+        channels = [image[..., c] for c in range(image.shape[-1])]
+        img = np.stack([ndimage.affine_transform(c, rot, offset=offset, order=1, mode="nearest") for c in channels], -1)
     else:
         img = ndimage.affine_transform(image, rot, offset=offset, order=1, mode="nearest")
     contrast = rng.uniform(0.8, 1.2)

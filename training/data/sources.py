@@ -63,7 +63,7 @@ def parse_source(text: str) -> SourceConfig:
         try:
             return SourceConfig(kind=kind, name=name or kind, cases=int(count), seed=int(seed or 0))
         except ValueError:
-            raise InputError(f"data source {text!r}: synthetic sources take CASES[@SEED], e.g. {kind}:20@9000") from None
+            raise InputError(f"data source {text!r}: synthetic kinds take CASES[@SEED], e.g. {kind}:20@9000") from None
     return SourceConfig(kind=kind, path=path, name=name or Path(path).name)
 
 
