@@ -143,3 +143,20 @@ def test_run_reports_config_errors_in_one_line(tmp_path, capsys):
     assert err.strip().startswith("error: data.sources is empty") and "Traceback" not in err
     assert main(["--config", "demo", "--set", "engine.epochs=0"]) == 2
     assert "engine.epochs must be ≥ 1" in capsys.readouterr().err
+
+
+def test_detector_tracker_model_round_trips_through_training_init(tmp_path):
+    from training.modelling import build_model, export_weights
+
+    tiny = ModelConfig(init="tiny", hidden=128, vit_hidden=32, vit_layers=2, text_hidden=32, num_queries=8)
+    export_weights(build_model(tiny), tmp_path / "start", dtype=torch.float32)
+    again = build_model(ModelConfig(init=str(tmp_path / "start")))
+    assert type(again.root).__name__ == "Sam3VideoModel" and again.detector is again.root.detector_model
+    export_weights(again, tmp_path / "again", dtype=torch.float32)
+    start_cfg = json.loads((tmp_path / "start" / "config.json").read_text())
+    again_cfg = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert start_cfg == again_cfg
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "start" / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

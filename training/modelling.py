@@ -18,8 +18,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel, Sam3Model, Sam3VideoConfig, Sam3VideoModel
 
-from medsam3_core.checkpoints import save_model
-from medsam3_core.model import load_model, tiny_detector_config, tiny_video_config
+from medsam3_core.checkpoints import read_config, save_model
+from medsam3_core.model import load_model, resolve_model_spec, tiny_detector_config, tiny_video_config
 
 from .config import ModelConfig
 
@@ -58,8 +58,11 @@ def build_model(cfg: ModelConfig) -> TrainModel:
     detector = bundle.detector.float()
     if not bundle.has_tracker:
         return TrainModel(detector, detector, bundle.source)
-    # Reassemble the detector+tracker model around the loaded parts (no second copy of the weights).
-    video_cfg = Sam3VideoConfig(
+    # Reassemble the detector+tracker model around the loaded parts (no second copy of the weights), with the
+    # folder's own configuration when there is one (it also holds video-level settings).
+    path = resolve_model_spec(cfg.init)
+    saved = read_config(path) if path is not None and (path / "config.json").is_file() else None
+    video_cfg = saved if isinstance(saved, Sam3VideoConfig) else Sam3VideoConfig(
         detector_config=detector.config.to_dict(), tracker_config=bundle.tracker.config.to_dict()
     )
     with torch.device("meta"):
