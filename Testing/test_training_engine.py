@@ -160,3 +160,28 @@ def test_detector_tracker_model_round_trips_through_training_init(tmp_path):
 
     a, b = load_file(tmp_path / "start" / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    from transformers import Sam3Model
+
+    from medsam3_core.model import tiny_detector_config
+    from training.modelling import enable_activation_checkpointing
+
+    torch.manual_seed(0)
+    model = Sam3Model(tiny_detector_config(image_size=56, hidden=32, vit_hidden=32)).train()
+    px, ids = torch.randn(2, 3, 56, 56), torch.randint(0, 1000, (2, 32))
+
+    def grads():
+        model.zero_grad()
+        model(pixel_values=px, input_ids=ids).pred_masks.square().mean().backward()
+        return model.vision_encoder.backbone.layers[0].mlp.fc1.weight.grad.clone()
+
+    plain = grads()
+    assert enable_activation_checkpointing(model) == 2
+    calls = []
+    for layer in model.vision_encoder.backbone.layers:
+        inner = layer._gradient_checkpointing_func
+        layer._gradient_checkpointing_func = lambda *a, inner=inner, **k: calls.append(1) or inner(*a, **k)
+    torch.testing.assert_close(grads(), plain)
+    assert len(calls) == 2  # both ViT blocks ran through torch.utils.checkpoint

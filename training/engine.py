@@ -227,15 +227,16 @@ class Trainer:
                 image_size=self.cfg.model.image_size,
                 source="training",
             )
-            rows = summarize(
-                evaluate_model(
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+            with autocast:
+                scores = evaluate_model(
                     bundle,
                     self.val_sets,
                     self.cfg.engine.score_threshold,
                     self.cfg.data.val_max_images,
                     instances=self.cfg.engine.eval_instances,
                 )
-            )
+            rows = summarize(scores)
             results = dataset_means(rows)
             step = self.state["step"]
             if self.writer is not None:

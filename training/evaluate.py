@@ -128,7 +128,7 @@ def evaluate_model(
 
     ``max_images`` > 0 takes an evenly spaced subset of each dataset (in-training validation stays cheap).
     """
-    detector = Detector(bundle, max_batch=64)
+    detector = Detector(bundle, max_batch=4 * batch_size)  # bounds memory: each pair holds its own FPN copy
     was_training = bundle.detector.training
     bundle.detector.eval()
     scores: list[PairScore] = []
