@@ -179,3 +179,22 @@ def test_unknown_native_tensors_are_reported(tiny_video, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="medsam3_core.model"):
         load_model(tmp_path / "newer.pt", device="cpu", config=tiny_video.config)
     assert "detector.future_head.weight" in caplog.text
+
+
+def test_geometry_cls_token_is_appended_to_text_prompts_without_torchvision(tiny_video):
+    from medsam3_core.model import append_geometry_cls
+    from medsam3_core.tokenizer import tokenize
+
+    detector = tiny_video.detector_model
+    ids, mask = tokenize(bundled_tokenizer(), ["liver", "spleen"])
+    pixels = torch.rand(1, 3, 112, 112) * 2 - 1
+    with torch.inference_mode():
+        vision = detector.get_vision_features(pixel_values=pixels)
+        text = detector.get_text_features(input_ids=ids, attention_mask=mask, return_dict=True)
+        text_cls, mask_cls = append_geometry_cls(detector, vision, text, mask)
+        again, _ = append_geometry_cls(detector, vision, text, mask)
+    assert text_cls.pooler_output.shape == (2, 33, 128) and mask_cls.shape == (2, 33)
+    assert torch.equal(text_cls.pooler_output[:, :32], text.pooler_output) and mask_cls[:, 32].tolist() == [1, 1]
+    assert torch.equal(text_cls.pooler_output[0, 32], text_cls.pooler_output[1, 32])  # one image, one CLS token
+    assert torch.equal(again.pooler_output, text_cls.pooler_output) and text.pooler_output.shape[1] == 32
+    assert "_encode_boxes" not in vars(detector.geometry_encoder)  # the temporary bypass is gone
