@@ -22,7 +22,7 @@ __all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "capture_rng", "r
 
 class TrainState(dict):
     """A plain dict with the keys ``step``, ``epoch``, ``position`` (samples consumed this epoch on this rank),
-    ``micro`` (micro-batches since the last optimiser step) and ``best`` (best validation mean Dice)."""
+    ``world_size`` and ``best`` (best validation selection score, :func:`training.evaluate.dataset_means`)."""
 
     @classmethod
     def fresh(cls) -> "TrainState":

@@ -244,8 +244,8 @@ class Trainer:
                     self.writer.add_scalar(f"val/dice/{name}", value, step)
                 self.writer.flush()
             print(f"\nvalidation after epoch {self.state['epoch']} (step {step}):\n{format_table(rows)}", flush=True)
-            if results.get("mean", -1.0) > self.state["best"]:
-                self.state["best"] = results["mean"]
+            if results.get("selection", -1.0) > self.state["best"]:
+                self.state["best"] = results["selection"]
                 self.export("best", {"validation": results, "step": step})
         dist.barrier()
         return results

@@ -178,10 +178,19 @@ def summarize(scores: Iterable[PairScore]) -> list[Row]:
 
 
 def dataset_means(rows: Sequence[Row]) -> dict[str, float]:
-    """``{dataset: mean Dice}`` from :func:`summarize` rows, plus ``"mean"`` over datasets (the paper's average)."""
-    per = {r.dataset: r.dice for r in rows if r.concept == "all"}
+    """``{dataset: mean Dice}`` from :func:`summarize` rows, plus ``"mean"`` over datasets (the paper's average),
+    ``"mean_present"`` (pairs with non-empty ground truth only) and ``"selection"``, their average.
+
+    ``selection`` picks the best checkpoint: ``mean`` alone rewards a model that predicts nothing wherever most
+    pairs are empty, ``mean_present`` alone one that paints everything; the average penalises both.
+    """
+    alls = [r for r in rows if r.concept == "all"]
+    per = {r.dataset: r.dice for r in alls}
     if per:
-        per["mean"] = float(np.mean(list(per.values())))
+        per["mean"] = float(np.mean([r.dice for r in alls]))
+        present = [r.dice_present for r in alls if r.n_present]
+        per["mean_present"] = float(np.mean(present)) if present else 0.0
+        per["selection"] = (per["mean"] + per["mean_present"]) / 2
     return per
 
 
@@ -195,7 +204,7 @@ def format_table(rows: Sequence[Row]) -> str:
         )
     means = dataset_means(rows)
     if means:
-        lines.append(f"{'mean over datasets':<41} {'':>6} {means['mean']:>7.3f}")
+        lines.append(f"{'mean over datasets':<41} {'':>6} {means['mean']:>7.3f} {'':>7} {'':>9} {means['mean_present']:>12.3f}")
     return "\n".join(lines)
 
 
