@@ -198,3 +198,15 @@ def test_geometry_cls_token_is_appended_to_text_prompts_without_torchvision(tiny
     assert torch.equal(text_cls.pooler_output[0, 32], text_cls.pooler_output[1, 32])  # one image, one CLS token
     assert torch.equal(again.pooler_output, text_cls.pooler_output) and text.pooler_output.shape[1] == 32
     assert "_encode_boxes" not in vars(detector.geometry_encoder)  # the temporary bypass is gone
+
+
+def test_saved_folder_is_readable_as_the_umask_allows(tiny_video, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        folder = save_model(tiny_video, tmp_path / "shared")
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o644}

@@ -291,6 +291,19 @@ def load_folder(folder: Union[str, Path], dtype: torch.dtype) -> PreTrainedModel
     return model.eval()
 
 
+def _share_like_umask(folder: Path) -> None:
+    """Give a finished folder the permissions a plain ``mkdir``/``open`` would have.
+
+    ``mkdtemp`` (and transformers' own temporary files) are private (0700/0600); a model cache shared by a lab
+    must stay readable by the group or everyone as the user's umask says.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
 def _replace_dir(tmp: Path, target: Path) -> None:
     """Move a finished folder over ``target``, keeping the old one until the new one is in place."""
     backup = None
@@ -324,6 +337,7 @@ def save_model(
                 tokenizer.save_pretrained(str(tmp))
         if extra:
             (tmp / "medsam3.json").write_text(json.dumps(dict(extra), indent=2, default=str), encoding="utf-8")
+        _share_like_umask(tmp)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
