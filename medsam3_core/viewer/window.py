@@ -404,7 +404,7 @@ class ViewerWindow(QMainWindow):
             notes.append(f"{', '.join(raws)} all mean {concept!r}")
         total = sum(result.timings.values())
         self._set_status(f"Found {len(found)} of {len(result.segments)} in {total:.1f} s"
-                         + (f" — {'; '.join(notes)}" if notes else ""))
+                         + (f" — {'; '.join(n.rstrip('.') for n in notes)}." if notes else ""))
 
     def _on_finished(self) -> None:
         self.state = IDLE
