@@ -130,3 +130,18 @@ def test_empty_prompts_are_prompt_errors(random_bundle, prompts):
 def test_wrong_image_size_is_an_input_error(random_bundle):
     with pytest.raises(InputError, match="112"):
         Detector(random_bundle).encode_images(torch.zeros(1, 3, 64, 64))
+
+
+def test_geometry_cls_token_changes_the_prompt_as_meta_does(random_bundle):
+    """With ``geometry_cls`` the detector reads one more prompt token (Meta's layout), and the result differs."""
+    import dataclasses
+
+    from medsam3_core.detector import Detector
+
+    pixels = torch.randn(1, 3, random_bundle.image_size, random_bundle.image_size)
+    plain = Detector(random_bundle)
+    with_cls = Detector(dataclasses.replace(random_bundle, geometry_cls=True))
+    a = plain.detect(plain.encode_images(pixels), plain.encode_text(["liver"]))
+    b = with_cls.detect(with_cls.encode_images(pixels), with_cls.encode_text(["liver"]))
+    assert a.scores.shape == b.scores.shape
+    assert not torch.allclose(a.scores, b.scores)

@@ -210,3 +210,13 @@ def test_saved_folder_is_readable_as_the_umask_allows(tiny_video, tmp_path):
         os.umask(old)
     assert folder.stat().st_mode & 0o777 == 0o755
     assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o644}
+
+
+def test_input_conventions_default_to_metas_and_follow_the_folder(tiny_video, tmp_path):
+    """Weights that state nothing get Meta's conventions (stretch + CLS); our exports state their own."""
+    meta_style = save_model(tiny_video, tmp_path / "meta")
+    bundle = load_model(str(meta_style), device="cpu")
+    assert (bundle.keep_aspect, bundle.geometry_cls) == (False, True)
+    ours = save_model(tiny_video, tmp_path / "ours", extra={"conventions": {"keep_aspect": True, "geometry_cls": False}})
+    bundle = load_model(str(ours), device="cpu")
+    assert (bundle.keep_aspect, bundle.geometry_cls) == (True, False)

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from .errors import InputError, PromptError
-from .model import Sam3Bundle
+from .model import Sam3Bundle, append_geometry_cls
 from .tokenizer import tokenize
 
 __all__ = ["TextFeatures", "Detections", "Detector"]
@@ -94,6 +94,7 @@ class Detector:
             raise ValueError("top_k must be at least 1")
         self.bundle = bundle
         self.model = bundle.detector
+        self.geometry_cls = bundle.geometry_cls  # Meta-trained weights expect the geometry CLS token (model.py)
         self.max_batch = max_batch
         self.top_k = top_k
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -170,11 +171,10 @@ class Detector:
             fpn_position_encoding=tuple(t.index_select(0, slice_idx) for t in vision.fpn_position_encoding),
         )
         pair_text = BaseModelOutputWithPooling(pooler_output=text.embeds.index_select(0, prompt_idx))
-        out = self.model(
-            vision_embeds=pair_vision,
-            text_embeds=pair_text,
-            attention_mask=text.attention_mask.index_select(0, prompt_idx),
-        )
+        pair_mask = text.attention_mask.index_select(0, prompt_idx)
+        if self.geometry_cls:
+            pair_text, pair_mask = append_geometry_cls(self.model, pair_vision, pair_text, pair_mask)
+        out = self.model(vision_embeds=pair_vision, text_embeds=pair_text, attention_mask=pair_mask)
         presence = out.presence_logits.float().sigmoid()  # (N, 1)
         scores = out.pred_logits.float().sigmoid() * presence
         masks, boxes = out.pred_masks, out.pred_boxes

@@ -16,6 +16,7 @@ folder, a native or Medical SAM3 ``.pt``, a safetensors file) into a bundle; rea
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,10 @@ class Sam3Bundle:
         device, dtype: where and in which precision the networks run (CPU float32; CUDA bfloat16).
         image_size: the square input size the model was built for (1008 for real SAM3).
         source: a human-readable description of where the weights came from (shown in reports).
+        keep_aspect: input convention the weights were trained with: ``True`` = aspect-preserving letterbox (our
+            training stack), ``False`` = stretch to a square (Meta's SAM3 and Medical SAM3 pipelines).
+        geometry_cls: append the geometry encoder's CLS token to text prompts, as Meta's SAM3 always does
+            (:func:`append_geometry_cls`); ``False`` for models trained without it.
     """
 
     detector: Sam3Model
@@ -85,6 +90,8 @@ class Sam3Bundle:
     dtype: torch.dtype
     image_size: int
     source: str
+    keep_aspect: bool = True
+    geometry_cls: bool = False
 
     @property
     def has_tracker(self) -> bool:
@@ -387,5 +394,25 @@ def load_model(
         source = str(path)
     report(progress, "load", 0.9)
     bundle = _bundle(model, device, source, tokenizer)
+    bundle.keep_aspect, bundle.geometry_cls = _input_conventions(path)
     report(progress, "load", 1.0)
     return bundle
+
+
+#: Input conventions of weights that do not state their own: Meta's SAM3 stretches images to a square and appends
+#: the geometry CLS token to text prompts; Medical SAM3 fine-tunes with Meta's pipeline, so it does the same.
+META_CONVENTIONS = {"keep_aspect": False, "geometry_cls": True}
+
+
+def _input_conventions(path: Path) -> tuple[bool, bool]:
+    """``(keep_aspect, geometry_cls)`` from a model folder's ``medsam3.json`` ``"conventions"``, else Meta's."""
+    folder = path if path.is_dir() else path.parent
+    conventions = dict(META_CONVENTIONS)
+    meta_file = folder / "medsam3.json"
+    if meta_file.is_file():
+        try:
+            stated = json.loads(meta_file.read_text(encoding="utf-8")).get("conventions") or {}
+        except (OSError, ValueError, AttributeError):
+            stated = {}
+        conventions.update({k: bool(v) for k, v in stated.items() if k in conventions})
+    return conventions["keep_aspect"], conventions["geometry_cls"]
