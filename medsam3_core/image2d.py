@@ -92,7 +92,7 @@ def segment_image(
     volume = _as_image_volume(image)
     normalizer = IntensityNormalizer.for_volume(volume, window)
     pixels = normalizer(volume.array[0])
-    letterbox = Letterbox(pixels.shape[0], pixels.shape[1], bundle.image_size)
+    letterbox = Letterbox(pixels.shape[0], pixels.shape[1], bundle.image_size, keep_aspect=bundle.keep_aspect)
     detector = Detector(bundle)
     text = detector.encode_text(cleaned)
     vision = detector.encode_images(to_model_input(pixels[None], letterbox, bundle.device, bundle.dtype))
