@@ -110,20 +110,33 @@ def speed(config: str, slices: int, repeats: int) -> dict:
     return {"config": config, "slices": slices, "repeats": repeats, "setups": rows, "ratios": ratios}
 
 
+def _status_mb(key: str) -> float:
+    """``VmRSS``/``VmHWM`` of this process from /proc, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
 def memory(config: str, slices: int, impl: str, prompts: int) -> dict:
-    """Peak RSS of one run in this process (call in a fresh subprocess)."""
+    """Peak RSS of one run in this process (call in a fresh subprocess).
+
+    ``ru_maxrss`` cannot be reset and imports/model building already peak above a tiny run, so the run's own peak
+    is read as ``VmHWM`` after resetting it (``/proc/self/clear_refs`` = 5) just before the run.
+    """
     video = build_video(config)
     size = video.config.detector_config.vision_config.backbone_config.image_size
     volume = random_volume(slices, size)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    runner = _engine_runner(video) if impl == "engine" else None
+    frames = video_frames(volume, size) if impl == "stock" else None
+    before = _status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
     with torch.inference_mode():
-        if impl == "engine":
-            out = _engine_runner(video)(volume, PROMPTS[:prompts])
-        else:
-            out = run_stock(video, video_frames(volume, size), PROMPTS[:prompts])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"impl": impl, "config": config, "slices": slices, "prompts": prompts, "peak_rss_mb": round(peak, 1),
-            "peak_before_run_mb": round(before, 1), "objects_per_slice": out["objects_per_slice"]}
+        out = runner(volume, PROMPTS[:prompts]) if runner else run_stock(video, frames, PROMPTS[:prompts])
+    return {"impl": impl, "config": config, "slices": slices, "prompts": prompts,
+            "rss_before_run_mb": round(before, 1), "run_peak_rss_mb": round(_status_mb("VmHWM"), 1),
+            "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "objects_per_slice": out["objects_per_slice"]}
 
 
 def full(slices: int) -> dict:
@@ -138,6 +151,10 @@ def full(slices: int) -> dict:
         rows[name] = {"seconds": round(seconds, 2), **out}
     ratio = rows["engine, 5 prompts"]["seconds"] / rows["engine, 1 prompt"]["seconds"]
     return {"config": "full", "slices": slices, "setups": rows, "ratios": {"engine 5 prompts / 1 prompt": ratio}}
+
+
+def _memory_all() -> list[dict]:
+    return [_subprocess(["memory", "--impl", impl, "--slices", str(n)]) for impl in ("engine", "stock") for n in (100, 400)]
 
 
 def _subprocess(args: list[str]) -> dict:
@@ -159,6 +176,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=5)
     p = sub.add_parser("full")
     p.add_argument("--slices", type=int, default=2)
+    p = sub.add_parser("memory-all", help="memory for 100 and 400 slices, engine and stock, fresh processes")
     p = sub.add_parser("all")
     p.add_argument("--full", action="store_true", help="also the full-size configuration (minutes per slice on CPU)")
     p.add_argument("--repeats", type=int, default=3)
@@ -169,13 +187,13 @@ def main(argv=None) -> int:
         print(json.dumps(speed(args.config, args.slices, args.repeats)))
     elif args.command == "memory":
         print(json.dumps(memory(args.config, args.slices, args.impl, args.prompts)))
+    elif args.command == "memory-all":
+        print(json.dumps(_memory_all(), indent=1))
     elif args.command == "full":
         print(json.dumps(full(args.slices)))
     else:
         results = {"speed": [speed("tiny", 32, args.repeats), speed("small", 32, max(1, args.repeats - 1))]}
-        results["memory"] = [
-            _subprocess(["memory", "--impl", impl, "--slices", str(n)]) for impl in ("engine", "stock") for n in (100, 400)
-        ]
+        results["memory"] = _memory_all()
         if args.full:
             results["full"] = full(2)
         print(json.dumps(results, indent=1))
