@@ -70,7 +70,8 @@ def _engine(bundle, script, **kwargs):
 def test_object_seeded_mid_volume_is_tracked_both_ways_with_one_id(present_bundle):
     script = {4: [(0, 0.9, (4, 14, 4, 14))]}
     options = SegmentOptions(window=WINDOW, threshold=0.5, batch_size=2)
-    detect = _engine(present_bundle, script).run(_graded_volume(), ["liver"], SegmentOptions(**{**options.to_dict(), "mode": "detect"}))
+    detect_options = SegmentOptions(**{**options.to_dict(), "mode": "detect"})
+    detect = _engine(present_bundle, script).run(_graded_volume(), ["liver"], detect_options)
     assert [k for k in range(NUM_SLICES) if detect.labels[k].any()] == [4]
 
     rule = FusionRule(spawn_score=0.5, keep_score=0.3, patience=2)
@@ -134,7 +135,8 @@ def test_objects_appear_split_vanish_and_keep_ids(present_bundle):
     }
     rule = FusionRule(spawn_score=0.5, keep_score=0.6, patience=1)
     engine = _engine(present_bundle, script, rule=rule, tracker_factory=EchoTracker)
-    result = engine.run(_graded_volume(), ["liver", "tumour"], SegmentOptions(window=WINDOW, threshold=0.5, batch_size=3))
+    options = SegmentOptions(window=WINDOW, threshold=0.5, batch_size=3)
+    result = engine.run(_graded_volume(), ["liver", "tumour"], options)
     ranges = {(o.prompt, o.slice_range) for o in result.objects}
     assert ranges == {(0, (2, 6)), (0, (7, 7)), (1, (3, 7))}
     assert sorted(o.object_id for o in result.objects) == [1, 2, 3]
@@ -149,7 +151,10 @@ def test_objects_appear_split_vanish_and_keep_ids(present_bundle):
 def test_progress_is_monotonic_per_stage_and_stages_in_order(present_bundle):
     events = []
     _engine(present_bundle, {4: [(0, 0.9, (4, 14, 4, 14))]}).run(
-        _graded_volume(), ["liver"], SegmentOptions(window=WINDOW, batch_size=2), progress=lambda s, f: events.append((s, f))
+        _graded_volume(),
+        ["liver"],
+        SegmentOptions(window=WINDOW, batch_size=2),
+        progress=lambda s, f: events.append((s, f)),
     )
     stages = [s for s, _ in events]
     assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == ["detect", "track", "fuse"]
@@ -169,7 +174,8 @@ def test_cancel_stops_within_one_batch(present_bundle):
             token.cancel()
 
     with pytest.raises(Cancelled):
-        engine.run(_graded_volume(), ["liver"], SegmentOptions(window=WINDOW, batch_size=2), progress=progress, cancel=token)
+        options = SegmentOptions(window=WINDOW, batch_size=2)
+        engine.run(_graded_volume(), ["liver"], options, progress=progress, cancel=token)
     assert len(engine.detector.encoded) == seen[-1] == 1  # the batch after the cancel was never encoded
 
 
@@ -205,7 +211,8 @@ def test_detect_mode_equals_the_2d_detector_slice_by_slice(random_bundle):
     normalize = IntensityNormalizer.for_volume(volume, options.window)
     letterbox = Letterbox(20, 26, random_bundle.image_size)
     for k in range(5):
-        dets = detector.detect(detector.encode_images(to_model_input(normalize(volume.array[k : k + 1]), letterbox)), text)
+        pixels = to_model_input(normalize(volume.array[k : k + 1]), letterbox)
+        dets = detector.detect(detector.encode_images(pixels), text)
         instances = [(p, inst) for p in range(2) for inst in instances_for(dets, 0, p, letterbox, 0.2)]
         if not instances:
             assert not result.labels[k].any()

@@ -27,13 +27,15 @@ def test_result_is_on_the_input_grid_with_report(random_bundle, volume):
     result = segmenter.segment(volume, ["left kidney", "liver"], options, concepts=["kidney", "liver"])
     assert result.labelmap.same_geometry(volume) and result.confidence.same_geometry(volume)
     assert result.labelmap.array.dtype == np.uint8
-    assert [(s.prompt, s.concept, s.label) for s in result.segments] == [("left kidney", "kidney", 1), ("liver", "liver", 2)]
+    expected = [("left kidney", "kidney", 1), ("liver", "liver", 2)]
+    assert [(s.prompt, s.concept, s.label) for s in result.segments] == expected
     for seg in result.segments:
         assert seg.voxels == int((result.labelmap.array == seg.label).sum())
         assert seg.volume_ml == pytest.approx(seg.voxels * 0.5 * 0.6 * 2.0 / 1000, abs=1e-4)
         assert sum(o.voxels for o in seg.objects) == seg.voxels
         if seg.objects:
-            assert seg.slice_range == (min(o.slice_range[0] for o in seg.objects), max(o.slice_range[1] for o in seg.objects))
+            first = min(o.slice_range[0] for o in seg.objects)
+            assert seg.slice_range == (first, max(o.slice_range[1] for o in seg.objects))
             assert seg.score == max(o.score for o in seg.objects)
     assert np.all((result.confidence.array > 0) == (result.labelmap.array > 0))
     report = json.loads(json.dumps(result.to_report()))

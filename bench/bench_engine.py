@@ -104,7 +104,9 @@ def speed(config: str, slices: int, repeats: int) -> dict:
         "engine 5 prompts / engine 1 prompt": med["engine, 5 prompts"] / med["engine, 1 prompt"],
         "stock 5 prompts one session / stock 1 prompt": med["stock, 5 prompts one session"] / med["stock, 1 prompt"],
         "stock 5 separate sessions / engine 5 prompts": med["stock, 5 separate sessions"] / med["engine, 5 prompts"],
-        "stock 5 prompts one session / engine 5 prompts": med["stock, 5 prompts one session"] / med["engine, 5 prompts"],
+        "stock 5 prompts one session / engine 5 prompts": (
+            med["stock, 5 prompts one session"] / med["engine, 5 prompts"]
+        ),
         "stock 1 prompt / engine 1 prompt": med["stock, 1 prompt"] / med["engine, 1 prompt"],
     }
     return {"config": config, "slices": slices, "repeats": repeats, "setups": rows, "ratios": ratios}
@@ -154,7 +156,8 @@ def full(slices: int) -> dict:
 
 
 def _memory_all() -> list[dict]:
-    return [_subprocess(["memory", "--impl", impl, "--slices", str(n)]) for impl in ("engine", "stock") for n in (100, 400)]
+    runs = [(impl, n) for impl in ("engine", "stock") for n in (100, 400)]
+    return [_subprocess(["memory", "--impl", impl, "--slices", str(n)]) for impl, n in runs]
 
 
 def _subprocess(args: list[str]) -> dict:

@@ -22,8 +22,8 @@ only detections at or above the user's threshold are passed in). A track *t* has
 3. **Unmatched track** → the tracker's mask alone with confidence ``s_t``. Without a confirming detection the
    confidence therefore decays geometrically with the tracker's presence probability.
 4. **Unmatched detection** → if at least ``absorb_fraction`` of it lies inside an object on this slice (its
-   tracked or its fused mask), it is *absorbed* into that object (pixel-wise max of probabilities): a structure that splits into two
-   pieces within the slice (a bifurcating vessel, the two lobes of a gland) keeps one 3D identity. Otherwise, if
+   tracked or its fused mask), it is *absorbed* into that object (pixel-wise max of probabilities): a structure
+   that splits into two pieces within the slice (a bifurcating vessel, the two lobes of a gland) keeps one 3D identity. Otherwise, if
    ``s_d ≥ spawn_score``, it **starts a new object** (new id) seeded with its mask — unless it duplicates a
    better-scoring detection that is starting an object on this slice (same ``absorb_fraction`` test), in which
    case it joins that one (offline, transformers' SAM3 skips its NMS, so duplicates do reach us).
@@ -165,7 +165,8 @@ def fuse_slice(
             spawn.append(col)
             spawn_probs.append(det_probs[col].copy())
 
-    present = (scores >= rule.keep_score) & (probs > MASK_THRESHOLD).reshape(num_tracks, -1 if num_tracks else 0).any(axis=1)
+    nonempty = (probs > MASK_THRESHOLD).reshape(num_tracks, -1 if num_tracks else 0).any(axis=1)
+    present = (scores >= rule.keep_score) & nonempty
     shape = (0,) + det_probs.shape[1:]
     stacked = np.stack(spawn_probs) if spawn_probs else np.zeros(shape, np.float32)
     return SliceFusion(probs, scores, present, matches, absorbed, spawn, stacked)
