@@ -513,6 +513,9 @@ class _Sweep:
             originals = run.letterbox.to_original(torch.stack([prob for _, prob in painted]), mode="bilinear").numpy()
             for (track, _), prob in zip(painted, originals):
                 run.canvas.paint(index, prob, track.slice_scores[index], track.track_id)
+        for item in live:
+            if not item.track.active:
+                item.memory.turn()  # an ended object keeps only its seed memory (for the other direction)
         live[:] = [item for item in live if item.track.active] + new_items
         run.timings["fuse"] += run.engine.clock() - t0
 
