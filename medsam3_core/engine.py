@@ -217,7 +217,9 @@ class _Run:
             raise InputError(f"The volume has an empty dimension {volume.shape}; nothing to segment.")
         self.num_slices = int(self.stack.shape[0])
         self.normalize = IntensityNormalizer.for_volume(volume, options.window)
-        self.letterbox = Letterbox(int(self.stack.shape[1]), int(self.stack.shape[2]), self.bundle.image_size)
+        self.letterbox = Letterbox(
+            int(self.stack.shape[1]), int(self.stack.shape[2]), self.bundle.image_size, keep_aspect=self.bundle.keep_aspect
+        )
         self.canvas = _Canvas((self.num_slices, int(self.stack.shape[1]), int(self.stack.shape[2])))
         threshold = options.threshold
         self.rule = engine.rule or FusionRule(spawn_score=threshold, keep_score=threshold)
