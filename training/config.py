@@ -229,7 +229,7 @@ def _demo() -> TrainConfig:
         loss=LossConfig(match_mask=5.0),
         optim=OptimConfig(lr_decoder=5e-4, lr_vision=4e-4, lr_text=4e-4, lr_geometry=1e-4, llrd_gamma=0.85,
                           llrd_levels=4, weight_decay=1e-4, warmup_steps=150, grad_clip=1.0),
-        engine=EngineConfig(epochs=12, steps_per_epoch=150, checkpoint_every=50, log_every=10, device="cpu",
+        engine=EngineConfig(epochs=20, steps_per_epoch=150, checkpoint_every=50, log_every=10, device="cpu",
                             amp=False, threads=1, eval_instances="all"),
     )
 
