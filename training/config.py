@@ -137,7 +137,8 @@ class TrainConfig:
         m, d, e, o = self.model, self.data, self.engine, self.optim
         _check(m.image_size % m.patch_size == 0, f"model.image_size {m.image_size} must be a multiple of patch_size")
         _check(
-            not (m.init == "tiny" and m.tracker) or m.hidden > 64, f"model.hidden {m.hidden} must be > 64 with the tracker"
+            not (m.init == "tiny" and m.tracker) or m.hidden > 64,
+            f"model.hidden {m.hidden} must be > 64 with the tracker",
         )
         _check(m.hidden % 8 == 0, f"model.hidden {m.hidden} must be a multiple of 8 (GroupNorm(8, H) in SAM3)")
         _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
@@ -146,7 +147,8 @@ class TrainConfig:
         _check(e.epochs >= 1, f"engine.epochs must be ≥ 1, got {e.epochs}")
         _check(e.grad_accum >= 1, f"engine.grad_accum must be ≥ 1, got {e.grad_accum}")
         _check(e.checkpoint_every >= 1, f"engine.checkpoint_every must be ≥ 1, got {e.checkpoint_every}")
-        _check(e.eval_instances in ("top1", "all"), f"engine.eval_instances must be top1 or all, not {e.eval_instances!r}")
+        instances = e.eval_instances
+        _check(instances in ("top1", "all"), f"engine.eval_instances must be top1 or all, not {instances!r}")
         _check(0.0 <= e.score_threshold <= 1.0, f"engine.score_threshold must be in [0, 1], got {e.score_threshold}")
         for k in ("lr_decoder", "lr_vision", "lr_text", "lr_geometry"):
             _check(getattr(o, k) > 0, f"optim.{k} must be > 0")

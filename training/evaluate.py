@@ -204,7 +204,11 @@ def format_table(rows: Sequence[Row]) -> str:
         )
     means = dataset_means(rows)
     if means:
-        lines.append(f"{'mean over datasets':<41} {'':>6} {means['mean']:>7.3f} {'':>7} {'':>9} {means['mean_present']:>12.3f}")
+        blank = ""
+        lines.append(
+            f"{'mean over datasets':<41} {blank:>6} {means['mean']:>7.3f} {blank:>7} {blank:>9} "
+            f"{means['mean_present']:>12.3f}"
+        )
     return "\n".join(lines)
 
 
