@@ -41,7 +41,7 @@ def evaluate_heldout(model_dir: Path, out_dir: Path, instances: str = "all", thr
     return rows
 
 
-def score_demo_scan(model_dir: Path, out_dir: Path, mode: str = "detect") -> list[Row]:
+def score_demo_scan(model_dir: Path, out_dir: Path, mode: str = "detect", threshold: float = 0.5) -> list[Row]:
     """Segment the bundled demo CT with the CLI and score its ``labels.nii.gz`` against the demo ground truth."""
     names = demo_label_names()
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,7 +51,7 @@ def score_demo_scan(model_dir: Path, out_dir: Path, mode: str = "detect") -> lis
         (gt / "demo.nii.gz").symlink_to(demo_paths().labels)
         cmd = [sys.executable, "-m", "medsam3_core.volume", "infer", "demo", *[names[k] for k in sorted(names)],
                "-o", str(pred / "demo"), "--model", str(model_dir), "--device", "cpu", "--mode", mode,
-               "--progress", "none", "--quiet"]
+               "--threshold", str(threshold), "--progress", "none", "--quiet"]
         subprocess.run(cmd, check=True)
         rows = summarize(score_files(pred, gt, names, dataset=f"demo-scan ({mode})"))
     write_report(rows, out_dir)
@@ -80,6 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--skip-train", action="store_true", help="evaluate the existing run's best model only")
     p.add_argument("--model", type=Path, help="model folder to evaluate (default: <run>/best)")
     p.add_argument("--install", action="store_true", help="copy the model to medsam3_core/assets/demo_model")
+    p.add_argument("--threshold", type=float, action="append", help="score threshold(s) (default: 0.5)")
     args = p.parse_args(argv)
     if not args.skip_train:
         from .engine import Trainer
@@ -90,12 +91,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         finally:
             trainer.close()
     model_dir = args.model or args.run / "best"
-    for instances in ("all", "top1"):
-        rows = evaluate_heldout(model_dir, args.run / f"heldout-{instances}", instances)
-        print(f"held-out, instances={instances}:\n{format_table(rows)}\n")
-    for mode in ("detect", "track"):
-        rows = score_demo_scan(model_dir, args.run / f"demo-scan-{mode}", mode)
-        print(f"bundled demo scan, CLI --mode {mode}:\n{format_table(rows)}\n")
+    for t in args.threshold or [0.5]:
+        for instances in ("all", "top1"):
+            rows = evaluate_heldout(model_dir, args.run / f"heldout-{instances}-{t:g}", instances, t)
+            print(f"held-out, instances={instances}, threshold {t:g}:\n{format_table(rows)}\n", flush=True)
+        for mode in ("detect", "track"):
+            rows = score_demo_scan(model_dir, args.run / f"demo-scan-{mode}-{t:g}", mode, t)
+            print(f"bundled demo scan, CLI --mode {mode}, threshold {t:g}:\n{format_table(rows)}\n", flush=True)
     if args.install:
         print(f"installed {install(model_dir)}")
     return 0
