@@ -42,7 +42,11 @@ def evaluate_heldout(model_dir: Path, out_dir: Path, instances: str = "all", thr
 
 
 def score_demo_scan(model_dir: Path, out_dir: Path, mode: str = "detect", threshold: float = 0.5) -> list[Row]:
-    """Segment the bundled demo CT with the CLI and score its ``labels.nii.gz`` against the demo ground truth."""
+    """Segment the bundled demo CT with the CLI and score its ``labels.nii.gz`` against the demo ground truth.
+
+    ``--modality CT``: NIfTI does not record the modality, and without it the CLI windows by percentiles instead of
+    the CT soft-tissue window the model was trained with (then it finds nothing).
+    """
     names = demo_label_names()
     with tempfile.TemporaryDirectory() as tmp:
         pred = Path(tmp) / "pred"
@@ -51,7 +55,7 @@ def score_demo_scan(model_dir: Path, out_dir: Path, mode: str = "detect", thresh
         (gt / "demo.nii.gz").symlink_to(demo_paths().labels)
         cmd = [sys.executable, "-m", "medsam3_core.volume", "infer", "demo", *[names[k] for k in sorted(names)],
                "-o", str(pred / "demo"), "--model", str(model_dir), "--device", "cpu", "--mode", mode,
-               "--threshold", str(threshold), "--progress", "none", "--quiet"]
+               "--threshold", str(threshold), "--modality", "CT", "--progress", "none", "--quiet"]
         subprocess.run(cmd, check=True)
         rows = summarize(score_files(pred, gt, names, dataset=f"demo-scan ({mode})"))
     write_report(rows, out_dir)
