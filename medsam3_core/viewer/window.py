@@ -412,16 +412,18 @@ class ViewerWindow(QMainWindow):
         self._update_state()
 
     def centre_on_segment(self, label: int) -> None:
-        """Move every view to the centre of mass of ``label`` (no-op when it is empty)."""
+        """Move every view to the slice where ``label`` has its largest cross-section (no-op when it is empty).
+
+        The largest cross-section, not the centre of mass: a curved or fragmented segment may miss its own centre.
+        """
         if self.result is None:
             return
-        voxels = np.argwhere(np.asarray(self.result.labelmap.array) == label)
-        if len(voxels) == 0:
+        mask = np.asarray(self.result.labelmap.array) == label
+        if not mask.any():
             return
-        centre = np.round(voxels.mean(axis=0)).astype(int)
         for view in self.views.values():
             if view.plane is not None:
-                view.set_index(int(centre[view.plane.axis]))
+                view.set_index(int(np.argmax(view.plane.slice_profile(mask))))
 
     # -- saving ----------------------------------------------------------------------------------------------------
     def save_labelmap(self, path: Union[str, Path]) -> bool:
