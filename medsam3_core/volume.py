@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import sys
@@ -112,23 +111,9 @@ def emit(event: dict[str, Any]) -> None:
     print(json.dumps(event), flush=True)
 
 
-def _make_segmenter(args: argparse.Namespace, progress: _Progress):
-    if args.server:
-        from .server.client import RemoteSegmenter
-
-        return RemoteSegmenter(args.server, api_key=args.api_key or os.environ.get("MEDSAM3_API_KEY"))
-    from .local import LocalSegmenter
-    from .model import load_model
-
-    progress("model", 0.0)
-    bundle = load_model(args.model, device=args.device)
-    progress("model", 1.0)
-    return LocalSegmenter(bundle)
-
-
 def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: _Progress) -> dict[str, Any]:
+    from .backends import open_input, open_segmenter
     from .export import write_outputs
-    from .io import read_volume
     from .prompts import duplicate_concepts, resolve_prompts
 
     options = SegmentOptions(
@@ -139,19 +124,14 @@ def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: 
     resolutions = resolve_prompts(args.prompts, args.synonyms)
     if args.dicom_seg and not str(args.dicom_seg).lower().endswith(".dcm"):
         raise InputError("--dicom-seg must name a .dcm file.")
-    input_path = args.input
-    if input_path == "demo":
-        from .phantom import demo_paths
-
-        input_path = str(demo_paths()[0])
     t0 = time.perf_counter()
-    volume = read_volume(input_path, series_uid=args.series, modality=args.modality, frame=args.frame,
-                         progress=progress, cancel=cancel)
+    volume = open_input(args.input, series_uid=args.series, modality=args.modality, frame=args.frame,
+                        progress=progress, cancel=cancel)
     read_s = time.perf_counter() - t0
     if args.dicom_seg and "dicom_files" not in volume.metadata:
         raise InputError("--dicom-seg needs a DICOM series as input.")
 
-    segmenter = _make_segmenter(args, progress)
+    segmenter = open_segmenter(args.model, args.device, args.server, args.api_key, progress)
     result = segmenter.segment(volume, [r.raw for r in resolutions], options, progress=progress, cancel=cancel,
                                concepts=[r.concept for r in resolutions])
     result.timings = {"read": read_s, **result.timings}
@@ -161,7 +141,7 @@ def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: 
 
     progress("write", 0.0)
     extra = {
-        "input": {"path": str(Path(input_path).resolve()), "shape": list(volume.shape), "spacing": list(volume.spacing),
+        "input": {"path": str(volume.metadata.get("source", args.input)), "shape": list(volume.shape), "spacing": list(volume.spacing),
                   "origin": list(volume.origin), "direction": volume.direction.tolist(), "modality": volume.modality},
         "prompts": [r.to_dict() for r in resolutions],
         "input_warnings": list(volume.metadata.get("warnings", [])),
@@ -172,13 +152,15 @@ def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: 
         if args.dicom_seg:
             from .dicom_seg import write_dicom_seg
 
-            write_dicom_seg(result.labelmap, result.segments, volume, args.dicom_seg)
+            write_dicom_seg(result.labelmap, result.segments, volume, args.dicom_seg, model=result.model,
+                            synonyms_file=args.synonyms)
             written["dicom_seg"] = Path(args.dicom_seg)
         if args.png:
             from .overlay import write_overlays
 
             written["png"] = Path(args.png)
-            write_overlays(volume, result.labelmap, result.segments, args.png, slice_axis=args.slice_axis)
+            write_overlays(volume, result.labelmap, result.segments, args.png, slice_axis=args.slice_axis,
+                           window=options.window)
     except BaseException:
         _remove(written.values())  # all or nothing: a failed extra output takes the label map with it
         raise

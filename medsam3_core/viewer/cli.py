@@ -7,13 +7,13 @@ prompts first, saves the picture and exits; the README's screenshot is made this
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
+from ..backends import open_input, open_segmenter
 from ..errors import MedSam3Error
-from ..progress import ProgressCallback, report
+from ..progress import ProgressCallback
 from ..segmenter import MODES, Segmenter, SegmentOptions
 
 __all__ = ["add_arguments", "run", "segmenter_factory"]
@@ -44,31 +44,13 @@ def segmenter_factory(model: str = "demo", device: str = "auto", server: Optiona
     """A callable that builds the segmenter on first use (loading weights takes seconds; the GUI must not wait)."""
 
     def make(progress: Optional[ProgressCallback]) -> Segmenter:
-        if server:
-            from ..server.client import RemoteSegmenter
-
-            return RemoteSegmenter(server, api_key=api_key or os.environ.get("MEDSAM3_API_KEY"))
-        from ..local import LocalSegmenter
-        from ..model import load_model
-
-        report(progress, "load", 0.0)
-        bundle = load_model(model, device=device)
-        report(progress, "load", 1.0)
-        return LocalSegmenter(bundle)
+        return open_segmenter(model, device, server, api_key, progress)
 
     return make
 
 
 def _read_input(text: Optional[str], series: Optional[str], modality: Optional[str]):
-    if text is None:
-        return None
-    from ..io import read_volume
-
-    if text == "demo":  # the bundled phantom is a CT scan, but NIfTI files carry no modality
-        from ..phantom import demo_paths
-
-        text, modality = str(demo_paths().ct), modality or "CT"
-    return read_volume(text, series_uid=series, modality=modality)
+    return None if text is None else open_input(text, series_uid=series, modality=modality)
 
 
 def _size(text: str) -> tuple[int, int]:

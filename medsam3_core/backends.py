@@ -1,0 +1,60 @@
+"""Opening inputs and segmenters by the names users type — shared by the CLI, the viewer and the server.
+
+``open_input("demo")`` is the bundled phantom (a CT, although NIfTI carries no modality), anything else goes to
+:func:`medsam3_core.io.read_volume`. ``open_segmenter`` returns the local engine or, with ``server``, the HTTP client;
+both implement :class:`~medsam3_core.segmenter.Segmenter`, so callers never care which one they got.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from .geometry import Volume
+from .progress import CancelToken, ProgressCallback, report
+from .segmenter import Segmenter
+
+__all__ = ["DEMO_INPUT", "open_input", "open_segmenter"]
+
+DEMO_INPUT = "demo"
+
+
+def open_input(
+    text: str,
+    *,
+    series_uid: Optional[str] = None,
+    modality: Optional[str] = None,
+    frame: Optional[int] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> Volume:
+    """Read a file, a DICOM folder, or ``"demo"`` (the bundled CT phantom)."""
+    from .io import read_volume
+
+    if text == DEMO_INPUT:
+        from .phantom import demo_paths
+
+        text, modality = str(demo_paths().ct), modality or "CT"
+    return read_volume(text, series_uid=series_uid, modality=modality, frame=frame, progress=progress, cancel=cancel)
+
+
+def open_segmenter(
+    model: str = "demo",
+    device: str = "auto",
+    server: Optional[str] = None,
+    api_key: Optional[str] = None,
+    progress: Optional[ProgressCallback] = None,
+) -> Segmenter:
+    """The remote client when ``server`` is given (key from ``api_key`` or ``$MEDSAM3_API_KEY``), else the local
+    engine with ``model`` loaded on ``device`` (progress stage ``"model"``)."""
+    if server:
+        from .server.client import RemoteSegmenter
+
+        return RemoteSegmenter(server, api_key=api_key or os.environ.get("MEDSAM3_API_KEY"))
+    from .local import LocalSegmenter
+    from .model import load_model
+
+    report(progress, "model", 0.0)
+    bundle = load_model(model, device=device)
+    report(progress, "model", 1.0)
+    return LocalSegmenter(bundle)
