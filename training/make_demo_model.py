@@ -69,6 +69,7 @@ def install(model_dir: Path, target: Path = DEMO_MODEL_DIR) -> Path:
         for name in ("config.json", "model.safetensors", "medsam3.json"):
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the package folder must be readable by everyone
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
