@@ -47,7 +47,7 @@ def test_checkpoint_without_tracker_runs_detect_mode_with_a_warning(random_bundl
     detector_only = dataclasses.replace(random_bundle, tracker=None, tracker_neck=None)
     result = LocalSegmenter(detector_only).segment(volume, ["liver"], SegmentOptions(threshold=0.2))
     assert result.options.mode == "detect"
-    assert any("no tracker" in w for w in result.warnings)
+    assert any("no (trained) tracker" in w for w in result.warnings)
 
 
 def test_memory_size_is_clamped_to_the_checkpoint(random_bundle, volume):

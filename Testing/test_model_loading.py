@@ -220,3 +220,15 @@ def test_input_conventions_default_to_metas_and_follow_the_folder(tiny_video, tm
     ours = save_model(tiny_video, tmp_path / "ours", extra={"conventions": {"keep_aspect": True, "geometry_cls": False}})
     bundle = load_model(str(ours), device="cpu")
     assert (bundle.keep_aspect, bundle.geometry_cls) == (True, False)
+
+
+def test_untrained_tracker_is_not_used(tiny_video, tmp_path):
+    folder = save_model(tiny_video, tmp_path / "untrained", extra={"conventions": {"tracker_trained": False}})
+    bundle = load_model(str(folder), device="cpu")
+    assert not bundle.has_tracker and "untrained" in bundle.source
+
+
+def test_bundled_demo_model_states_how_it_was_trained():
+    """The shipped demo was trained with letterbox, no CLS token and a random tracker: loading must honour that."""
+    bundle = load_model("demo", device="cpu")
+    assert (bundle.keep_aspect, bundle.geometry_cls, bundle.has_tracker) == (True, False, False)

@@ -72,7 +72,7 @@ class LocalSegmenter:
         warnings: list[str] = []
         changes = {}
         if options.mode == "track" and not self.bundle.has_tracker:
-            warnings.append("The checkpoint has no tracker (a 2D release): ran --mode detect instead of track.")
+            warnings.append("The model has no (trained) tracker: ran --mode detect instead of track.")
             changes["mode"] = "detect"
         elif options.mode == "track":
             limit = int(self.bundle.tracker.num_maskmem)

@@ -394,18 +394,23 @@ def load_model(
         source = str(path)
     report(progress, "load", 0.9)
     bundle = _bundle(model, device, source, tokenizer)
-    bundle.keep_aspect, bundle.geometry_cls = _input_conventions(path)
+    conventions = _input_conventions(path)
+    bundle.keep_aspect, bundle.geometry_cls = conventions["keep_aspect"], conventions["geometry_cls"]
+    if not conventions["tracker_trained"]:  # random tracker weights would corrupt the fused masks
+        bundle.tracker = bundle.tracker_neck = None
+        bundle.source += " (its tracker is untrained: detection only)"
     report(progress, "load", 1.0)
     return bundle
 
 
 #: Input conventions of weights that do not state their own: Meta's SAM3 stretches images to a square and appends
 #: the geometry CLS token to text prompts; Medical SAM3 fine-tunes with Meta's pipeline, so it does the same.
-META_CONVENTIONS = {"keep_aspect": False, "geometry_cls": True}
+META_CONVENTIONS = {"keep_aspect": False, "geometry_cls": True, "tracker_trained": True}
 
 
-def _input_conventions(path: Path) -> tuple[bool, bool]:
-    """``(keep_aspect, geometry_cls)`` from a model folder's ``medsam3.json`` ``"conventions"``, else Meta's."""
+def _input_conventions(path: Path) -> dict[str, bool]:
+    """``keep_aspect``, ``geometry_cls``, ``tracker_trained`` from a model folder's ``medsam3.json``
+    ``"conventions"``, else Meta's."""
     folder = path if path.is_dir() else path.parent
     conventions = dict(META_CONVENTIONS)
     meta_file = folder / "medsam3.json"
@@ -415,4 +420,4 @@ def _input_conventions(path: Path) -> tuple[bool, bool]:
         except (OSError, ValueError, AttributeError):
             stated = {}
         conventions.update({k: bool(v) for k, v in stated.items() if k in conventions})
-    return conventions["keep_aspect"], conventions["geometry_cls"]
+    return conventions

@@ -263,6 +263,10 @@ class Trainer:
         if not dist.is_main():
             return None
         info = {"trained_by": "training.run", "config": self.cfg.name, "step": self.state["step"], **(extra or {})}
+        # How inference must feed this model (medsam3_core.model reads it): our samples are letterboxed and prompts
+        # carry no geometry CLS token; the tracker is never trained here, so it is only usable if the init had one.
+        info["conventions"] = {"keep_aspect": True, "geometry_cls": False,
+                               "tracker_trained": self.cfg.model.init != "tiny"}
         with merged(self.model, self.trainable) as plain:
             return export_weights(plain, self.out_dir / name, extra=info)
 
