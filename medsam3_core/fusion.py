@@ -130,7 +130,7 @@ def fuse_slice(
     det_probs = np.asarray(det_probs, dtype=np.float32)
     det_scores = np.asarray(det_scores, dtype=np.float32).reshape(-1)
     evidence = np.asarray(track_presence, dtype=np.float32) * np.asarray(track_confidence, dtype=np.float32)
-    num_tracks, num_dets = len(track_probs), len(det_probs)
+    num_tracks = len(track_probs)
     probs = track_probs.copy()
     scores = evidence.reshape(num_tracks).copy()
     det_masks = det_probs > MASK_THRESHOLD
