@@ -145,3 +145,14 @@ def test_geometry_cls_token_changes_the_prompt_as_meta_does(random_bundle):
     b = with_cls.detect(with_cls.encode_images(pixels), with_cls.encode_text(["liver"]))
     assert a.scores.shape == b.scores.shape
     assert not torch.allclose(a.scores, b.scores)
+
+
+def test_letterbox_follows_the_models_resize_convention(random_bundle):
+    import dataclasses
+
+    from medsam3_core.detector import Detector
+
+    ours = Detector(random_bundle).letterbox(50, 100)
+    meta = Detector(dataclasses.replace(random_bundle, keep_aspect=False)).letterbox(50, 100)
+    assert (ours.new_height, ours.new_width) == (56, 112)
+    assert (meta.new_height, meta.new_width) == (112, 112)

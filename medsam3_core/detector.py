@@ -19,6 +19,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from .errors import InputError, PromptError
 from .model import Sam3Bundle, append_geometry_cls
+from .preprocess import Letterbox
 from .tokenizer import tokenize
 
 __all__ = ["TextFeatures", "Detections", "Detector"]
@@ -98,6 +99,11 @@ class Detector:
         self.max_batch = max_batch
         self.top_k = top_k
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def letterbox(self, height: int, width: int) -> Letterbox:
+        """The resize of a ``height`` × ``width`` slice to the model's input, in the convention the weights were
+        trained with (letterbox for our exports, stretch for Meta-trained weights; see ``Sam3Bundle``)."""
+        return Letterbox(int(height), int(width), self.bundle.image_size, keep_aspect=self.bundle.keep_aspect)
 
     # -- text -------------------------------------------------------------------------------------------------
     def encode_text(self, prompts: Sequence[str]) -> TextFeatures:

@@ -54,7 +54,7 @@ from .fusion import FusionRule, Track, TrackBook, fuse_slice
 from .geometry import Volume
 from .model import Sam3Bundle
 from .postprocess import MASK_THRESHOLD, fill_holes, instances_for, largest_component
-from .preprocess import IntensityNormalizer, Letterbox, slice_stack, to_model_input, unstack
+from .preprocess import IntensityNormalizer, slice_stack, to_model_input, unstack
 from .progress import CancelToken, ProgressCallback, report
 from .segmenter import SegmentOptions
 from .tracker import MemoryTracker, ObjectMemory, SliceFeatures
@@ -217,9 +217,7 @@ class _Run:
             raise InputError(f"The volume has an empty dimension {volume.shape}; nothing to segment.")
         self.num_slices = int(self.stack.shape[0])
         self.normalize = IntensityNormalizer.for_volume(volume, options.window)
-        self.letterbox = Letterbox(
-            int(self.stack.shape[1]), int(self.stack.shape[2]), self.bundle.image_size, keep_aspect=self.bundle.keep_aspect
-        )
+        self.letterbox = engine.detector.letterbox(self.stack.shape[1], self.stack.shape[2])
         self.canvas = _Canvas((self.num_slices, int(self.stack.shape[1]), int(self.stack.shape[2])))
         threshold = options.threshold
         self.rule = engine.rule or FusionRule(spawn_score=threshold, keep_score=threshold)

@@ -17,7 +17,7 @@ from .errors import InputError, PromptError
 from .geometry import Volume
 from .model import Sam3Bundle
 from .postprocess import Instance, instances_for, pixelwise_max_labelmap, top_instance
-from .preprocess import IntensityNormalizer, Letterbox, Window, to_model_input
+from .preprocess import IntensityNormalizer, Window, to_model_input
 
 __all__ = ["ImageSegmentation", "segment_image"]
 
@@ -92,8 +92,8 @@ def segment_image(
     volume = _as_image_volume(image)
     normalizer = IntensityNormalizer.for_volume(volume, window)
     pixels = normalizer(volume.array[0])
-    letterbox = Letterbox(pixels.shape[0], pixels.shape[1], bundle.image_size, keep_aspect=bundle.keep_aspect)
     detector = Detector(bundle)
+    letterbox = detector.letterbox(*pixels.shape[:2])
     text = detector.encode_text(cleaned)
     vision = detector.encode_images(to_model_input(pixels[None], letterbox, bundle.device, bundle.dtype))
     detections = detector.detect(vision, text)

@@ -32,7 +32,7 @@ from medsam3_core.errors import InputError, MedSam3Error
 from medsam3_core.metrics import dice, iou
 from medsam3_core.model import Sam3Bundle
 from medsam3_core.postprocess import instances_for, pixelwise_max_labelmap, top_instance
-from medsam3_core.preprocess import Letterbox, to_model_input
+from medsam3_core.preprocess import to_model_input
 
 __all__ = [
     "PairScore",
@@ -96,7 +96,7 @@ def _predict_label_maps(
     """
     values = list(concepts)
     h, w = images[0].shape[:2]
-    letterbox = Letterbox(h, w, detector.bundle.image_size)
+    letterbox = detector.letterbox(h, w)
     vision = detector.encode_images(to_model_input(np.stack(images), letterbox, device=detector.bundle.device))
     dets = detector.detect(vision, detector.encode_text([concepts[v] for v in values]))
     maps = []
