@@ -35,6 +35,7 @@ __all__ = [
     "PERCENTILES",
     "Window",
     "IntensityNormalizer",
+    "parse_window",
     "Letterbox",
     "to_model_input",
     "slice_stack",
@@ -84,7 +85,7 @@ class IntensityNormalizer:
             InputError: unknown preset name, malformed ``"C,W"`` text, or a width that is not positive.
         """
         if window is not None and not (isinstance(window, str) and window.strip().lower() in ("", "auto")):
-            centre, width = _parse_window(window)
+            centre, width = parse_window(window)
             return cls._from_window(centre, width, f"window {_window_name(window)} (C={centre:g}, W={width:g})")
         dicom = _dicom_window(volume.metadata.get("window"))
         if dicom is not None:
@@ -122,7 +123,7 @@ def _window_name(window: Window) -> str:
     return text if text in CT_WINDOWS else "override"
 
 
-def _parse_window(window: Any) -> tuple[float, float]:
+def parse_window(window: Any) -> tuple[float, float]:
     """``(centre, width)`` from a preset name, ``"C,W"`` text or a pair of numbers."""
     if isinstance(window, str):
         text = window.strip().lower()

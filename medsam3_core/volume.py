@@ -64,18 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress and no summary")
 
 
-def _parse_window(text: Optional[str]) -> Any:
-    if text is None:
+def _window_option(text: Optional[str]) -> Any:
+    """``--window`` as ``SegmentOptions.window``, checked by the core's own parser before any work starts."""
+    if text is None or text.strip().lower() in ("", "auto"):
         return None
-    if "," in text:
-        try:
-            centre, width = (float(v) for v in text.split(","))
-        except ValueError:
-            raise InputError(f"--window {text!r}: expected a preset name or CENTRE,WIDTH such as 40,400.") from None
-        if width <= 0:
-            raise InputError("--window width must be positive.")
-        return (centre, width)
-    return text
+    from .preprocess import CT_WINDOWS, parse_window
+
+    centre_width = parse_window(text)
+    return text.strip().lower() if text.strip().lower() in CT_WINDOWS else centre_width
 
 
 class _Progress:
@@ -117,7 +113,7 @@ def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: 
     from .prompts import duplicate_concepts, resolve_prompts
 
     options = SegmentOptions(
-        threshold=args.threshold, window=_parse_window(args.window), slice_axis=args.slice_axis, mode=args.mode,
+        threshold=args.threshold, window=_window_option(args.window), slice_axis=args.slice_axis, mode=args.mode,
         batch_size=args.batch_size, cleanup=args.cleanup, memory_size=args.memory_size,
         confidence_map=args.confidence_map,
     )
