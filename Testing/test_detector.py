@@ -156,3 +156,31 @@ def test_letterbox_follows_the_models_resize_convention(random_bundle):
     meta = Detector(dataclasses.replace(random_bundle, keep_aspect=False)).letterbox(50, 100)
     assert (ours.new_height, ours.new_width) == (56, 112)
     assert (meta.new_height, meta.new_width) == (112, 112)
+
+
+def test_geometry_cls_once_per_slice_equals_the_token_per_pair(random_bundle):
+    """The CLS token is computed once per slice and shared by its prompts; that must equal computing it per pair."""
+    import dataclasses
+
+    from medsam3_core.detector import Detector
+    from medsam3_core.model import append_geometry_cls
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+    bundle = dataclasses.replace(random_bundle, geometry_cls=True)
+    det = Detector(bundle)
+    pixels = torch.randn(2, 3, bundle.image_size, bundle.image_size)
+    vision, text = det.encode_images(pixels), det.encode_text(["liver", "kidney", "spleen"])
+    batched = det.detect(vision, text)
+    with torch.inference_mode():
+        for b in range(2):
+            for p in range(3):
+                one = Sam3VisionEncoderOutput(
+                    fpn_hidden_states=tuple(t[b : b + 1] for t in vision.fpn_hidden_states),
+                    fpn_position_encoding=tuple(t[b : b + 1] for t in vision.fpn_position_encoding),
+                )
+                words = BaseModelOutputWithPooling(pooler_output=text.embeds[p : p + 1])
+                words, mask = append_geometry_cls(bundle.detector, one, words, text.attention_mask[p : p + 1])
+                out = bundle.detector(vision_embeds=one, text_embeds=words, attention_mask=mask)
+                score = out.pred_logits.sigmoid() * out.presence_logits.sigmoid()
+                torch.testing.assert_close(batched.scores[b, p], score[0], atol=1e-5, rtol=1e-4)

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from .errors import InputError, PromptError
-from .model import Sam3Bundle, append_geometry_cls
+from .model import Sam3Bundle, append_geometry_cls, geometry_cls_token
 from .preprocess import Letterbox
 from .tokenizer import tokenize
 
@@ -156,9 +156,10 @@ class Detector:
         step = self.max_batch or total
         parts: list[tuple[torch.Tensor, ...]] = []
         with torch.inference_mode():
+            cls = geometry_cls_token(self.model, vision) if self.geometry_cls else None  # per slice, not per pair
             for start in range(0, total, step):
                 pairs = torch.arange(start, min(start + step, total), device=vision.fpn_hidden_states[0].device)
-                parts.append(self._run_heads(vision, text, pairs // num_prompts, pairs % num_prompts))
+                parts.append(self._run_heads(vision, text, pairs // num_prompts, pairs % num_prompts, cls))
         masks, scores, presence, boxes = (torch.cat(group) for group in zip(*parts))
         shape = (num_slices, num_prompts)
         return Detections(
@@ -169,7 +170,12 @@ class Detector:
         )
 
     def _run_heads(
-        self, vision: Sam3VisionEncoderOutput, text: TextFeatures, slice_idx: torch.Tensor, prompt_idx: torch.Tensor
+        self,
+        vision: Sam3VisionEncoderOutput,
+        text: TextFeatures,
+        slice_idx: torch.Tensor,
+        prompt_idx: torch.Tensor,
+        cls: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, ...]:
         """One ``Sam3Model`` head call for the given pairs: masks, scores, presence, boxes on CPU in float32."""
         pair_vision = Sam3VisionEncoderOutput(
@@ -178,8 +184,9 @@ class Detector:
         )
         pair_text = BaseModelOutputWithPooling(pooler_output=text.embeds.index_select(0, prompt_idx))
         pair_mask = text.attention_mask.index_select(0, prompt_idx)
-        if self.geometry_cls:
-            pair_text, pair_mask = append_geometry_cls(self.model, pair_vision, pair_text, pair_mask)
+        if cls is not None:
+            pair_cls = cls.index_select(0, slice_idx)
+            pair_text, pair_mask = append_geometry_cls(self.model, pair_vision, pair_text, pair_mask, cls=pair_cls)
         out = self.model(vision_embeds=pair_vision, text_embeds=pair_text, attention_mask=pair_mask)
         presence = out.presence_logits.float().sigmoid()  # (N, 1)
         scores = out.pred_logits.float().sigmoid() * presence

@@ -49,6 +49,7 @@ __all__ = [
     "build_random_bundle",
     "random_video_model",
     "append_geometry_cls",
+    "geometry_cls_token",
     "DEMO_MODEL_DIR",
     "DEMO_RANDOM_SOURCE",
     "resolve_model_spec",
@@ -237,27 +238,12 @@ def random_video_model(seed: int = 0, config: Optional[Sam3VideoConfig] = None) 
     return video
 
 
-def append_geometry_cls(
-    detector: Sam3Model, vision_embeds, text_embeds, attention_mask: torch.Tensor
-) -> tuple[object, torch.Tensor]:
-    """Text prompt features as Meta's SAM3 builds them: the text tokens plus the geometry encoder's CLS token.
+def geometry_cls_token(detector: Sam3Model, vision_embeds) -> torch.Tensor:
+    """The geometry encoder's CLS token for each image of ``vision_embeds``: ``(B, 1, H)``.
 
-    Meta's model always runs its geometry (box-prompt) encoder, even with no boxes, and appends the resulting CLS
-    token to the prompt; transformers' ``Sam3Model`` skips the encoder when no boxes are given. The two then
-    disagree by up to ~0.2 in presence logit and ~0.7 in mask logits (bench/fidelity/RESULTS.md); with this token
-    appended they agree to ~1e-4. Pass the results as ``text_embeds=`` / ``attention_mask=`` to the forward.
-
-    Works without torchvision: with zero boxes the encoder's box pooling (``roi_align``) has nothing to do, so it
-    is bypassed for this call.
-
-    Args:
-        detector: the ``Sam3Model``.
-        vision_embeds: ``detector.get_vision_features(...)`` output for the image batch (batch 1 or = prompts).
-        text_embeds: ``detector.get_text_features(..., return_dict=True)`` output, batch P.
-        attention_mask: ``(P, L)`` text attention mask.
-
-    Returns:
-        ``(text_embeds, attention_mask)`` with one more (always valid) token: ``(P, L + 1, H)`` and ``(P, L + 1)``.
+    It depends on the image only, not on the prompt, so callers that pair one image with several prompts compute it
+    once per image and pass it to :func:`append_geometry_cls`. Works without torchvision: with zero boxes the
+    encoder's box pooling (``roi_align``) has nothing to do, so it is bypassed for this call.
     """
     encoder = detector.geometry_encoder
     features = vision_embeds.fpn_hidden_states[:-1]
@@ -269,7 +255,7 @@ def append_geometry_cls(
 
     encoder._encode_boxes = no_boxes  # instance attribute shadows the method for this call only
     try:
-        cls = encoder(
+        return encoder(
             box_embeddings=torch.zeros(batch, 0, 4, device=device, dtype=dtype),
             box_mask=torch.zeros(batch, 0, dtype=torch.bool, device=device),
             box_labels=torch.zeros(batch, 0, dtype=torch.long, device=device),
@@ -278,6 +264,30 @@ def append_geometry_cls(
         ).last_hidden_state
     finally:
         del encoder._encode_boxes
+
+
+def append_geometry_cls(
+    detector: Sam3Model, vision_embeds, text_embeds, attention_mask: torch.Tensor, cls: Optional[torch.Tensor] = None
+) -> tuple[object, torch.Tensor]:
+    """Text prompt features as Meta's SAM3 builds them: the text tokens plus the geometry encoder's CLS token.
+
+    Meta's model always runs its geometry (box-prompt) encoder, even with no boxes, and appends the resulting CLS
+    token to the prompt; transformers' ``Sam3Model`` skips the encoder when no boxes are given. The two then
+    disagree by up to ~0.2 in presence logit and ~0.7 in mask logits (bench/fidelity/RESULTS.md); with this token
+    appended they agree to ~1e-4. Pass the results as ``text_embeds=`` / ``attention_mask=`` to the forward.
+
+    Args:
+        detector: the ``Sam3Model``.
+        vision_embeds: ``detector.get_vision_features(...)`` output for the image batch (batch 1 or = prompts).
+        text_embeds: ``detector.get_text_features(..., return_dict=True)`` output, batch P.
+        attention_mask: ``(P, L)`` text attention mask.
+        cls: the token already computed by :func:`geometry_cls_token` (batch 1 or P); computed here when ``None``.
+
+    Returns:
+        ``(text_embeds, attention_mask)`` with one more (always valid) token: ``(P, L + 1, H)`` and ``(P, L + 1)``.
+    """
+    if cls is None:
+        cls = geometry_cls_token(detector, vision_embeds)
     text = text_embeds.pooler_output
     cls = cls.expand(text.shape[0], -1, -1) if cls.shape[0] == 1 else cls
     combined = copy.copy(text_embeds)
