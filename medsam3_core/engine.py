@@ -219,7 +219,11 @@ class _Run:
         self.normalize = IntensityNormalizer.for_volume(volume, options.window)
         self.letterbox = engine.detector.letterbox(self.stack.shape[1], self.stack.shape[2])
         self.canvas = _Canvas((self.num_slices, int(self.stack.shape[1]), int(self.stack.shape[2])))
+        # ``None`` means the model's recommended threshold (``medsam3.json``; 0.5 when it states none).
         threshold = options.threshold
+        if threshold is None:
+            threshold = float(getattr(self.bundle, "score_threshold", 0.5))
+        self.threshold = threshold
         self.rule = engine.rule or FusionRule(spawn_score=threshold, keep_score=threshold)
 
     # -- top level -------------------------------------------------------------------------------------------------
@@ -274,7 +278,7 @@ class _Run:
             t0 = self.engine.clock()
             for b, index in enumerate(batch):
                 for p in range(len(self.text)):
-                    for inst in instances_for(detections, b, p, self.letterbox, self.options.threshold):
+                    for inst in instances_for(detections, b, p, self.letterbox, self.threshold):
                         self.canvas.paint(index, inst.probability, inst.score, p + 1)
                         scores[p][index] = max(scores[p].get(index, 0.0), inst.score)
             self.timings["fuse"] += self.engine.clock() - t0
@@ -320,7 +324,7 @@ class _Run:
     def _keep(self, detections: Detections, b: int, p: int, k: int) -> Optional[_StoredDetections]:
         scores = detections.scores[b, p]
         order = torch.argsort(scores, descending=True, stable=True)[:k]
-        order = order[scores[order] >= self.options.threshold]
+        order = order[scores[order] >= self.threshold]
         if order.numel() == 0:
             return None
         probs = detections.mask_logits[b, p, order].float().sigmoid()
