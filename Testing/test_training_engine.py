@@ -185,3 +185,98 @@ def test_activation_checkpointing_gives_the_same_gradients():
         layer._gradient_checkpointing_func = lambda *a, inner=inner, **k: calls.append(1) or inner(*a, **k)
     torch.testing.assert_close(grads(), plain)
     assert len(calls) == 2  # both ViT blocks ran through torch.utils.checkpoint
+
+
+@pytest.fixture(scope="module")
+def wide_blobs(tmp_path_factory) -> Path:
+    """Like ``blobs`` but 28×56 pictures, so letterbox (padded rows) and stretch (none) give different inputs."""
+    root = tmp_path_factory.mktemp("wide_blobs")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        img = rng.normal(60, 12, (28, 56))
+        mask = np.zeros((28, 56), np.uint8)
+        y, x = rng.integers(2, 14), rng.integers(4, 36)
+        img[y : y + 10, x : x + 14] += 120
+        mask[y : y + 10, x : x + 14] = 1
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"w{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"w{i:02d}.png")
+    (root / "labels.json").write_text(json.dumps({"1": "blob"}))
+    return root
+
+
+def test_fine_tuning_meta_weights_keeps_their_input_conventions(wide_blobs, tmp_path):
+    """A checkpoint without medsam3.json is Meta's (stretch + geometry CLS token): training feeds it that way and
+    the export says so, instead of silently switching it to our letterbox / no-CLS convention."""
+    from training.engine import Trainer
+    from training.modelling import build_model, export_weights
+
+    cfg = _config(wide_blobs, tmp_path / "meta_ft", max_steps=2)
+    export_weights(build_model(cfg.model), tmp_path / "meta", dtype=torch.float32)  # no medsam3.json: Meta's
+    cfg.model.init = str(tmp_path / "meta")
+    trainer = Trainer(cfg)
+    detector = trainer.model.detector
+    pixels, prompt_lengths = [], []
+    detector.vision_encoder.register_forward_pre_hook(lambda _m, args: pixels.append(args[0].detach().clone()))
+    detector.detr_encoder.register_forward_pre_hook(
+        lambda _m, _a, kwargs: prompt_lengths.append(kwargs["text_features"].shape[1]), with_kwargs=True)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    token_length = trainer._tokens_for(["blob"])[0].shape[1]
+    training_inputs = pixels[:2]  # two steps come first, then validation
+    assert all(x.shape[-2:] == (56, 56) for x in training_inputs)
+    # letterboxed, rows 28–55 of a 28×56 picture would be padding (exactly -1); stretched, the picture fills them
+    assert all((x[:, :, 28:] > -1).any() for x in training_inputs)
+    assert set(prompt_lengths) == {token_length + 1}  # training and validation forwards got the CLS token
+    conventions = json.loads((tmp_path / "meta_ft" / "final" / "medsam3.json").read_text())["conventions"]
+    assert conventions["keep_aspect"] is False and conventions["geometry_cls"] is True
+    assert 0.0 <= conventions["score_threshold"] <= 1.0
+
+
+def test_tiny_model_keeps_our_conventions(wide_blobs, tmp_path):
+    from training.engine import Trainer
+
+    cfg = _config(wide_blobs, tmp_path / "ours", max_steps=1)
+    trainer = Trainer(cfg)
+    pixels, prompt_lengths = [], []
+    trainer.model.detector.vision_encoder.register_forward_pre_hook(lambda _m, args: pixels.append(args[0]))
+    trainer.model.detector.detr_encoder.register_forward_pre_hook(
+        lambda _m, _a, kwargs: prompt_lengths.append(kwargs["text_features"].shape[1]), with_kwargs=True)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    assert torch.all(pixels[0][:, :, 28:] == -1)  # letterbox padding
+    assert set(prompt_lengths) == {trainer._tokens_for(["blob"])[0].shape[1]}
+    conventions = json.loads((tmp_path / "ours" / "final" / "medsam3.json").read_text())["conventions"]
+    assert conventions["keep_aspect"] is True and conventions["geometry_cls"] is False
+
+
+@pytest.mark.slow
+def test_validation_on_two_ranks_equals_one_process(blobs, wide_blobs, tmp_path):
+    """Each rank scores its shard of the validation slices; after the all-reduce both ranks hold exactly the metrics
+    of one process scoring everything (no slice twice, none lost), also when a rank's shard is empty."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ddp_validation_worker import validation_rows
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).with_name("ddp_validation_worker.py")), str(tmp_path), str(blobs), str(wide_blobs)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1
+    single = validation_rows([str(blobs), str(wide_blobs)])
+    assert rank0.keys() == single.keys()
+    for max_images, by_threshold in single.items():
+        for threshold, rows in by_threshold.items():
+            got = rank0[max_images][threshold]
+            assert [(r["dataset"], r["concept"], r["n"], r["n_present"]) for r in got] == [
+                (r["dataset"], r["concept"], r["n"], r["n_present"]) for r in rows]
+            for a, b in zip(got, rows):
+                assert (a["dice"], a["iou"]) == pytest.approx((b["dice"], b["iou"]), abs=1e-12)
+    assert [r["n"] for r in single["0"]["0.0"] if r["concept"] == "all"] == [14, 7]  # 85 % of 16 and 8, each once
+    assert any(r["dice"] > 0 for r in single["0"]["0.0"])  # the comparison is not between zeros

@@ -42,3 +42,63 @@ def test_command_scores_prediction_files_and_writes_report(tmp_path, capsys):
     assert (out / "dice.png").read_bytes()[:4] == b"\x89PNG" and "mean over datasets" in (out / "table.txt").read_text()
     assert main(["--pred", str(pred), "-o", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: --pred needs --gt and --labels")
+
+
+class _HandMadeDetector:
+    """Stands in for ``medsam3_core.detector.Detector`` on one 16² image with prompts "organ" and "lesion":
+    "organ" (present) has one correct mask scoring 0.42; "lesion" (absent) one false positive scoring 0.27."""
+
+    bundle = type("B", (), {"device": "cpu"})
+
+    def letterbox(self, height, width):
+        from medsam3_core.preprocess import Letterbox
+
+        return Letterbox(height, width, 16)
+
+    def encode_images(self, pixels):
+        return pixels
+
+    def encode_text(self, prompts):
+        assert list(prompts) == ["organ", "lesion"]
+        return prompts
+
+    def detect(self, vision, text):
+        import torch
+
+        from medsam3_core.detector import Detections
+
+        logits = torch.full((1, 2, 1, 16, 16), -10.0)
+        logits[0, 0, 0, 4:10, 4:10] = 10.0  # the organ, exactly
+        logits[0, 1, 0, 12:15, 12:15] = 10.0  # a lesion that is not there
+        scores = torch.tensor([[[0.42], [0.27]]])
+        return Detections(logits, scores, torch.ones(1, 2), torch.zeros(1, 2, 1, 4))
+
+
+def test_calibration_picks_the_threshold_with_the_best_selection_score():
+    from training.evaluate import CALIBRATION_THRESHOLDS, _predict_label_maps, pick_threshold
+
+    gt = np.zeros((16, 16), np.int32)
+    gt[4:10, 4:10] = 1
+    concepts = {1: "organ", 2: "lesion"}
+    maps = _predict_label_maps(_HandMadeDetector(), [np.zeros((16, 16), np.float32)], concepts,
+                               CALIBRATION_THRESHOLDS, "top1")
+    rows = {t: summarize(score_label_maps(m[0], gt, concepts, "d", "img"))
+            for t, m in zip(CALIBRATION_THRESHOLDS, maps)}
+    threshold, selection = pick_threshold(rows)
+    # ≤ 0.25: the false lesion counts (selection (0.5 + 1) / 2); 0.3–0.4: both right (1.0);
+    # ≥ 0.45: the organ is lost ((0.5 + 0) / 2)
+    assert selection[0.25] == pytest.approx(0.75) and selection[0.45] == pytest.approx(0.25)
+    assert [t for t, v in selection.items() if v == 1.0] == [0.3, 0.35, 0.4]
+    assert threshold == 0.4  # a tie goes to the threshold nearest 0.5
+
+
+def test_pick_threshold_prefers_the_best_score_then_the_one_nearest_one_half():
+    from training.evaluate import Row, pick_threshold
+
+    def rows(dice):
+        return [Row("d", "all", 1, dice, dice, 1, dice)]
+
+    assert pick_threshold({0.2: rows(0.9), 0.5: rows(0.8), 0.7: rows(0.6)})[0] == 0.2
+    assert pick_threshold({0.3: rows(0.8), 0.6: rows(0.8), 0.9: rows(0.1)})[0] == 0.6
+    with pytest.raises(ValueError):
+        pick_threshold({})

@@ -92,6 +92,10 @@ class DataConfig:
 
 @dataclass
 class EngineConfig:
+    """The loop. ``score_threshold`` is the detection score threshold validation uses; with ``calibrate`` the
+    validation also scores 0.05, 0.10, …, 0.95 from the same network pass and keeps whichever gives the best
+    selection score, and the export states it as the model's recommended threshold (``training.evaluate``)."""
+
     epochs: int = 10
     steps_per_epoch: int = 0
     max_steps: int = 0
@@ -104,6 +108,7 @@ class EngineConfig:
     find_unused_parameters: bool = True
     seed: int = 42
     score_threshold: float = 0.5
+    calibrate: bool = True
     eval_instances: str = "top1"
     threads: int = 0
 

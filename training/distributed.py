@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any
+from typing import Any, Hashable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -23,6 +24,7 @@ __all__ = [
     "barrier",
     "all_reduce_sum",
     "broadcast_object",
+    "sum_arrays",
     "shutdown",
 ]
 
@@ -77,6 +79,29 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def sum_arrays(parts: dict[Hashable, np.ndarray], length: int) -> dict[Hashable, np.ndarray]:
+    """Key-wise float64 sums of length-``length`` arrays over ranks; every rank gets the union of all ranks' keys.
+
+    A rank may lack keys another has (its shard never met that dataset or concept), so the keys are gathered first
+    and put in one order (by ``repr``: keys only need a deterministic order, not a comparable type); then one
+    all-reduce adds the stacked values.
+    """
+    if not is_initialized():
+        return {k: np.asarray(v, np.float64) for k, v in parts.items()}
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, list(parts))
+    keys = sorted({k for ks in gathered for k in ks}, key=repr)
+    values = torch.zeros(len(keys), length, dtype=torch.float64)
+    for i, k in enumerate(keys):
+        if k in parts:
+            values[i] = torch.from_numpy(np.asarray(parts[k], np.float64))
+    nccl = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+    values = values.to(torch.device("cuda", torch.cuda.current_device())) if nccl else values
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    values = values.cpu()
+    return {k: values[i].numpy() for i, k in enumerate(keys)}
 
 
 def shutdown() -> None:

@@ -4,8 +4,15 @@ One :class:`Trainer` per process. Under ``torchrun`` every rank builds the same 
 group (NCCL on GPU, gloo on CPU), wraps the detector in ``DistributedDataParallel`` and draws its own share of each
 epoch's balanced sample sequence. Rank 0 alone writes checkpoints, TensorBoard scalars, the progress bar and the
 exported models; the other ranks wait at a barrier. Validation (the paper's protocol, :mod:`training.evaluate`)
-runs on rank 0 at every epoch end; the best mean Dice is exported to ``<output_dir>/best`` and the final model to
-``<output_dir>/final``, both weights-only folders that ``medsam3_core.model.load_model`` reads.
+runs at every epoch end on all ranks, each scoring its share of the validation slices; the per-dataset sums are
+all-reduced, so every rank holds the same metrics. It scores a grid of score thresholds from one pass of the
+network and keeps the best (``engine.calibrate``): the export states it as the model's recommended threshold
+(``medsam3.json`` conventions ``score_threshold``), which inference uses unless the user gives one. The best
+selection score is exported to ``<output_dir>/best`` and the final model to ``<output_dir>/final``, both
+weights-only folders that ``medsam3_core.model.load_model`` reads.
+
+Input conventions follow the weights (``training.modelling``): a checkpoint trained by Meta is fine-tuned on
+stretched slices with the geometry CLS token appended to every prompt, and exported saying so.
 
 Unused parameters: with text-only prompts the geometry encoder, the 4th FPN level, one pixel-decoder stage and the
 CLIP's own text projection receive no gradient (SAM3_NOTES §5), hence ``find_unused_parameters`` by default.
@@ -33,9 +40,9 @@ from .criterion import SetCriterion
 from .data.samples import collate
 from .data.sampler import BalancedSampler
 from .data.sources import build_datasets
-from .evaluate import dataset_means, evaluate_model, format_table, summarize
+from .evaluate import CALIBRATION_THRESHOLDS, dataset_means, distributed_sweep, format_table, pick_threshold
 from .lora import apply_lora, merged
-from .modelling import build_model, enable_activation_checkpointing, export_weights
+from .modelling import PromptedForward, build_model, enable_activation_checkpointing, export_weights
 from .optim import build_optimizer, build_param_groups
 from .outputs import AuxCapture
 
@@ -74,10 +81,10 @@ class Trainer:
         self.model.root.to(self.device)
         detector.train()
         self.capture = AuxCapture(detector)
-        self.net: torch.nn.Module = self.trainable
+        self.net: torch.nn.Module = PromptedForward(self.trainable, self.model.geometry_cls)
         if dist.is_initialized():
             self.net = DistributedDataParallel(
-                self.trainable,
+                self.net,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=e.find_unused_parameters,
             )
@@ -86,7 +93,8 @@ class Trainer:
         self._tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
         d = cfg.data
-        self.train_sets, self.val_sets, weights = build_datasets(d, cfg.model.image_size, e.seed)
+        self.train_sets, self.val_sets, weights = build_datasets(d, cfg.model.image_size, e.seed,
+                                                                 keep_aspect=self.model.keep_aspect)
         sizes = [len(s) for s in self.train_sets]
         micro_per_step = e.grad_accum * d.batch_size * self.world
         per_epoch = e.steps_per_epoch * micro_per_step if e.steps_per_epoch else sum(sizes)
@@ -95,6 +103,7 @@ class Trainer:
         self.criterion = SetCriterion(cfg.loss)
         self.optimizer, self.scheduler = build_optimizer(build_param_groups(self.trainable, cfg.optim), cfg.optim)
         self.state = TrainState.fresh()
+        self._validated: Optional[tuple[int, dict]] = None  # (step, results) of the latest validation
         if self.ckpt_path.is_file():
             self.state = load_checkpoint(self.ckpt_path, self.trainable, self.optimizer, self.scheduler)
         self.writer = None
@@ -151,8 +160,10 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        if self._validated is None or self._validated[0] != self.state["step"]:
+            results = self.validate()  # the final weights (a step budget that ends mid-epoch) get calibrated too
         self._save()
-        self.export("final")
+        self.export("final", {"validation": results, "step": self.state["step"]} if results else None)
         dist.barrier()
         return results
 
@@ -214,36 +225,48 @@ class Trainer:
 
     # -- validation, checkpoints, export -----------------------------------------------------------------------
     def validate(self) -> dict:
-        """Paper-protocol Dice per dataset on the validation split (rank 0); exports ``best`` on improvement."""
-        results: dict = {}
-        if dist.is_main() and self.val_sets:
-            bundle = Sam3Bundle(
-                detector=self.model.detector,
-                tracker=None,
-                tracker_neck=None,
-                tokenizer=self.tokenizer,
-                device=self.device,
-                dtype=next(self.model.detector.parameters()).dtype,
-                image_size=self.cfg.model.image_size,
-                source="training",
-            )
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
-            with autocast:
-                scores = evaluate_model(
-                    bundle,
-                    self.val_sets,
-                    self.cfg.engine.score_threshold,
-                    self.cfg.data.val_max_images,
-                    instances=self.cfg.engine.eval_instances,
-                )
-            rows = summarize(scores)
-            results = dataset_means(rows)
-            step = self.state["step"]
+        """Paper-protocol Dice per dataset on the validation split, on every rank; exports ``best`` on improvement.
+
+        Returns :func:`~training.evaluate.dataset_means` at the calibrated threshold plus ``score_threshold``
+        itself (``{}`` without a validation split). With ``engine.calibrate`` the thresholds
+        :data:`~training.evaluate.CALIBRATION_THRESHOLDS` and ``engine.score_threshold`` are scored and the one
+        with the best selection score is kept; the best checkpoint is judged at it too, because that is the
+        threshold the exported model will be run at.
+        """
+        if not self.val_sets:
+            return {}
+        e = self.cfg.engine
+        thresholds = sorted({*CALIBRATION_THRESHOLDS, e.score_threshold}) if e.calibrate else [e.score_threshold]
+        bundle = Sam3Bundle(
+            detector=self.model.detector,
+            tracker=None,
+            tracker_neck=None,
+            tokenizer=self.tokenizer,
+            device=self.device,
+            dtype=next(self.model.detector.parameters()).dtype,
+            image_size=self.cfg.model.image_size,
+            source="training",
+            keep_aspect=self.model.keep_aspect,
+            geometry_cls=self.model.geometry_cls,
+        )
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        with autocast:
+            rows_by = distributed_sweep(bundle, self.val_sets, thresholds, self.cfg.data.val_max_images,
+                                        instances=e.eval_instances)
+        threshold, selection = pick_threshold(rows_by)
+        rows = rows_by[threshold]
+        results = {**dataset_means(rows), "score_threshold": threshold}
+        step = self.state["step"]
+        self._validated = (step, results)
+        if dist.is_main():
             if self.writer is not None:
                 for name, value in results.items():
-                    self.writer.add_scalar(f"val/dice/{name}", value, step)
+                    self.writer.add_scalar(f"val/{name}" if name == "score_threshold" else f"val/dice/{name}",
+                                           value, step)
                 self.writer.flush()
-            print(f"\nvalidation after epoch {self.state['epoch']} (step {step}):\n{format_table(rows)}", flush=True)
+            curve = "  ".join(f"{t:g}: {v:.3f}" for t, v in selection.items())
+            print(f"\nvalidation after epoch {self.state['epoch']} (step {step}), score threshold {threshold:g}:\n"
+                  f"{format_table(rows)}\nselection score by threshold: {curve}", flush=True)
             if results.get("selection", -1.0) > self.state["best"]:
                 self.state["best"] = results["selection"]
                 self.export("best", {"validation": results, "step": step})
@@ -259,14 +282,20 @@ class Trainer:
         dist.barrier()
 
     def export(self, name: str, extra: Optional[dict] = None) -> Optional[Path]:
-        """Weights-only model folder ``<output_dir>/<name>`` (rank 0), LoRA merged into a copy of the weights."""
+        """Weights-only model folder ``<output_dir>/<name>`` (rank 0), LoRA merged into a copy of the weights.
+
+        Its ``medsam3.json`` states how inference must feed it (``medsam3_core.model`` reads the conventions):
+        the input conventions it was trained with (the init's), whether its tracker is usable (never trained here,
+        so only if the init had a trained one), and the score threshold calibrated at the latest validation.
+        """
         if not dist.is_main():
             return None
         info = {"trained_by": "training.run", "config": self.cfg.name, "step": self.state["step"], **(extra or {})}
-        # How inference must feed this model (medsam3_core.model reads it): our samples are letterboxed and prompts
-        # carry no geometry CLS token; the tracker is never trained here, so it is only usable if the init had one.
-        info["conventions"] = {"keep_aspect": True, "geometry_cls": False,
-                               "tracker_trained": self.cfg.model.init != "tiny"}
+        conventions = {"keep_aspect": self.model.keep_aspect, "geometry_cls": self.model.geometry_cls,
+                       "tracker_trained": self.cfg.model.init != "tiny"}
+        if self._validated is not None:
+            conventions["score_threshold"] = self._validated[1]["score_threshold"]
+        info["conventions"] = conventions
         with merged(self.model, self.trainable) as plain:
             return export_weights(plain, self.out_dir / name, extra=info)
 

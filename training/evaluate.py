@@ -10,6 +10,16 @@ ground truth is non-empty, for comparison with numbers that skip them.
 The same scoring (:func:`score_label_maps`) serves two inputs: a model run on a dataset's validation cases
 (``--model``), and label-map files written by inference (``medsam3 infer``) against ground-truth files
 (``--pred``/``--gt``). Output: a text table, ``metrics.csv`` and a bar plot ``dice.png``.
+
+**Calibration.** A model's detection scores need not be centred on 0.5 (the tiny demo model's aorta scores ≈ 0.35
+everywhere), so a training export states the score threshold it works best at (``medsam3.json`` conventions
+``score_threshold``, read by ``medsam3_core.model``). :func:`sweep_thresholds` runs the network once and scores the
+same detections at every threshold of a grid; :func:`pick_threshold` takes the one with the best selection score
+(:func:`dataset_means`). Without ``--threshold``, ``--model`` is scored at the model's own recommendation.
+
+**Several processes.** Every function that runs the model takes a ``shard = (rank, world_size)``: each process
+scores its own share of the slices, and the per-dataset sums (:func:`pair_totals`) are added up across processes
+(:func:`distributed_sweep`), so every rank gets the metrics a single process would.
 """
 
 from __future__ import annotations
@@ -34,11 +44,20 @@ from medsam3_core.model import Sam3Bundle
 from medsam3_core.postprocess import instances_for, pixelwise_max_labelmap, top_instance
 from medsam3_core.preprocess import to_model_input
 
+from . import distributed as dist
+
 __all__ = [
+    "CALIBRATION_THRESHOLDS",
     "PairScore",
     "Row",
     "score_label_maps",
     "evaluate_model",
+    "sweep_thresholds",
+    "distributed_sweep",
+    "pick_threshold",
+    "calibrate_threshold",
+    "pair_totals",
+    "rows_from_totals",
     "summarize",
     "dataset_means",
     "format_table",
@@ -46,6 +65,13 @@ __all__ = [
     "score_files",
     "main",
 ]
+
+
+#: Score thresholds a calibration tries: 0.05, 0.10, …, 0.95.
+CALIBRATION_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
+
+#: Sums kept per (dataset, concept): pairs, Dice, IoU, pairs with non-empty ground truth, their Dice.
+_TOTAL_FIELDS = 5
 
 
 @dataclass
@@ -87,35 +113,44 @@ def score_label_maps(
 
 
 def _predict_label_maps(
-    detector: Detector, images: list[np.ndarray], concepts: dict[int, str], threshold: float, instances: str
-) -> list[np.ndarray]:
-    """Label maps (original grid, values of ``concepts``) for normalised slices ``images`` of one shape.
+    detector: Detector,
+    images: list[np.ndarray],
+    concepts: dict[int, str],
+    thresholds: Sequence[float],
+    instances: str,
+) -> list[list[np.ndarray]]:
+    """Label maps (original grid, values of ``concepts``) for normalised slices ``images`` of one shape, one list
+    per threshold of ``thresholds``.
 
     ``instances="top1"`` keeps each prompt's best instance (the paper); ``"all"`` every instance above the threshold
-    (what volume inference paints), fused by their maximum probability and score.
+    (what volume inference paints), fused by their maximum probability and score. The network runs once: instances
+    are resampled at the lowest threshold, and a higher threshold keeps those scoring at least as much — exactly
+    what a run at that threshold alone would keep.
     """
     values = list(concepts)
     h, w = images[0].shape[:2]
     letterbox = detector.letterbox(h, w)
     vision = detector.encode_images(to_model_input(np.stack(images), letterbox, device=detector.bundle.device))
     dets = detector.detect(vision, detector.encode_text([concepts[v] for v in values]))
-    maps = []
+    lut = np.array([0, *values], dtype=np.int32)
+    lowest = min(thresholds)
+    maps: list[list[np.ndarray]] = [[] for _ in thresholds]
     for b in range(len(images)):
-        probs = np.zeros((len(values), h, w), np.float32)
-        scores = np.zeros(len(values), np.float32)
-        for p in range(len(values)):
-            found = instances_for(dets, b, p, letterbox, threshold)
-            kept = found if instances == "all" else [i for i in [top_instance(found)] if i is not None]
-            if kept:
-                probs[p] = np.max([i.probability for i in kept], axis=0)
-                scores[p] = max(i.score for i in kept)
-        label_idx, _ = pixelwise_max_labelmap(probs, scores)
-        lut = np.array([0, *values], dtype=np.int32)
-        maps.append(lut[label_idx])
+        found = [instances_for(dets, b, p, letterbox, lowest) for p in range(len(values))]
+        for t, threshold in enumerate(thresholds):
+            probs = np.zeros((len(values), h, w), np.float32)
+            scores = np.zeros(len(values), np.float32)
+            for p in range(len(values)):
+                passing = [i for i in found[p] if i.score >= threshold]
+                kept = passing if instances == "all" else passing[:1]  # instances_for sorts best first
+                if kept:
+                    probs[p] = np.max([i.probability for i in kept], axis=0)
+                    scores[p] = max(i.score for i in kept)
+            label_idx, _ = pixelwise_max_labelmap(probs, scores)
+            maps[t].append(lut[label_idx])
     return maps
 
 
-@torch.no_grad()
 def evaluate_model(
     bundle: Sam3Bundle,
     datasets: Sequence,
@@ -123,21 +158,41 @@ def evaluate_model(
     max_images: int = 0,
     batch_size: int = 8,
     instances: str = "top1",
+    shard: tuple[int, int] = (0, 1),
 ) -> list[PairScore]:
     """Run the protocol over :class:`~training.data.samples.PromptDataset`\\ s (their un-augmented slices).
 
     ``max_images`` > 0 takes an evenly spaced subset of each dataset (in-training validation stays cheap).
+    ``shard = (rank, world_size)`` scores only every ``world_size``-th of those slices, from ``rank``.
     """
+    return sweep_thresholds(bundle, datasets, [threshold], max_images, batch_size, instances, shard)[threshold]
+
+
+@torch.no_grad()
+def sweep_thresholds(
+    bundle: Sam3Bundle,
+    datasets: Sequence,
+    thresholds: Sequence[float] = CALIBRATION_THRESHOLDS,
+    max_images: int = 0,
+    batch_size: int = 8,
+    instances: str = "top1",
+    shard: tuple[int, int] = (0, 1),
+) -> dict[float, list[PairScore]]:
+    """:func:`evaluate_model` at every threshold of ``thresholds`` from one pass of the network."""
+    if not thresholds:
+        raise ValueError("sweep_thresholds needs at least one threshold")
+    thresholds = [float(t) for t in thresholds]
+    rank, world = shard
     detector = Detector(bundle, max_batch=4 * batch_size)  # bounds memory: each pair holds its own FPN copy
     was_training = bundle.detector.training
     bundle.detector.eval()
-    scores: list[PairScore] = []
+    scores: dict[float, list[PairScore]] = {t: [] for t in thresholds}
     try:
         for ds in datasets:
             n = len(ds)
             picks = np.unique(np.linspace(0, n - 1, min(n, max_images)).round().astype(int)) if max_images else range(n)
             groups: dict[tuple, list[int]] = defaultdict(list)  # batch slices of one shape and concept set
-            for i in picks:
+            for i in list(picks)[rank::world]:  # a DistributedSampler-style shard: every slice on exactly one rank
                 ref = ds.slices[i]
                 groups[(ds.cases[ref.case].dataset, ref.case)].append(int(i))
             for (name, case_i), idx in groups.items():
@@ -145,36 +200,87 @@ def evaluate_model(
                 for start in range(0, len(idx), batch_size):
                     chunk = idx[start : start + batch_size]
                     loaded = [ds.load_slice(i) for i in chunk]
-                    preds = _predict_label_maps(detector, [img for img, _, _ in loaded], concepts, threshold, instances)
-                    for i, pred, (_, gt, case) in zip(chunk, preds, loaded):
-                        ref = ds.slices[i]
-                        scores += score_label_maps(pred, gt, concepts, name, f"{case.case_id}#{ref.index}")
+                    images = [img for img, _, _ in loaded]
+                    per_threshold = _predict_label_maps(detector, images, concepts, thresholds, instances)
+                    for t, preds in zip(thresholds, per_threshold):
+                        for i, pred, (_, gt, case) in zip(chunk, preds, loaded):
+                            ref = ds.slices[i]
+                            scores[t] += score_label_maps(pred, gt, concepts, name, f"{case.case_id}#{ref.index}")
     finally:
         bundle.detector.train(was_training)
     return scores
 
 
+def distributed_sweep(
+    bundle: Sam3Bundle,
+    datasets: Sequence,
+    thresholds: Sequence[float],
+    max_images: int = 0,
+    instances: str = "top1",
+) -> dict[float, list[Row]]:
+    """:func:`sweep_thresholds` shared among the ranks of the process group, summarised: every rank scores its
+    shard, the per-dataset sums are added up over ranks, and every rank returns the same rows — those a single
+    process scoring every slice gets (up to float rounding). Without a process group it is the single process."""
+    thresholds = [float(t) for t in thresholds]
+    local = sweep_thresholds(bundle, datasets, thresholds, max_images, instances=instances,
+                             shard=(dist.rank(), dist.world_size()))
+    keyed = {(t, *key): v for t in thresholds for key, v in pair_totals(local[t]).items()}
+    summed = dist.sum_arrays(keyed, _TOTAL_FIELDS)
+    by_threshold: dict[float, dict] = {t: {} for t in thresholds}
+    for (t, *key), v in summed.items():
+        by_threshold[t][tuple(key)] = v
+    return {t: rows_from_totals(by_threshold[t]) for t in thresholds}
+
+
+def pick_threshold(rows_by_threshold: dict[float, Sequence[Row]]) -> tuple[float, dict[float, float]]:
+    """The threshold whose rows have the highest selection score (:func:`dataset_means`), and every threshold's
+    score. Ties go to the threshold nearest 0.5, the convention a model without calibration is run at."""
+    selection = {t: dataset_means(rows).get("selection", 0.0) for t, rows in rows_by_threshold.items()}
+    if not selection:
+        raise ValueError("pick_threshold needs scores of at least one threshold")
+    best = max(selection.values())
+    tied = [t for t, v in selection.items() if v >= best - 1e-12]
+    return min(tied, key=lambda t: (abs(t - 0.5), t)), selection
+
+
+def calibrate_threshold(
+    bundle: Sam3Bundle,
+    datasets: Sequence,
+    thresholds: Sequence[float] = CALIBRATION_THRESHOLDS,
+    max_images: int = 0,
+    instances: str = "top1",
+) -> tuple[float, dict[float, float]]:
+    """The score threshold that maximises the selection score of ``bundle`` on ``datasets`` (e.g. a training run's
+    validation split), and the selection score at every threshold tried."""
+    return pick_threshold(distributed_sweep(bundle, datasets, thresholds, max_images, instances))
+
+
+def pair_totals(scores: Iterable[PairScore]) -> dict[tuple[str, str], np.ndarray]:
+    """Per ``(dataset, concept)`` and ``(dataset, "all")``: float64 sums ``[pairs, Dice, IoU, pairs with non-empty
+    ground truth, their Dice]`` — what :func:`rows_from_totals` averages. Sums, unlike means, add up across ranks."""
+    totals: dict[tuple[str, str], np.ndarray] = defaultdict(lambda: np.zeros(_TOTAL_FIELDS, np.float64))
+    for s in scores:
+        item = np.array([1.0, s.dice, s.iou, 0.0 if s.gt_empty else 1.0, 0.0 if s.gt_empty else s.dice])
+        totals[(s.dataset, s.concept)] += item
+        totals[(s.dataset, "all")] += item
+    return dict(totals)
+
+
+def rows_from_totals(totals: dict[tuple[str, str], np.ndarray]) -> list[Row]:
+    """Per dataset: one row per concept, then the dataset mean over all its pairs (``concept == "all"``)."""
+
+    def row(key: tuple[str, str], t: np.ndarray) -> Row:
+        n, n_present = int(round(t[0])), int(round(t[3]))
+        present = float(t[4] / t[3]) if n_present else float("nan")
+        return Row(key[0], key[1], n, float(t[1] / t[0]), float(t[2] / t[0]), n_present, present)
+
+    keys = sorted((k for k in totals if totals[k][0] > 0), key=lambda k: (k[0], k[1] == "all", k[1]))
+    return [row(k, totals[k]) for k in keys]
+
+
 def summarize(scores: Iterable[PairScore]) -> list[Row]:
     """Per dataset: one row per concept, then the dataset mean over all its pairs (``concept == "all"``)."""
-    by: dict[tuple[str, str], list[PairScore]] = defaultdict(list)
-    for s in scores:
-        by[(s.dataset, s.concept)].append(s)
-        by[(s.dataset, "all")].append(s)
-
-    def row(key: tuple[str, str], items: list[PairScore]) -> Row:
-        present = [s for s in items if not s.gt_empty]
-        return Row(
-            key[0],
-            key[1],
-            len(items),
-            float(np.mean([s.dice for s in items])),
-            float(np.mean([s.iou for s in items])),
-            len(present),
-            float(np.mean([s.dice for s in present])) if present else float("nan"),
-        )
-
-    keys = sorted(by, key=lambda k: (k[0], k[1] == "all", k[1]))
-    return [row(k, by[k]) for k in keys]
+    return rows_from_totals(pair_totals(scores))
 
 
 def dataset_means(rows: Sequence[Row]) -> dict[str, float]:

@@ -40,4 +40,5 @@ def merged(model, trainable: torch.nn.Module) -> Iterator:
     root, peft_model = copy.deepcopy((model.root, trainable))  # one deepcopy: the copies share the detector
     plain = peft_model.merge_and_unload()
     detector = root.detector_model if hasattr(root, "detector_model") else plain
-    yield TrainModel(root if root is not model.detector else plain, detector, model.source)
+    yield TrainModel(root if root is not model.detector else plain, detector, model.source, model.keep_aspect,
+                    model.geometry_cls)

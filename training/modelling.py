@@ -5,6 +5,12 @@ Training runs through ``Sam3Model`` (the detector). When the starting point is a
 again a complete detector+tracker folder that ``medsam3_core.model.load_model`` reads with the same loader; the
 tracker weights are carried over unchanged (the transformers tracker runs under ``inference_mode`` and is not
 trained here, SAM3_NOTES §4).
+
+Weights loaded from a checkpoint keep the input conventions they were trained with (``Sam3Bundle.keep_aspect`` /
+``geometry_cls``: Meta's SAM3 stretches images and appends the geometry encoder's CLS token to every prompt; our
+exports state theirs). :class:`TrainModel` carries them, the training samples, the training forward
+(:class:`PromptedForward`), validation and the export follow them, so fine-tuning never silently changes how a
+model must be fed. A random tiny model is ours: letterbox, no CLS token.
 """
 
 from __future__ import annotations
@@ -19,24 +25,63 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel, Sam3Model, Sam3VideoConfig, Sam3VideoModel
 
 from medsam3_core.checkpoints import read_config, save_model
-from medsam3_core.model import load_model, resolve_model_spec, tiny_detector_config, tiny_video_config
+from medsam3_core.model import (
+    append_geometry_cls,
+    load_model,
+    resolve_model_spec,
+    tiny_detector_config,
+    tiny_video_config,
+)
 
 from .config import ModelConfig
 
-__all__ = ["TrainModel", "build_model", "enable_activation_checkpointing", "export_weights"]
+__all__ = ["TrainModel", "PromptedForward", "build_model", "enable_activation_checkpointing", "export_weights"]
 
 
 @dataclass
 class TrainModel:
-    """``root`` is what gets exported (``Sam3VideoModel`` or ``Sam3Model``); ``detector`` is what gets trained."""
+    """``root`` is what gets exported (``Sam3VideoModel`` or ``Sam3Model``); ``detector`` is what gets trained.
+
+    ``keep_aspect`` and ``geometry_cls`` are the input conventions of the weights (see ``Sam3Bundle``): letterbox
+    and no CLS token for a random tiny model, the loaded checkpoint's own otherwise.
+    """
 
     root: PreTrainedModel
     detector: Sam3Model
     source: str
+    keep_aspect: bool = True
+    geometry_cls: bool = False
+
+
+class PromptedForward(torch.nn.Module):
+    """The training forward ``(pixel_values, input_ids, attention_mask) → Sam3Model output`` in the prompt
+    convention of the weights: with ``geometry_cls`` the text tokens are followed by the geometry encoder's CLS
+    token, as Meta's SAM3 always builds a prompt (``medsam3_core.model.append_geometry_cls``); transformers' own
+    forward with ``input_ids`` leaves it out.
+
+    It owns ``trainable`` (the detector, or its peft wrapper) as a submodule, so ``DistributedDataParallel`` can
+    wrap it and still synchronise every parameter's gradient.
+    """
+
+    def __init__(self, trainable: torch.nn.Module, geometry_cls: bool) -> None:
+        super().__init__()
+        self.trainable = trainable
+        self.geometry_cls = geometry_cls
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        if not self.geometry_cls:
+            return self.trainable(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        # peft replaces layers in place, so the bare detector runs with the adapters too
+        detector = self.trainable.get_base_model() if hasattr(self.trainable, "get_base_model") else self.trainable
+        vision = detector.get_vision_features(pixel_values=pixel_values)
+        text = detector.get_text_features(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        text, mask = append_geometry_cls(detector, vision, text, attention_mask)
+        return detector(vision_embeds=vision, text_embeds=text, attention_mask=mask)
 
 
 def build_model(cfg: ModelConfig) -> TrainModel:
-    """A float32 CPU model: the tiny random architecture of ``cfg`` for ``init="tiny"``, else ``load_model(init)``."""
+    """A float32 CPU model: the tiny random architecture of ``cfg`` for ``init="tiny"``, else ``load_model(init)``
+    with that checkpoint's input conventions."""
     if cfg.init == "tiny":
         det_cfg = tiny_detector_config(
             image_size=cfg.image_size,
@@ -57,8 +102,9 @@ def build_model(cfg: ModelConfig) -> TrainModel:
         return TrainModel(root, root.detector_model, source)
     bundle = load_model(cfg.init, device="cpu")
     detector = bundle.detector.float()
+    conventions = dict(keep_aspect=bundle.keep_aspect, geometry_cls=bundle.geometry_cls)
     if not bundle.has_tracker:
-        return TrainModel(detector, detector, bundle.source)
+        return TrainModel(detector, detector, bundle.source, **conventions)
     # Reassemble the detector+tracker model around the loaded parts (no second copy of the weights), with the
     # folder's own configuration when there is one (it also holds video-level settings).
     path = resolve_model_spec(cfg.init)
@@ -71,7 +117,7 @@ def build_model(cfg: ModelConfig) -> TrainModel:
     root.detector_model = detector
     root.tracker_model = bundle.tracker.float()
     root.tracker_neck = bundle.tracker_neck.float()
-    return TrainModel(root, detector, bundle.source)
+    return TrainModel(root, detector, bundle.source, **conventions)
 
 
 def _xavier(model: torch.nn.Module) -> torch.nn.Module:

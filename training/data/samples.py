@@ -2,9 +2,10 @@
 
 A *case* is one patient scan or one 2D picture. Volumes are cut into 2D slices along the axial axis chosen from the
 geometry (the inference core does the same, :func:`medsam3_core.preprocess.slice_stack`), normalised with the same
-per-volume :class:`~medsam3_core.preprocess.IntensityNormalizer`, letterboxed with the same
-:class:`~medsam3_core.preprocess.Letterbox` and scaled with :func:`~medsam3_core.preprocess.to_model_input` — so the
-network is trained on exactly the inputs it will see at inference.
+per-volume :class:`~medsam3_core.preprocess.IntensityNormalizer`, resized with the same
+:class:`~medsam3_core.preprocess.Letterbox` (letterbox or stretch, the weights' convention) and scaled with
+:func:`~medsam3_core.preprocess.to_model_input` — so the network is trained on exactly the inputs it will see at
+inference.
 
 A training sample is (slice, one concept text, that concept's instances): the connected components of the concept's
 label, each an instance mask with its box. With probability ``negative_prob`` the text is instead a concept that
@@ -109,6 +110,8 @@ class PromptDataset(torch.utils.data.Dataset):
         negative_prob: probability that a sample asks for an absent concept.
         augment: apply :func:`~training.data.augment.augment_pair`.
         seed: base of the per-sample random streams.
+        keep_aspect: letterbox (``True``, our convention) or stretch the slices to the square input, as the
+            weights being trained expect (``Sam3Bundle.keep_aspect``; Meta's SAM3 stretches).
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class PromptDataset(torch.utils.data.Dataset):
         augment: bool = True,
         seed: int = 0,
         min_pixels: int = 4,
+        keep_aspect: bool = True,
     ) -> None:
         self.cases = cases
         self.image_size = image_size
@@ -128,6 +132,7 @@ class PromptDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.seed = seed
         self.min_pixels = min_pixels
+        self.keep_aspect = keep_aspect
         self.epoch = 0
         self.cache = _CaseCache(cases)
         self.slices = self._index()
@@ -163,7 +168,7 @@ class PromptDataset(torch.utils.data.Dataset):
         absent = [t for t in self.vocabulary if t not in present_texts]
         if self.augment:
             image, labels = augment_pair(image, labels, rng)
-        letterbox = Letterbox(labels.shape[0], labels.shape[1], self.image_size)
+        letterbox = Letterbox(labels.shape[0], labels.shape[1], self.image_size, keep_aspect=self.keep_aspect)
         if absent and rng.random() < self.negative_prob:
             text, masks = absent[rng.integers(len(absent))], np.zeros((0, self.image_size, self.image_size), bool)
         else:

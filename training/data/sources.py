@@ -31,18 +31,20 @@ def cases_for(src: SourceConfig) -> list[Case]:
 
 
 def build_datasets(
-    cfg: DataConfig, image_size: int, seed: int
+    cfg: DataConfig, image_size: int, seed: int, keep_aspect: bool = True
 ) -> tuple[list[PromptDataset], list[PromptDataset], list[float]]:
     """``(train, val, weights)``: one dataset per source, split 85/15 by case with ``cfg.split_seed``.
 
     Every source's concepts form the shared negative vocabulary, so a brain scan is also asked for "liver".
+    ``keep_aspect`` is the input convention of the weights being trained (letterbox, or stretch for Meta's).
     """
     per_source = [(src, cases_for(src)) for src in cfg.sources]
     vocabulary = sorted({t for _, cases in per_source for c in cases for t in c.concepts.values()})
     train, val, weights = [], [], []
     for i, (src, cases) in enumerate(per_source):
         tr, va = split_cases(cases, cfg.val_fraction, cfg.split_seed)
-        common = dict(image_size=image_size, vocabulary=vocabulary, min_pixels=cfg.min_instance_pixels)
+        common = dict(image_size=image_size, vocabulary=vocabulary, min_pixels=cfg.min_instance_pixels,
+                      keep_aspect=keep_aspect)
         train.append(PromptDataset(tr, negative_prob=cfg.negative_prob, augment=cfg.augment, seed=seed + i, **common))
         if va:
             val.append(PromptDataset(va, negative_prob=0.0, augment=False, seed=seed + i, **common))
