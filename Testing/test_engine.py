@@ -49,7 +49,7 @@ class ScriptedDetector(Detector):
         self.encoded.append(self._slices)
         return super().encode_images(pixel_values)
 
-    def detect(self, vision, text):
+    def detect(self, vision, text, top_k=None, min_score=0.0):
         side = 4 * self.bundle.tracker.prompt_encoder.image_embedding_size[0]
         b, p, q = len(self._slices), len(text), 4
         logits = torch.full((b, p, q, side, side), -8.0)
@@ -193,10 +193,36 @@ def test_streaming_window_and_memory_bank_are_bounded(present_bundle, monkeypatc
     script = {k: [(0, 0.9, (4, 14, 4, 14))] for k in range(NUM_SLICES)}
     engine = _engine(present_bundle, script)
     engine.run(_graded_volume(), ["liver"], SegmentOptions(window=WINDOW, batch_size=2, memory_size=3))
-    assert held and max(held) <= 2 + 1  # one batch of slices + the pinned seed slice
+    assert held and max(held) <= 2  # one window of batch_size slices
     assert max(banks) <= 2  # memory_size 3 = conditioning + 2 recent
     encoded = [i for batch in engine.detector.encoded for i in batch]
-    assert len(encoded) <= 2 * NUM_SLICES + 2  # detection pass + one sweep (+ window overshoot)
+    assert encoded == list(range(NUM_SLICES))  # the ViT runs once per slice: the sweeps read the spilled output
+
+
+def test_cancel_during_the_sweeps_stops_within_one_window(present_bundle, monkeypatch):
+    script = {k: [(0, 0.9, (4, 14, 4, 14))] for k in range(NUM_SLICES)}
+    engine = _engine(present_bundle, script)
+    token, windows = CancelToken(), []
+    original_features = _Sweep._features
+
+    def spy(self, index, direction):
+        if index not in self.features:
+            windows.append(index)
+        return original_features(self, index, direction)
+
+    monkeypatch.setattr(_Sweep, "_features", spy)
+
+    steps = []
+
+    def progress(stage, fraction):
+        if stage == "track" and fraction > 0:
+            steps.append(fraction)
+            if len(steps) == 2:  # on the second slice of the first window
+                token.cancel()
+
+    with pytest.raises(Cancelled):
+        engine.run(_graded_volume(), ["liver"], SegmentOptions(window=WINDOW, batch_size=2), progress, token)
+    assert len(windows) == 2 and len(steps) == 3  # the next window raised before anything was read or tracked
 
 
 def test_detect_mode_equals_the_2d_detector_slice_by_slice(random_bundle):

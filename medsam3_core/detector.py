@@ -4,8 +4,8 @@ The ViT is ~95 % of SAM3's compute (SAM3_NOTES §6: 41.5 s of 45 s per 1008² sl
 encoded once however many prompts are asked. :class:`Detector` therefore splits SAM3's forward into
 :meth:`~Detector.encode_text` (cached per prompt string for the whole run), :meth:`~Detector.encode_images` (the
 ViT + FPN; the engine also hands its ``last_hidden_state`` to the tracker neck) and :meth:`~Detector.detect`, which
-runs the DETR encoder/decoder, scoring and mask head for every (slice, prompt) pair in one batched call.
-``Sam3Model`` does not broadcast a vision batch against a prompt batch, so the pairs are laid out explicitly.
+runs the DETR encoder/decoder, scoring and mask head for every (slice, prompt) pair in one batched call, with the
+prompt-independent part of those heads done once per slice (:mod:`~medsam3_core.heads`).
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from .errors import InputError, PromptError
-from .model import Sam3Bundle, append_geometry_cls, geometry_cls_token
+from .heads import SharedHeads, SliceContext
+from .model import Sam3Bundle, geometry_cls_token
 from .preprocess import Letterbox
 from .tokenizer import tokenize
 
-__all__ = ["TextFeatures", "Detections", "Detector"]
+__all__ = ["Detections", "Detector", "TextFeatures"]
 
 
 @dataclass
@@ -48,8 +48,8 @@ class TextFeatures:
 class Detections:
     """SAM3's raw per-query predictions for ``B`` slices × ``P`` prompts (CPU, float32).
 
-    ``Q`` is the model's number of object queries (200 for SAM3), or the detector's ``top_k`` best-scoring ones,
-    best first.
+    ``Q`` is the model's number of object queries (200 for SAM3), or the detector's ``top_k`` best-scoring ones;
+    queries are always ordered best first.
 
     Attributes:
         mask_logits: ``(B, P, Q, h, w)`` mask logits on the low-res grid covering the model's padded square
@@ -98,6 +98,7 @@ class Detector:
         self.geometry_cls = bundle.geometry_cls  # Meta-trained weights expect the geometry CLS token (model.py)
         self.max_batch = max_batch
         self.top_k = top_k
+        self.heads = SharedHeads(self.model)
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def letterbox(self, height: int, width: int) -> Letterbox:
@@ -143,23 +144,37 @@ class Detector:
             return self.model.get_vision_features(pixel_values=pixels)
 
     # -- heads ------------------------------------------------------------------------------------------------
-    def detect(self, vision: Sam3VisionEncoderOutput, text: TextFeatures) -> Detections:
+    def detect(
+        self,
+        vision: Sam3VisionEncoderOutput,
+        text: TextFeatures,
+        top_k: Optional[int] = None,
+        min_score: float = 0.0,
+    ) -> Detections:
         """Every prompt on every encoded slice: ``B × P`` pairs in ``ceil(B·P / max_batch)`` head calls.
 
-        Pair ``n`` is slice ``n // P`` with prompt ``n % P``; the FPN levels and position encodings are gathered
-        per pair because ``Sam3Model`` does not broadcast. ``last_hidden_state`` is not gathered: the heads never
-        read it (only the FPN levels), and at 1008² it is the largest tensor of the encoding.
+        ``top_k`` overrides the detector's own for this call (a caller that keeps only its best few detections
+        saves computing the other queries' masks). Pairs with no query scoring ``min_score`` or more get empty masks
+        (``heads.EMPTY_MASK_LOGIT``) without running the mask head: pass the threshold you will apply.
+
+        Pair ``n`` is slice ``n // P`` with prompt ``n % P``. The prompt-independent part of the heads runs once per
+        slice (:mod:`~medsam3_core.heads`); ``last_hidden_state`` is never read (only the FPN levels), and at 1008²
+        it is the largest tensor of the encoding.
         """
         num_slices = int(vision.fpn_hidden_states[0].shape[0])
         num_prompts = len(text)
         total = num_slices * num_prompts
         step = self.max_batch or total
+        top_k = top_k if top_k is not None else self.top_k
         parts: list[tuple[torch.Tensor, ...]] = []
         with torch.inference_mode():
+            ctx = self.heads.prepare(vision)
             cls = geometry_cls_token(self.model, vision) if self.geometry_cls else None  # per slice, not per pair
             for start in range(0, total, step):
                 pairs = torch.arange(start, min(start + step, total), device=vision.fpn_hidden_states[0].device)
-                parts.append(self._run_heads(vision, text, pairs // num_prompts, pairs % num_prompts, cls))
+                parts.append(
+                    self._run_heads(ctx, text, pairs // num_prompts, pairs % num_prompts, cls, top_k, min_score)
+                )
         masks, scores, presence, boxes = (torch.cat(group) for group in zip(*parts))
         shape = (num_slices, num_prompts)
         return Detections(
@@ -171,33 +186,23 @@ class Detector:
 
     def _run_heads(
         self,
-        vision: Sam3VisionEncoderOutput,
+        ctx: SliceContext,
         text: TextFeatures,
         slice_idx: torch.Tensor,
         prompt_idx: torch.Tensor,
-        cls: Optional[torch.Tensor] = None,
+        cls: Optional[torch.Tensor],
+        top_k: Optional[int],
+        min_score: float,
     ) -> tuple[torch.Tensor, ...]:
-        """One ``Sam3Model`` head call for the given pairs: masks, scores, presence, boxes on CPU in float32."""
-        pair_vision = Sam3VisionEncoderOutput(
-            fpn_hidden_states=tuple(t.index_select(0, slice_idx) for t in vision.fpn_hidden_states),
-            fpn_position_encoding=tuple(t.index_select(0, slice_idx) for t in vision.fpn_position_encoding),
-        )
-        pair_text = BaseModelOutputWithPooling(pooler_output=text.embeds.index_select(0, prompt_idx))
-        pair_mask = text.attention_mask.index_select(0, prompt_idx)
-        if cls is not None:
-            pair_cls = cls.index_select(0, slice_idx)
-            pair_text, pair_mask = append_geometry_cls(self.model, pair_vision, pair_text, pair_mask, cls=pair_cls)
-        out = self.model(vision_embeds=pair_vision, text_embeds=pair_text, attention_mask=pair_mask)
-        presence = out.presence_logits.float().sigmoid()  # (N, 1)
-        scores = out.pred_logits.float().sigmoid() * presence
-        masks, boxes = out.pred_masks, out.pred_boxes
-        if self.top_k is not None and self.top_k < scores.shape[1]:
-            best = scores.topk(self.top_k, dim=1).indices  # (N, k), best first
-            scores = scores.gather(1, best)
-            boxes = boxes.gather(1, best[..., None].expand(-1, -1, boxes.shape[-1]))
-            masks = masks[torch.arange(masks.shape[0], device=masks.device)[:, None], best]
+        """One head call for the given pairs: masks, scores, presence, boxes on CPU in float32."""
+        prompt = text.embeds.index_select(0, prompt_idx)
+        mask = text.attention_mask.index_select(0, prompt_idx)
+        if cls is not None:  # Meta's prompt = text tokens + the slice's geometry CLS token (model.append_geometry_cls)
+            prompt = torch.cat([prompt, cls.index_select(0, slice_idx).to(prompt.dtype)], dim=1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], cls.shape[1])], dim=1)
+        out = self.heads.run(ctx, slice_idx, prompt, mask, top_k=top_k, min_score=min_score)
 
         def host(t: torch.Tensor) -> torch.Tensor:
             return t.to(device="cpu", dtype=torch.float32)
 
-        return host(masks), host(scores), host(presence[:, 0]), host(boxes)
+        return host(out.mask_logits), host(out.scores), host(out.presence), host(out.boxes)

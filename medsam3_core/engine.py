@@ -10,8 +10,9 @@ Two modes (``SegmentOptions.mode``):
 
 ``track`` (default)
     1. **Detection pass** as above, but detections are *kept* compactly (at most ``max_objects`` per prompt per slice,
-       as 8-bit probability maps on the model's low-res grid — a fraction of the size of the output label map) and the
-       tracker features of each prompt's most confident slice so far are retained (one slice per prompt).
+       as 8-bit probability maps on the model's low-res grid — a fraction of the size of the output label map), only
+       those detections' masks are computed (:mod:`~medsam3_core.heads`), and each slice's ViT output is spilled to a
+       temporary file (:mod:`~medsam3_core.spill`) so the sweeps never run the ViT again.
     2. **Forward sweep** from the lowest seed slice upwards. Each prompt's objects start on its most confident
        detection's slice (the seed); the memory tracker (:mod:`~medsam3_core.tracker`) propagates all live objects of
        all prompts in one batched call per slice; :func:`~medsam3_core.fusion.fuse_slice` merges them with that
@@ -23,11 +24,11 @@ Two modes (``SegmentOptions.mode``):
        so there an object that runs into another object of its prompt (≥ half of its mask already theirs) has found
        that object and ends.
 
-    Objects keep their ids across both sweeps. Slices with no live object and nothing detected are skipped without
-    encoding them.
+    Objects keep their ids across both sweeps. Slices with no live object and nothing detected are skipped.
 
-Streaming and memory: features exist only for one batch of slices (plus one seed slice per prompt) and each object
-keeps a bounded memory bank, so working memory does not grow with the number of slices. What does grow is the output
+Streaming and memory: features exist only for one batch of slices (the ViT outputs of the others wait on disk, in the
+page cache, not in the process) and each object keeps a bounded memory bank, so working memory does not grow with
+the number of slices. What does grow is the output
 itself (label map, per-voxel confidence, object ids: 7 bytes per voxel) and the compact detections.
 
 Output: every object paints ``probability × confidence`` where its probability exceeds 0.5; each voxel goes to the
@@ -35,7 +36,8 @@ highest value (the paper's pixel-wise maximum confidence), which resolves overla
 keeps each object's largest 3D component and fills its holes (3D cavities and per-slice holes).
 
 Progress stages: ``detect`` (pass 1), ``track`` (both sweeps), ``fuse`` (clean-up and assembly). Cancellation is
-checked before every batch, so it takes effect within one batch; nothing is returned or written after it.
+checked before every batch of slices (encoded, or read back for the tracker), so it takes effect within one batch;
+nothing is returned or written after it.
 """
 
 from __future__ import annotations
@@ -57,9 +59,10 @@ from .postprocess import MASK_THRESHOLD, fill_holes, instances_for, largest_comp
 from .preprocess import IntensityNormalizer, slice_stack, to_model_input, unstack
 from .progress import CancelToken, ProgressCallback, report
 from .segmenter import SegmentOptions
+from .spill import SliceSpill
 from .tracker import MemoryTracker, ObjectMemory, SliceFeatures
 
-__all__ = ["ObjectRecord", "EngineResult", "VolumeEngine"]
+__all__ = ["EngineResult", "ObjectRecord", "VolumeEngine"]
 
 
 @dataclass
@@ -90,7 +93,7 @@ class EngineResult:
         objects: objects with at least one voxel, by id.
         slice_axis: array axis that was sliced (slice indices in ``objects`` count along it).
         mode: the mode that ran.
-        timings: seconds per stage (``encode``, ``heads``, ``track``, ``fuse``, ``cleanup``, ``total``).
+        timings: seconds per stage (``encode``, ``heads``, ``spill``, ``track``, ``fuse``, ``cleanup``, ``total``).
     """
 
     labels: np.ndarray
@@ -257,9 +260,10 @@ class _Run:
         self.timings["encode"] += self.engine.clock() - t0
         return vision
 
-    def _heads(self, vision) -> Detections:
+    def _heads(self, vision, top_k: Optional[int] = None) -> Detections:
+        """Detector heads; masks only where a detection reaches the run's threshold (the others are discarded)."""
         t0 = self.engine.clock()
-        detections = self.engine.detector.detect(vision, self.text)
+        detections = self.engine.detector.detect(vision, self.text, top_k=top_k, min_score=self.threshold)
         self.timings["heads"] += self.engine.clock() - t0
         return detections
 
@@ -286,18 +290,19 @@ class _Run:
         return scores
 
     # -- track mode: pass 1 ----------------------------------------------------------------------------------------
-    def _detect_and_store(self, tracker: MemoryTracker):
-        """Detection pass: keep compact detections and the tracker features of each prompt's best slice so far."""
+    def _detect_and_store(self, spill: SliceSpill):
+        """Detection pass: keep compact detections, each prompt's most confident slice, and spill the ViT output."""
         stored: dict[int, dict[int, _StoredDetections]] = defaultdict(dict)  # slice -> prompt -> detections
         best: dict[int, tuple[float, int]] = {}  # prompt -> (score, slice)
-        seed_features: dict[int, SliceFeatures] = {}
         batches = self._batches()
         k = self.engine.max_objects
         for done, batch in enumerate(batches):
             report(self.progress, "detect", done / len(batches))
             vision = self._encode(batch)
-            detections = self._heads(vision)
-            new_best: set[int] = set()
+            t0 = self.engine.clock()
+            spill.put(batch, vision.last_hidden_state)  # the sweeps read it back instead of re-running the ViT
+            self.timings["spill"] += self.engine.clock() - t0
+            detections = self._heads(vision, top_k=k)  # only the kept detections' masks are computed
             for b, index in enumerate(batch):
                 for p in range(len(self.text)):
                     kept = self._keep(detections, b, p, k)
@@ -307,19 +312,8 @@ class _Run:
                     top = float(kept.scores[0])
                     if top > best.get(p, (-1.0, -1))[0]:
                         best[p] = (top, index)
-                        new_best.add(b)
-            if new_best:
-                t0 = self.engine.clock()
-                rows = sorted(new_best)
-                sub = _select_rows(vision, rows)
-                for row, feats in zip(rows, tracker.features(sub)):
-                    seed_features[batch[row]] = feats
-                seeds = {s for _, s in best.values()}
-                for index in [i for i in seed_features if i not in seeds]:
-                    del seed_features[index]
-                self.timings["track"] += self.engine.clock() - t0
         report(self.progress, "detect", 1.0)
-        return stored, {p: s for p, (_, s) in best.items()}, seed_features
+        return stored, {p: s for p, (_, s) in best.items()}
 
     def _keep(self, detections: Detections, b: int, p: int, k: int) -> Optional[_StoredDetections]:
         scores = detections.scores[b, p]
@@ -338,14 +332,15 @@ class _Run:
     # -- track mode: sweeps ----------------------------------------------------------------------------------------
     def _detect_and_track(self) -> list[Track]:
         tracker = self.engine.tracker_factory(self.bundle, self.options.memory_size, self.num_slices)
-        stored, seeds, seed_features = self._detect_and_store(tracker)
-        book = TrackBook(self.rule.patience)
-        if not seeds:
-            return book.tracks
-        plan = _SweepPlan(self.num_slices, seeds)
-        sweep = _Sweep(self, tracker, book, stored, seeds, seed_features, plan)
-        sweep.forward()
-        sweep.backward()
+        with SliceSpill(self.num_slices) as spill:
+            stored, seeds = self._detect_and_store(spill)
+            book = TrackBook(self.rule.patience)
+            if not seeds:
+                return book.tracks
+            plan = _SweepPlan(self.num_slices, seeds)
+            sweep = _Sweep(self, tracker, book, stored, seeds, spill, plan)
+            sweep.forward()
+            sweep.backward()
         report(self.progress, "track", 1.0)
         return book.tracks
 
@@ -391,12 +386,6 @@ class _Run:
         return EngineResult(labels, confidence, records, self.axis, self.options.mode)
 
 
-def _select_rows(vision, rows: list[int]):
-    """The ViT output of some slices of a batch (only ``last_hidden_state`` feeds the tracker neck)."""
-    index = torch.as_tensor(rows, device=vision.last_hidden_state.device)
-    return type(vision)(last_hidden_state=vision.last_hidden_state.index_select(0, index))
-
-
 @dataclass
 class _SweepPlan:
     """Where the two sweeps start, and how many slices they may visit (for progress)."""
@@ -416,13 +405,13 @@ class _SweepPlan:
 class _Sweep:
     """Both propagation sweeps of one run (module docstring, steps 2 and 3)."""
 
-    def __init__(self, run: _Run, tracker, book, stored, seeds, seed_features, plan: _SweepPlan) -> None:
+    def __init__(self, run: _Run, tracker, book, stored, seeds, spill: SliceSpill, plan: _SweepPlan) -> None:
         self.run, self.tracker, self.book = run, tracker, book
         self.stored: dict[int, dict[int, _StoredDetections]] = stored
         self.seeds: dict[int, int] = seeds
+        self.spill = spill
         self.plan = plan
-        self.features: dict[int, SliceFeatures] = dict(seed_features)
-        self.pinned = set(seed_features)
+        self.features: dict[int, SliceFeatures] = {}
         self.memories: dict[int, ObjectMemory] = {}
         self.visited = 0
         self.grid = tracker.mask_grid  # the low-res mask grid shared by detector and tracker
@@ -548,18 +537,26 @@ class _Sweep:
 
     # -- streaming features ----------------------------------------------------------------------------------------
     def _features(self, index: int, direction: int) -> SliceFeatures:
-        """Tracker features of a slice: a seed slice kept from pass 1, or a window of ``batch_size`` slices."""
+        """Tracker features of a slice, made for a window of ``batch_size`` slices from the spilled ViT output."""
         if index not in self.features:
-            for old in [i for i in self.features if i not in self.pinned]:
-                del self.features[old]
+            self.run.cancel.raise_if_cancelled()  # a window is the sweeps' batch, so also their cancellation unit
+            self.features.clear()
             end = index + direction * self.run.options.batch_size
             window = [i for i in range(index, end, direction) if 0 <= i < self.run.num_slices]
-            vision = self.run._encode(window)
             t0 = self.run.engine.clock()
-            for i, feats in zip(window, self.tracker.features(vision)):
-                self.features.setdefault(i, feats)
+            hidden = self.spill.get(window, self.run.bundle.device)
+            self.run.timings["spill"] += self.run.engine.clock() - t0
+            t0 = self.run.engine.clock()
+            self.features.update(zip(window, self.tracker.features(_ViTOutput(hidden))))
             self.run.timings["track"] += self.run.engine.clock() - t0
         return self.features[index]
+
+
+@dataclass
+class _ViTOutput:
+    """What the tracker neck reads of a detector encoding (``MemoryTracker.features``)."""
+
+    last_hidden_state: torch.Tensor
 
 
 def _logit(prob: np.ndarray) -> np.ndarray:
