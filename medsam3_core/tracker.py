@@ -146,8 +146,8 @@ class MemoryTracker:
         self.memory_size = memory_size
         self.pointer_span = max(1, min(int(num_slices), int(self.model.config.max_object_pointers_in_encoder)))
         self._multimask = self.model._use_multimask(False, None)
-        with torch.inference_mode():
-            self._image_pe = self.model.get_image_wide_positional_embeddings()  # constant: computed once per run
+        with torch.no_grad():  # a constant, computed once per run (no_grad, not inference_mode: training reuses it)
+            self._image_pe = self.model.get_image_wide_positional_embeddings()
         _install_padded_attention(self.model)
 
     @property
