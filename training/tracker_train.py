@@ -1,0 +1,433 @@
+"""Train SAM3's memory tracker on short slice clips, with the detector frozen.
+
+    python -m training.tracker_train --model demo --out runs/tracker --steps 3000
+
+Each step takes one clip (:mod:`training.clips`: ``T`` consecutive slices, objects present on the first) and does
+what the volume engine does in track mode, with gradients: the detector's ViT encodes the slices (frozen, under
+``no_grad``), :class:`~medsam3_core.tracker.MemoryTracker` seeds every object from its ground-truth mask on the first
+slice, then propagates it slice by slice and remembers its own prediction (teacher-free, as at inference; with
+probability ``--gt-memory`` the ground truth is remembered instead, as when a detection corrects the tracker). The
+same tracker code runs at inference, so what is trained is exactly what is used.
+
+Loss per propagated slice and object, SAM2's recipe: focal (α 0.25, γ 2; weight 20) + Dice (1) on the mask logits
+upsampled to the ground truth's grid, for the best of the decoder's multimask outputs (lowest focal + Dice), only
+where the object is on the slice; L1 between the predicted and the actual IoU of every output (1); BCE of the
+object-score logit against "the object is on this slice" (1). Mask and IoU terms are averaged over present
+(object, slice) pairs, the object score over all pairs. The decoder's raw outputs are read with a forward hook:
+:meth:`MemoryTracker.propagate` returns only the output chosen by predicted IoU, with −1024 logits where it
+judged the object absent.
+
+Trained: every tracker parameter (memory attention, memory encoder, SAM prompt encoder and mask decoder, object
+pointer projection, temporal encodings) and ``tracker_neck``; nothing of the detector changes, so the export keeps
+its detector weights bit for bit. The tracker runs in eval mode (no dropout): the padded-memory key mask of the
+batched tracker and transformers' RoPE key dropout do not mix, and inference runs it the same way.
+
+Loading: ``medsam3_core.model.load_model`` drops a tracker whose ``medsam3.json`` says ``tracker_trained: false``
+(random weights would spoil inference); this module reads the folder's ``Sam3VideoModel`` itself to get it back.
+The export is a weights-only float16 folder (like the demo model) whose ``medsam3.json`` keeps the source's keys,
+with ``conventions.tracker_trained: true`` and a ``tracker_training`` record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import Sam3VideoModel
+
+from medsam3_core import checkpoints
+from medsam3_core.errors import ModelError
+from medsam3_core.model import DEMO_MODEL_DIR, Sam3Bundle, load_model, resolve_model_spec
+from medsam3_core.tracker import MemoryTracker
+
+from .clips import Clip, ClipDataset, ClipSampler, clip_datasets
+from .config import load_config
+from .losses import sigmoid_focal_loss
+from .modelling import TrainModel, _xavier, export_weights
+from .optim import lr_factor
+
+__all__ = [
+    "TrackerLossWeights",
+    "TrackerTrainConfig",
+    "load_video_bundle",
+    "tracker_parameters",
+    "freeze_detector",
+    "clip_loss",
+    "evaluate_clips",
+    "train_tracker",
+    "install_demo_tracker",
+    "main",
+]
+
+
+@dataclass
+class TrackerLossWeights:
+    """SAM2's weights: mask focal 20, mask Dice 1, IoU prediction 1, object score 1."""
+
+    focal: float = 20.0
+    dice: float = 1.0
+    iou: float = 1.0
+    score: float = 1.0
+
+
+# -- model ---------------------------------------------------------------------------------------------------------
+def load_video_bundle(spec: str, device: str = "cpu") -> tuple[Sam3VideoModel, Sam3Bundle]:
+    """The whole float32 ``Sam3VideoModel`` of a model folder and a bundle over its parts, *with* its tracker.
+
+    The bundle takes the folder's input conventions, tokenizer and source from :func:`load_model`; its detector,
+    tracker and neck are the video model's own modules, so training them trains what gets saved.
+    """
+    path = resolve_model_spec(spec)
+    if path is None or not (path / "config.json").is_file():
+        raise ModelError(f"{spec!r}: tracker training needs a model folder (config.json + safetensors) with a tracker")
+    video = checkpoints.load_folder(path, torch.float32)
+    if not isinstance(video, Sam3VideoModel):
+        raise ModelError(f"{path} holds a detector only ({type(video).__name__}); there is no tracker to train")
+    bundle = load_model(str(path), device=device)
+    video = video.to(bundle.device)
+    bundle.detector, bundle.tracker, bundle.tracker_neck = video.detector_model, video.tracker_model, video.tracker_neck
+    bundle.dtype = torch.float32
+    return video, bundle
+
+
+def tracker_parameters(bundle: Sam3Bundle) -> list[torch.nn.Parameter]:
+    """What tracker training updates: every parameter of the tracker and of ``tracker_neck``."""
+    return [*bundle.tracker.parameters(), *bundle.tracker_neck.parameters()]
+
+
+def freeze_detector(bundle: Sam3Bundle) -> None:
+    """Detector frozen; tracker and neck trainable, all in eval mode (module docstring)."""
+    bundle.detector.requires_grad_(False)
+    bundle.detector.eval()
+    bundle.tracker.eval()
+    bundle.tracker_neck.eval()
+    for p in tracker_parameters(bundle):
+        p.requires_grad_(True)
+
+
+# -- loss ----------------------------------------------------------------------------------------------------------
+class _DecoderTap:
+    """Keeps the raw outputs of the tracker's SAM mask decoder's last call (all multimask outputs, IoU predictions)."""
+
+    def __init__(self, decoder: torch.nn.Module) -> None:
+        self.last = None
+        self._handle = decoder.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.last = output
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def _per_mask_dice(logits: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    p = logits.sigmoid().flatten(-2)
+    t = targets.flatten(-2)
+    return 1 - (2 * (p * t).sum(-1) + smooth) / (p.sum(-1) + t.sum(-1) + smooth)
+
+
+def _slice_terms(raw_masks: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Loss terms on one slice from decoder masks ``(n, K, h, w)``, IoU predictions ``(n, K)`` and ground truth
+    ``(n, S, S)``: ``focal``, ``dice`` per object and output ``(n, K)``; ``iou`` per object ``(n,)`` (mean L1 over
+    the outputs)."""
+    logits = F.interpolate(raw_masks.float(), size=gt.shape[-2:], mode="bilinear", align_corners=False)
+    target = gt.float()[:, None].expand_as(logits)
+    focal = sigmoid_focal_loss(logits, target, alpha=0.25, gamma=2.0).flatten(2).mean(-1)  # (n, K)
+    dice = _per_mask_dice(logits, target)
+    with torch.no_grad():
+        pred = logits > 0
+        inter = (pred & target.bool()).flatten(2).sum(-1).float()
+        union = (pred | target.bool()).flatten(2).sum(-1).float()
+        actual_iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    iou = (iou_pred.float() - actual_iou).abs().mean(-1)
+    return {"focal": focal, "dice": dice, "iou": iou}
+
+
+def clip_loss(
+    tracker: MemoryTracker,
+    bundle: Sam3Bundle,
+    clip: Clip,
+    rng: Optional[np.random.Generator] = None,
+    gt_memory: float = 0.0,
+    weights: TrackerLossWeights = TrackerLossWeights(),
+    memory_size: Optional[int] = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Seed on the clip's first slice, propagate through the others, return the loss (module docstring) and its
+    terms. ``tracker`` may be ``None``: one is built for the clip's volume length."""
+    if tracker is None:
+        tracker = MemoryTracker(bundle, memory_size or int(bundle.tracker.num_maskmem), clip.num_slices)
+    pixels = clip.pixels.to(bundle.device)
+    with torch.no_grad():
+        vision = bundle.detector.get_vision_features(pixel_values=pixels)
+    feats = tracker.features(vision)
+    gt = clip.masks.to(bundle.device)  # (N, T, S, S)
+    present = clip.present.to(bundle.device)
+    grid = tracker.mask_grid
+    gt_small = F.interpolate(gt.float().flatten(0, 1)[:, None], size=grid, mode="area")[:, 0]
+    gt_small = gt_small.reshape(gt.shape[0], gt.shape[1], *grid) > 0.5
+    memories = tracker.seed(feats[0], gt[:, 0], 0)
+    tap = _DecoderTap(bundle.tracker.mask_decoder)
+    mask_terms, score_terms, iou_terms = [], [], []
+    stats = {"focal": 0.0, "dice": 0.0, "iou": 0.0, "score": 0.0}
+    try:
+        for t in range(1, gt.shape[1]):
+            tap.last = None
+            step = tracker.propagate(feats[t], memories, t)
+            raw_masks, iou_pred, _, score_raw = tap.last
+            terms = _slice_terms(raw_masks[:, 0], iou_pred[:, 0], gt[:, t])
+            combined = weights.focal * terms["focal"] + weights.dice * terms["dice"]
+            best = combined.argmin(dim=1)
+            rows = torch.arange(len(best), device=best.device)
+            here = present[:, t]
+            mask_terms.append(combined[rows, best][here])
+            iou_terms.append(terms["iou"][here])
+            score_terms.append(F.binary_cross_entropy_with_logits(
+                step.score_logits.float(), here.float(), reduction="none"))
+            stats["focal"] += float(terms["focal"][rows, best][here].detach().sum())
+            stats["dice"] += float(terms["dice"][rows, best][here].detach().sum())
+            if rng is not None and gt_memory > 0 and rng.random() < gt_memory:
+                logits = torch.where(gt_small[:, t], 10.0, -10.0).to(step.mask_logits.dtype)
+                seen = here
+            else:
+                logits, seen = step.mask_logits, step.score_logits > 0
+            tracker.remember(feats[t], memories, t, logits, seen, step.pointers)
+    finally:
+        tap.close()
+    masks = torch.cat(mask_terms)
+    ious = torch.cat(iou_terms)
+    scores = torch.cat(score_terms)
+    n_present = max(int(masks.numel()), 1)
+    loss = masks.sum() / n_present + weights.iou * ious.sum() / n_present + weights.score * scores.mean()
+    stats = {
+        "loss": float(loss.detach()),
+        "focal": stats["focal"] / n_present,
+        "dice": stats["dice"] / n_present,
+        "iou": float(ious.detach().sum()) / n_present,
+        "score": float(scores.detach().mean()),
+    }
+    return loss, stats
+
+
+# -- validation ----------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_clips(bundle: Sam3Bundle, datasets: Sequence[ClipDataset], max_clips: int = 64, memory_size: int = 0
+                   ) -> dict[str, float]:
+    """Teacher-free propagation on (up to ``max_clips`` evenly spaced) clips of each dataset.
+
+    Returns per dataset and overall: ``dice`` mean Dice of the tracker's mask where the object is present (absent
+    prediction = empty mask), ``presence`` accuracy of ``score > 0`` on every propagated (object, slice), and
+    ``copy_dice`` the Dice of simply copying the seed mask forward (what a tracker must beat).
+    """
+    out: dict[str, float] = {}
+    totals = {"dice": [], "presence": [], "copy_dice": []}
+    for dataset in datasets:
+        picks = np.linspace(0, len(dataset) - 1, num=min(max_clips, len(dataset))).round().astype(int)
+        dice, presence, copy = [], [], []
+        for i in picks:
+            clip = dataset.clip(int(i))
+            tracker = MemoryTracker(bundle, memory_size or int(bundle.tracker.num_maskmem), clip.num_slices)
+            vision = bundle.detector.get_vision_features(pixel_values=clip.pixels.to(bundle.device))
+            feats = tracker.features(vision)
+            gt = clip.masks.to(bundle.device)
+            memories = tracker.seed(feats[0], gt[:, 0], 0)
+            for t in range(1, gt.shape[1]):
+                step = tracker.propagate(feats[t], memories, t)
+                pred = F.interpolate(step.mask_logits[:, None].float(), size=gt.shape[-2:], mode="bilinear",
+                                     align_corners=False)[:, 0] > 0
+                here = gt[:, t].flatten(1).any(1)
+                seen = step.score_logits > 0
+                pred = pred & seen[:, None, None]
+                presence += (seen == here).float().tolist()
+                for n in torch.nonzero(here).flatten().tolist():
+                    dice.append(_dice(pred[n], gt[n, t]))
+                    copy.append(_dice(gt[n, 0], gt[n, t]))
+                tracker.remember(feats[t], memories, t, step.mask_logits, seen, step.pointers)
+        name = dataset.name
+        out[f"{name}/dice"], out[f"{name}/presence"] = float(np.mean(dice)), float(np.mean(presence))
+        out[f"{name}/copy_dice"] = float(np.mean(copy))
+        totals["dice"].append(out[f"{name}/dice"])
+        totals["presence"].append(out[f"{name}/presence"])
+        totals["copy_dice"].append(out[f"{name}/copy_dice"])
+    out.update({k: float(np.mean(v)) for k, v in totals.items() if v})
+    return out
+
+
+def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    inter, total = float((a & b).sum()), float(a.sum() + b.sum())
+    return 2 * inter / total if total else 1.0
+
+
+# -- training loop -------------------------------------------------------------------------------------------------
+@dataclass
+class TrackerTrainConfig:
+    model: str = "demo"
+    out: str = "runs/tracker"
+    data: str = "demo"  # a training config (preset or JSON) whose data.sources and split are used
+    steps: int = 2000
+    clip_length: int = 6
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    grad_clip: float = 1.0
+    gt_memory: float = 0.2
+    reinit: str = "auto"  # xavier | none | auto (xavier when the source says its tracker is untrained)
+    seed: int = 0
+    eval_every: int = 250
+    eval_clips: int = 48
+    log_every: int = 25
+    max_minutes: float = 0.0
+    threads: int = 1
+
+
+def _source_meta(path: Path) -> dict:
+    meta_file = path / "medsam3.json"
+    if not meta_file.is_file():
+        return {}
+    try:
+        return json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _export(video: Sam3VideoModel, bundle: Sam3Bundle, out: Path, meta: dict, record: dict) -> Path:
+    extra = dict(meta)
+    extra["conventions"] = {**(meta.get("conventions") or {}), "tracker_trained": True}
+    extra["tracker_training"] = record
+    return export_weights(TrainModel(video, bundle.detector, bundle.source), out, torch.float16, extra=extra)
+
+
+def train_tracker(cfg: TrackerTrainConfig, log=print) -> dict:
+    """Train the tracker of ``cfg.model`` on clips of ``cfg.data``'s training split; exports ``<out>/final`` and
+    ``<out>/best`` (highest validation clip Dice). Returns the history (losses, validation)."""
+    torch.set_num_threads(max(cfg.threads, 1))
+    torch.manual_seed(cfg.seed)
+    path = resolve_model_spec(cfg.model)
+    video, bundle = load_video_bundle(cfg.model, device="cpu")
+    meta = _source_meta(path)
+    untrained = not bool((meta.get("conventions") or {}).get("tracker_trained", True))
+    reinit = cfg.reinit == "xavier" or (cfg.reinit == "auto" and untrained)
+    if reinit:
+        _xavier(bundle.tracker)
+        _xavier(bundle.tracker_neck)
+    freeze_detector(bundle)
+    data_cfg = load_config(cfg.data).data
+    train_sets, val_sets, weights = clip_datasets(data_cfg, bundle.image_size, cfg.clip_length, bundle.keep_aspect)
+    sampler = ClipSampler(train_sets, weights, seed=cfg.seed)
+    log(f"clips: train {[(d.name, len(d)) for d in train_sets]}, val {[(d.name, len(d)) for d in val_sets]}; "
+        f"reinit {'xavier' if reinit else 'none'}")
+    params = tracker_parameters(bundle)
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"trained_by": "training.tracker_train", "settings": asdict(cfg)}
+    history: dict = {"loss": [], "val": []}
+    best = -1.0
+    start = time.monotonic()
+    window: list[dict] = []
+
+    def validate(step: int) -> None:
+        nonlocal best
+        result = evaluate_clips(bundle, val_sets, cfg.eval_clips)
+        history["val"].append({"step": step, **result})
+        log(f"step {step}: val " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
+        if result.get("dice", 0.0) > best:
+            best = result["dice"]
+            _export(video, bundle, out / "best", meta, {**record, "step": step, "validation": result})
+
+    validate(0)
+    step = 0
+    for step in range(1, cfg.steps + 1):
+        rng = np.random.default_rng((cfg.seed, 1, step))
+        clip = sampler(step)
+        loss, stats = clip_loss(None, bundle, clip, rng, cfg.gt_memory)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        window.append(stats)
+        if step % cfg.log_every == 0:
+            mean = {k: float(np.mean([s[k] for s in window])) for k in window[0]}
+            history["loss"].append({"step": step, **mean})
+            elapsed = time.monotonic() - start
+            log(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()) + f" ({elapsed / 60:.1f} min)")
+            window = []
+        out_of_time = cfg.max_minutes > 0 and time.monotonic() - start > 60 * cfg.max_minutes
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
+            validate(step)
+        if out_of_time:
+            log(f"time budget of {cfg.max_minutes:g} min reached at step {step}")
+            break
+    _export(video, bundle, out / "final", meta, {**record, "step": step})
+    (out / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+    return history
+
+
+# -- installing into the demo model --------------------------------------------------------------------------------
+def install_demo_tracker(model_dir: Path, target: Path = DEMO_MODEL_DIR, provenance: Optional[dict] = None) -> Path:
+    """Put a tracker-trained export of the demo model in place of the bundled one.
+
+    Refuses unless every detector tensor is bit-identical to the installed model's. The installed ``medsam3.json``
+    is re-read right before writing and only ``conventions.tracker_trained`` and the ``tracker_training`` record
+    change (other keys, written by other tools, are kept).
+    """
+    from safetensors.torch import load_file
+
+    new = load_file(str(model_dir / "model.safetensors"))
+    old = load_file(str(target / "model.safetensors"))
+    tracker_prefixes = ("tracker_model.", "tracker_neck.")
+    if set(new) != set(old):
+        raise ModelError("the export and the installed demo model hold different tensors")
+    changed = [k for k in old if not k.startswith(tracker_prefixes) and not torch.equal(old[k], new[k])]
+    if changed:
+        raise ModelError(f"detector weights differ from the installed demo model: {changed[:3]}")
+    record = provenance or _source_meta(model_dir).get("tracker_training", {})
+    for name in ("model.safetensors", "config.json"):
+        tmp = target / f".{name}.new"
+        tmp.write_bytes((model_dir / name).read_bytes())
+        tmp.chmod(0o644)
+        tmp.replace(target / name)
+    meta = _source_meta(target)  # re-read now: another tool may have added keys since
+    meta.setdefault("conventions", {})["tracker_trained"] = True
+    meta["tracker_training"] = record
+    tmp = target / ".medsam3.json.new"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    tmp.chmod(0o644)
+    tmp.replace(target / "medsam3.json")
+    return target
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    defaults = TrackerTrainConfig()
+    p = argparse.ArgumentParser(prog="python -m training.tracker_train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=defaults.model, help="model folder with a tracker, or 'demo' (default)")
+    p.add_argument("--out", default=defaults.out, help="output folder: best/, final/, history.json")
+    p.add_argument("--data", default=defaults.data,
+                   help="training config (preset or JSON) whose data sources and 85/15 split give the clips")
+    for name in ("steps", "clip_length", "warmup", "seed", "eval_every", "eval_clips", "log_every", "threads"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("lr", "weight_decay", "grad_clip", "gt_memory", "max_minutes"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    p.add_argument("--reinit", choices=("auto", "xavier", "none"), default=defaults.reinit,
+                   help="re-initialise the tracker's linear layers (auto: when the source's tracker is untrained)")
+    args = p.parse_args(argv)
+    cfg = TrackerTrainConfig(**vars(args))
+    train_tracker(cfg, log=lambda m: print(m, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
