@@ -11,8 +11,8 @@ Two modes (``SegmentOptions.mode``):
 ``track`` (default)
     1. **Detection pass** as above, but detections are *kept* compactly (at most ``max_objects`` per prompt per slice,
        as 8-bit probability maps on the model's low-res grid — a fraction of the size of the output label map), only
-       those detections' masks are computed (:mod:`~medsam3_core.heads`), and each slice's ViT output is spilled to a
-       temporary file (:mod:`~medsam3_core.spill`) so the sweeps never run the ViT again.
+       those detections' masks are computed (:mod:`~medsam3_core.heads`), and each slice's tracker features are
+       spilled to a temporary file (:mod:`~medsam3_core.spill`), so the sweeps never run the ViT or the neck again.
     2. **Forward sweep** from the lowest seed slice upwards. Each prompt's objects start on its most confident
        detection's slice (the seed); the memory tracker (:mod:`~medsam3_core.tracker`) propagates all live objects of
        all prompts in one batched call per slice; :func:`~medsam3_core.fusion.fuse_slice` merges them with that
@@ -26,8 +26,8 @@ Two modes (``SegmentOptions.mode``):
 
     Objects keep their ids across both sweeps. Slices with no live object and nothing detected are skipped.
 
-Streaming and memory: features exist only for one batch of slices (the ViT outputs of the others wait on disk, in the
-page cache, not in the process) and each object keeps a bounded memory bank, so working memory does not grow with
+Streaming and memory: features exist only for one batch of slices (those of the others wait on disk, in the page
+cache, not in the process) and each object keeps a bounded memory bank, so working memory does not grow with
 the number of slices. What does grow is the output
 itself (label map, per-voxel confidence, object ids: 7 bytes per voxel) and the compact detections.
 
@@ -290,8 +290,8 @@ class _Run:
         return scores
 
     # -- track mode: pass 1 ----------------------------------------------------------------------------------------
-    def _detect_and_store(self, spill: SliceSpill):
-        """Detection pass: keep compact detections, each prompt's most confident slice, and spill the ViT output."""
+    def _detect_and_store(self, spill: "_FeatureSpill"):
+        """Detection pass: keep compact detections, each prompt's most confident slice; spill tracker features."""
         stored: dict[int, dict[int, _StoredDetections]] = defaultdict(dict)  # slice -> prompt -> detections
         best: dict[int, tuple[float, int]] = {}  # prompt -> (score, slice)
         batches = self._batches()
@@ -299,9 +299,7 @@ class _Run:
         for done, batch in enumerate(batches):
             report(self.progress, "detect", done / len(batches))
             vision = self._encode(batch)
-            t0 = self.engine.clock()
-            spill.put(batch, vision.last_hidden_state)  # the sweeps read it back instead of re-running the ViT
-            self.timings["spill"] += self.engine.clock() - t0
+            spill.put(batch, vision)  # the sweeps read them back instead of re-running the ViT and the neck
             detections = self._heads(vision, top_k=k)  # only the kept detections' masks are computed
             for b, index in enumerate(batch):
                 for p in range(len(self.text)):
@@ -332,7 +330,7 @@ class _Run:
     # -- track mode: sweeps ----------------------------------------------------------------------------------------
     def _detect_and_track(self) -> list[Track]:
         tracker = self.engine.tracker_factory(self.bundle, self.options.memory_size, self.num_slices)
-        with SliceSpill(self.num_slices) as spill:
+        with _FeatureSpill(self, tracker) as spill:
             stored, seeds = self._detect_and_store(spill)
             book = TrackBook(self.rule.patience)
             if not seeds:
@@ -405,7 +403,7 @@ class _SweepPlan:
 class _Sweep:
     """Both propagation sweeps of one run (module docstring, steps 2 and 3)."""
 
-    def __init__(self, run: _Run, tracker, book, stored, seeds, spill: SliceSpill, plan: _SweepPlan) -> None:
+    def __init__(self, run: _Run, tracker, book, stored, seeds, spill: "_FeatureSpill", plan: _SweepPlan) -> None:
         self.run, self.tracker, self.book = run, tracker, book
         self.stored: dict[int, dict[int, _StoredDetections]] = stored
         self.seeds: dict[int, int] = seeds
@@ -537,26 +535,52 @@ class _Sweep:
 
     # -- streaming features ----------------------------------------------------------------------------------------
     def _features(self, index: int, direction: int) -> SliceFeatures:
-        """Tracker features of a slice, made for a window of ``batch_size`` slices from the spilled ViT output."""
+        """Tracker features of a slice, read back for a window of ``batch_size`` slices from the spill."""
         if index not in self.features:
             self.run.cancel.raise_if_cancelled()  # a window is the sweeps' batch, so also their cancellation unit
             self.features.clear()
             end = index + direction * self.run.options.batch_size
             window = [i for i in range(index, end, direction) if 0 <= i < self.run.num_slices]
-            t0 = self.run.engine.clock()
-            hidden = self.spill.get(window, self.run.bundle.device)
-            self.run.timings["spill"] += self.run.engine.clock() - t0
-            t0 = self.run.engine.clock()
-            self.features.update(zip(window, self.tracker.features(_ViTOutput(hidden))))
-            self.run.timings["track"] += self.run.engine.clock() - t0
+            self.features.update(zip(window, self.spill.get(window)))
         return self.features[index]
 
 
-@dataclass
-class _ViTOutput:
-    """What the tracker neck reads of a detector encoding (``MemoryTracker.features``)."""
+class _FeatureSpill:
+    """Each slice's tracker features (the tracker neck on the ViT output), computed in the detection pass and kept in
+    a :class:`~medsam3_core.spill.SliceSpill` until the sweeps need them. The top level's position encoding depends
+    only on the grid, so one copy is kept in memory for all slices."""
 
-    last_hidden_state: torch.Tensor
+    def __init__(self, run: _Run, tracker: MemoryTracker) -> None:
+        self.run, self.tracker = run, tracker
+        self.store = SliceSpill(run.num_slices)
+        self.top_pos: Optional[torch.Tensor] = None
+
+    def put(self, indices: list[int], vision) -> None:
+        t0 = self.run.engine.clock()
+        feats = self.tracker.features(vision)
+        self.run.timings["track"] += self.run.engine.clock() - t0
+        t0 = self.run.engine.clock()
+        if self.top_pos is None:
+            self.top_pos = feats[0].top_pos
+        levels = [torch.cat([f.high_res[level] for f in feats]) for level in range(len(feats[0].high_res))]
+        top = torch.cat([f.top for f in feats], dim=1).transpose(0, 1)  # (B, h*w, C): batch first
+        self.store.put(indices, top, *levels)
+        self.run.timings["spill"] += self.run.engine.clock() - t0
+
+    def get(self, indices: list[int]) -> list[SliceFeatures]:
+        t0 = self.run.engine.clock()
+        top, *levels = self.store.get(indices, self.run.bundle.device)
+        self.run.timings["spill"] += self.run.engine.clock() - t0
+        return [
+            SliceFeatures([level[i : i + 1] for level in levels], top[i][:, None], self.top_pos)
+            for i in range(len(indices))
+        ]
+
+    def __enter__(self) -> "_FeatureSpill":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.store.close()
 
 
 def _logit(prob: np.ndarray) -> np.ndarray:
