@@ -14,7 +14,6 @@ import os
 import tempfile
 from typing import Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 __all__ = ["SliceSpill"]
