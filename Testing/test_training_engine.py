@@ -120,7 +120,10 @@ def test_lora_trains_adapters_only_and_exports_a_plain_model(blobs, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_gloo_ddp_run(blobs, tmp_path):
+    """Two epochs' worth of steps: validation on both ranks and rank 0's ``best`` export happen mid-training, and
+    training must go on after them (an export that touched the live model once left DDP waiting forever)."""
     cfg = _config(blobs, tmp_path / "ddp", max_steps=3)
+    cfg.engine.epochs, cfg.engine.steps_per_epoch = 2, 2
     path = tmp_path / "ddp.json"
     path.write_text(json.dumps(cfg.to_dict()))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -130,8 +133,9 @@ def test_two_process_gloo_ddp_run(blobs, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)["state"]
     assert state["step"] == 3 and state["world_size"] == 2
-    assert state["position"] == 3 * 4  # each rank consumed its own 3 batches of 4
-    assert (tmp_path / "ddp" / "final" / "config.json").is_file()
+    assert state["position"] == 1 * 4  # each rank consumed its own batch of 4 of the second epoch
+    assert all((tmp_path / "ddp" / name / "config.json").is_file() for name in ("best", "final"))
+    assert done.stdout.count("validation after epoch") == 2  # epoch 1's end, then the final weights
     assert done.stdout.count("done:") == 1  # rank 0 reports, rank 1 stays quiet
 
 

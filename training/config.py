@@ -92,9 +92,9 @@ class DataConfig:
 
 @dataclass
 class EngineConfig:
-    """The loop. ``score_threshold`` is the detection score threshold validation uses; with ``calibrate`` the
-    validation also scores 0.05, 0.10, …, 0.95 from the same network pass and keeps whichever gives the best
-    selection score, and the export states it as the model's recommended threshold (``training.evaluate``)."""
+    """The loop. With ``calibrate`` validation scores the detection score thresholds 0.05, 0.10, …, 0.95 from one
+    network pass and keeps whichever gives the best selection score; the export states it as the model's
+    recommended threshold (``training.evaluate``). Without, validation uses ``score_threshold``."""
 
     epochs: int = 10
     steps_per_epoch: int = 0

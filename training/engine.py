@@ -229,14 +229,14 @@ class Trainer:
 
         Returns :func:`~training.evaluate.dataset_means` at the calibrated threshold plus ``score_threshold``
         itself (``{}`` without a validation split). With ``engine.calibrate`` the thresholds
-        :data:`~training.evaluate.CALIBRATION_THRESHOLDS` and ``engine.score_threshold`` are scored and the one
-        with the best selection score is kept; the best checkpoint is judged at it too, because that is the
-        threshold the exported model will be run at.
+        :data:`~training.evaluate.CALIBRATION_THRESHOLDS` are scored and the one with the best selection score is
+        kept; the best checkpoint is judged at it too, because that is the threshold the exported model will be
+        run at. Without, ``engine.score_threshold`` is used.
         """
         if not self.val_sets:
             return {}
         e = self.cfg.engine
-        thresholds = sorted({*CALIBRATION_THRESHOLDS, e.score_threshold}) if e.calibrate else [e.score_threshold]
+        thresholds = CALIBRATION_THRESHOLDS if e.calibrate else [e.score_threshold]
         bundle = Sam3Bundle(
             detector=self.model.detector,
             tracker=None,
@@ -293,8 +293,9 @@ class Trainer:
         info = {"trained_by": "training.run", "config": self.cfg.name, "step": self.state["step"], **(extra or {})}
         conventions = {"keep_aspect": self.model.keep_aspect, "geometry_cls": self.model.geometry_cls,
                        "tracker_trained": self.cfg.model.init != "tiny"}
-        if self._validated is not None:
-            conventions["score_threshold"] = self._validated[1]["score_threshold"]
+        threshold = self._validated[1]["score_threshold"] if self._validated is not None else None
+        if threshold is not None and 0.0 < threshold < 1.0:  # what medsam3_core.model accepts; else it uses 0.5
+            conventions["score_threshold"] = threshold
         info["conventions"] = conventions
         with merged(self.model, self.trainable) as plain:
             return export_weights(plain, self.out_dir / name, extra=info)

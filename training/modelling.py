@@ -156,12 +156,18 @@ def export_weights(
     """A weights-only transformers folder (``config.json`` + safetensors), written atomically, in ``dtype``.
 
     A float16 copy of the demo model is ≈ half the size; ``load_model`` casts to the run dtype when loading.
+    The live model is left untouched: the folder is written from a copy (a skeleton built on the meta device that
+    takes CPU copies of the tensors). Casting the live model and back would give its parameters new storage of
+    another dtype, which detaches the gradient hooks ``DistributedDataParallel`` relies on — rank 0 then never
+    reduces those gradients after an export in mid-training, and every rank waits forever.
     """
     root = model.root
-    state = {k: v.detach().clone() for k, v in root.state_dict().items()}
-    root.to(dtype)
-    try:
-        return save_model(root, out_dir, extra=extra)
-    finally:
-        root.to(torch.float32)
-        root.load_state_dict(state)
+    with torch.device("meta"):
+        clone = type(root)(root.config)
+    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype) for k, v in root.state_dict().items()}
+    clone.load_state_dict(state, assign=True)
+    for name, buffer in root.named_buffers():  # non-persistent buffers (e.g. rotary frequencies) are not in state
+        if name not in state:
+            owner, _, attr = name.rpartition(".")
+            clone.get_submodule(owner).register_buffer(attr, buffer.detach().to("cpu"), persistent=False)
+    return save_model(clone, out_dir, extra=extra)
