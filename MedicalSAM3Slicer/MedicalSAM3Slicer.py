@@ -114,6 +114,7 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.checkpointPathLineEdit.currentPathChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.serverUrlLineEdit.textChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.thresholdSliderWidget.valueChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.modelThresholdCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
         self.ui.cleanupCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
         self.ui.apiKeyLineEdit.editingFinished.connect(self.onApiKeyEdited)
         self.ui.testConnectionButton.clicked.connect(self.onTestConnection)
@@ -183,7 +184,9 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.serverUrlLineEdit.text = params.serverUrl
             self.ui.deviceComboBox.setCurrentIndex(self.ui.deviceComboBox.findText(params.device))
             self.ui.modeComboBox.setCurrentIndex(self.ui.modeComboBox.findText(params.mode))
+            self.ui.modelThresholdCheckBox.checked = params.useModelThreshold
             self.ui.thresholdSliderWidget.value = params.threshold
+            self.ui.thresholdSliderWidget.setEnabled(not params.useModelThreshold)
             self.ui.windowComboBox.setCurrentText(params.window or "auto")
             self.ui.sliceAxisComboBox.setCurrentIndex(self.ui.sliceAxisComboBox.findText(params.sliceAxis))
             self.ui.cleanupCheckBox.checked = params.cleanup
@@ -207,6 +210,7 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             params.serverUrl = self.ui.serverUrlLineEdit.text
             params.device = self.ui.deviceComboBox.currentText
             params.mode = self.ui.modeComboBox.currentText
+            params.useModelThreshold = self.ui.modelThresholdCheckBox.checked
             params.threshold = self.ui.thresholdSliderWidget.value
             window = self.ui.windowComboBox.currentText.strip()
             params.window = "" if window == "auto" else window

@@ -59,6 +59,11 @@ def test_demo_report_describes_every_prompt(demo_run):
         assert seg["volume_ml"] == pytest.approx(seg["voxels"] * np.prod(report["input"]["spacing"]) / 1000, rel=1e-4)
     assert report["options"]["mode"] == "detect"
     assert report["timings"]["read"] > 0 and report["timings"]["total"] > 0
+    from medsam3_core.model import load_model
+
+    # no --threshold: the run used the demo model's recommended threshold, and the report says so
+    assert report["threshold_source"] == "model"
+    assert report["options"]["threshold"] == load_model("demo", device="cpu").score_threshold
 
 
 def test_real_mni152_scan_end_to_end(tmp_path):

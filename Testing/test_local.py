@@ -43,6 +43,19 @@ def test_result_is_on_the_input_grid_with_report(random_bundle, volume):
     assert report["options"]["mode"] == "track" and report["model"] == random_bundle.source
 
 
+def test_no_threshold_means_the_models_recommended_one(random_bundle, volume):
+    recommending = dataclasses.replace(random_bundle, score_threshold=0.3)
+    result = LocalSegmenter(recommending).segment(volume, ["liver"], SegmentOptions(mode="detect"))
+    assert result.options.threshold == 0.3 and result.threshold_source == "model"
+    report = result.to_report()
+    assert report["options"]["threshold"] == 0.3 and report["threshold_source"] == "model"
+    given = LocalSegmenter(recommending).segment(volume, ["liver"], SegmentOptions(mode="detect", threshold=0.6))
+    assert given.options.threshold == 0.6 and given.to_report()["threshold_source"] == "user"
+    nothing = LocalSegmenter(dataclasses.replace(random_bundle, score_threshold=0.999)).segment(
+        volume, ["liver"], SegmentOptions(mode="detect"))
+    assert any("0.999 (the model's recommended one)" in w for w in nothing.warnings)
+
+
 def test_checkpoint_without_tracker_runs_detect_mode_with_a_warning(random_bundle, volume):
     detector_only = dataclasses.replace(random_bundle, tracker=None, tracker_neck=None)
     result = LocalSegmenter(detector_only).segment(volume, ["liver"], SegmentOptions(threshold=0.2))

@@ -1,5 +1,6 @@
 """load_model: every way a user can name weights, and every way that can go wrong, on tiny random models."""
 
+import json
 import pickle
 from pathlib import Path
 
@@ -220,6 +221,19 @@ def test_input_conventions_default_to_metas_and_follow_the_folder(tiny_video, tm
     ours = save_model(tiny_video, tmp_path / "ours", extra={"conventions": {"keep_aspect": True, "geometry_cls": False}})
     bundle = load_model(str(ours), device="cpu")
     assert (bundle.keep_aspect, bundle.geometry_cls) == (True, False)
+
+
+def test_score_threshold_comes_from_the_conventions(tiny_video, tmp_path):
+    """A training export states its calibrated threshold; weights that state none (Meta's) run at 0.5."""
+    from medsam3_core.errors import ModelError
+
+    assert load_model(str(save_model(tiny_video, tmp_path / "meta")), device="cpu").score_threshold == 0.5
+    stated = save_model(tiny_video, tmp_path / "stated", extra={"conventions": {"score_threshold": 0.35}})
+    assert load_model(str(stated), device="cpu").score_threshold == 0.35
+    for bad in (0, 1.0, "0.3", True, -0.2):
+        (stated / "medsam3.json").write_text(json.dumps({"conventions": {"score_threshold": bad}}))
+        with pytest.raises(ModelError, match="score_threshold must be a number between 0 and 1"):
+            load_model(str(stated), device="cpu")
 
 
 def test_untrained_tracker_is_not_used(tiny_video, tmp_path):

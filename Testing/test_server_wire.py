@@ -44,6 +44,14 @@ def test_volume_round_trip_keeps_voxels_geometry_prompts_and_options():
     assert job.options == options
 
 
+def test_no_threshold_travels_as_none_and_means_the_servers_model_default():
+    data, header = wire.encode_volume(_volume(), ["liver"], SegmentOptions())
+    assert "threshold" not in header["options"]  # servers of every version read that as their default
+    assert _decode(data, header).options.threshold is None
+    header["options"]["threshold"] = None
+    assert _decode(data, header).options.threshold is None
+
+
 def test_big_endian_and_rgb_uploads_become_native_arrays():
     rgb = Volume(np.arange(1 * 4 * 5 * 3, dtype=">u2").reshape(1, 4, 5, 3))
     data, header = wire.encode_volume(rgb, ["x"], SegmentOptions())
@@ -173,9 +181,10 @@ def test_result_round_trip_restores_report_and_geometry():
         ],
         confidence=volume.with_array(np.linspace(0, 1, labels.size, dtype=np.float32).reshape(labels.shape)),
         timings={"detect": 1.25},
-        options=SegmentOptions(mode="detect"),
+        options=SegmentOptions(mode="detect", threshold=0.35),
         model="tiny",
         warnings=["w"],
+        threshold_source="model",
     )
     back = wire.decode_result(wire.encode_result(result), volume)
     assert np.array_equal(back.labelmap.array, labels) and back.labelmap.same_geometry(volume, atol=0)

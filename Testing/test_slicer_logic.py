@@ -291,6 +291,19 @@ def test_infer_command_matches_the_cli_contract():
     args = parser.parse_args(cmd[4:])
     assert (args.prompts, args.format, args.progress, args.threshold) == (["liver", "left kidney"], "nrrd", "json",
                                                                           0.35)
+    auto = infer_command("py", "/in.nrrd", ["liver"], "/out", threshold=None)
+    assert "--threshold" not in auto and parser.parse_args(auto[4:]).threshold is None  # the model's own
+
+
+def test_the_models_threshold_is_the_default_request():
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+    params = Parameters(node)
+    params.prompts = "liver"
+    assert params.useModelThreshold is True and RunRequest.from_parameters(params).threshold is None
+    params.useModelThreshold, params.threshold = False, 0.3
+    assert RunRequest.from_parameters(params).threshold == 0.3
+    RunRequest(prompts=["liver"], threshold=None).validate()
+    assert RunRequest(prompts=["liver"]).options_dict()["threshold"] is None
 
 
 def test_error_exit_gives_one_error_event_with_the_message(tmp_path):

@@ -35,6 +35,7 @@ EXPECTED_CLASSES = {
     "checkpointPathLineEdit": "ctkPathLineEdit",
     "serverUrlLineEdit": "QLineEdit", "apiKeyLineEdit": "QLineEdit", "testConnectionButton": "QPushButton",
     "deviceComboBox": "QComboBox", "modeComboBox": "QComboBox", "thresholdSliderWidget": "ctkSliderWidget",
+    "modelThresholdCheckBox": "QCheckBox",
     "windowComboBox": "QComboBox", "sliceAxisComboBox": "QComboBox", "cleanupCheckBox": "QCheckBox",
     "applyButton": "QPushButton", "progressBar": "QProgressBar", "statusLabel": "QLabel",
 }
@@ -123,6 +124,9 @@ def test_widget_and_parameter_node_round_trip(qapp):
     ui.promptsTextEdit.setPlainText("liver\nleft kidney")
     ui.modelSourceComboBox.setCurrentIndex(ui.modelSourceComboBox.findData("remote"))
     ui.serverUrlLineEdit.text = "http://gpu:8000"
+    assert ui.modelThresholdCheckBox.checked and not ui.thresholdSliderWidget.enabled  # the model's, by default
+    ui.modelThresholdCheckBox.checked = False
+    assert ui.thresholdSliderWidget.enabled and Parameters(node).useModelThreshold is False
     ui.thresholdSliderWidget.value = 0.3
     ui.cleanupCheckBox.checked = True
     ui.windowComboBox.setCurrentText("lung")

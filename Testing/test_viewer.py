@@ -121,6 +121,9 @@ def test_segment_runs_off_the_gui_thread_and_fills_the_legend(qtbot, phantom, tm
     assert ticks.count(RUNNING) >= 5, "the event loop kept running while the model worked"
     assert oracle.thread_ids and oracle.thread_ids[0] != threading.get_ident()
     assert oracle.calls[0][0] == ["liver", "kidney", "pancreas"], "the model gets canonical concepts"
+    assert window.threshold_spin.text() == "auto" and oracle.calls[0][1].threshold is None  # the model's own
+    window.threshold_spin.setValue(0.35)
+    assert window.threshold() == 0.35
 
     assert window.last_error is None and window.result is not None
     rows = window.legend.rows()

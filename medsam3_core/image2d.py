@@ -63,7 +63,7 @@ def segment_image(
     image: Union[Volume, np.ndarray],
     prompts: Sequence[str],
     *,
-    threshold: float = 0.5,
+    threshold: Optional[float] = None,
     window: Window = None,
 ) -> ImageSegmentation:
     """Segment every prompt in one 2D image (grey or colour) with a single image encoding.
@@ -72,7 +72,8 @@ def segment_image(
         bundle: the loaded model.
         image: a one-slice :class:`Volume` (keeps modality and DICOM window for windowing) or an array.
         prompts: distinct, non-empty concept names such as ``"optic disc"``.
-        threshold: minimum detection score for an instance.
+        threshold: minimum detection score for an instance; ``None``: the model's recommended one
+            (``bundle.score_threshold``).
         window: intensity window override (see :meth:`IntensityNormalizer.for_volume`).
 
     Raises:
@@ -87,6 +88,7 @@ def segment_image(
     repeated = sorted({p for p in cleaned if cleaned.count(p) > 1})
     if repeated:
         raise PromptError(f"Each prompt may be given only once; repeated: {', '.join(repeated)}.")
+    threshold = bundle.score_threshold if threshold is None else threshold
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"The score threshold must be between 0 and 1, got {threshold}.")
     volume = _as_image_volume(image)

@@ -64,13 +64,18 @@ class LocalSegmenter:
         effective, warnings = self._effective_options(options)
         with self._lock:
             result = self.engine.run(volume, concepts, effective, progress=progress, cancel=cancel)
-        return self._to_result(volume, prompts, concepts, result, effective, warnings)
+        source = "model" if options.threshold is None else "user"
+        return self._to_result(volume, prompts, concepts, result, effective, warnings, source)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _effective_options(self, options: SegmentOptions) -> tuple[SegmentOptions, list[str]]:
-        """What the checkpoint can do: detect mode without a tracker, memory bank at most ``num_maskmem``."""
+        """What the run will use: the model's recommended threshold when none is given (the one place it is
+        resolved, so the report states the number), and what the checkpoint can do: detect mode without a
+        tracker, memory bank at most ``num_maskmem``."""
         warnings: list[str] = []
-        changes = {}
+        changes: dict = {}
+        if options.threshold is None:
+            changes["threshold"] = self.bundle.score_threshold
         if options.mode == "track" and not self.bundle.has_tracker:
             warnings.append("The model has no (trained) tracker: ran --mode detect instead of track.")
             changes["mode"] = "detect"
@@ -93,6 +98,7 @@ class LocalSegmenter:
         result: EngineResult,
         options: SegmentOptions,
         warnings: list[str],
+        threshold_source: str,
     ) -> SegmentationResult:
         segments = []
         for p, (prompt, concept) in enumerate(zip(prompts, concepts)):
@@ -117,7 +123,8 @@ class LocalSegmenter:
                 )
             )
             if voxels == 0:
-                warnings.append(f"Nothing found for '{prompt}' at threshold {options.threshold:g}.")
+                whose = " (the model's recommended one)" if threshold_source == "model" else ""
+                warnings.append(f"Nothing found for '{prompt}' at threshold {options.threshold:g}{whose}.")
         labelmap = volume.with_array(result.labels, modality=None)
         confidence = volume.with_array(result.confidence, modality=None) if options.confidence_map else None
         return SegmentationResult(
@@ -128,4 +135,5 @@ class LocalSegmenter:
             options=options,
             model=self.bundle.source,
             warnings=warnings,
+            threshold_source=threshold_source,
         )

@@ -52,6 +52,7 @@ __all__ = [
     "geometry_cls_token",
     "DEMO_MODEL_DIR",
     "DEMO_RANDOM_SOURCE",
+    "DEFAULT_SCORE_THRESHOLD",
     "resolve_model_spec",
     "load_model",
     "save_model",
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 DEMO_MODEL_DIR = Path(__file__).with_name("assets") / "demo_model"
 #: ``Sam3Bundle.source`` of the stand-in used while no trained demo model ships.
 DEMO_RANDOM_SOURCE = "untrained random demo model (masks are meaningless)"
+#: Detection score threshold of weights that recommend none (SAM3's own post-processing default).
+DEFAULT_SCORE_THRESHOLD = 0.5
 
 
 @dataclass
@@ -81,6 +84,9 @@ class Sam3Bundle:
             training stack), ``False`` = stretch to a square (Meta's SAM3 and Medical SAM3 pipelines).
         geometry_cls: append the geometry encoder's CLS token to text prompts, as Meta's SAM3 always does
             (:func:`append_geometry_cls`); ``False`` for models trained without it.
+        score_threshold: the detection score threshold the model recommends (calibrated on its validation split
+            by the training export, ``medsam3.json`` conventions). Runs that name no threshold use it. 0.5 when the
+            weights state none (Meta's SAM3): scores need not be centred on 0.5 (the small demo model's are not).
     """
 
     detector: Sam3Model
@@ -93,6 +99,7 @@ class Sam3Bundle:
     source: str
     keep_aspect: bool = True
     geometry_cls: bool = False
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
 
     @property
     def has_tracker(self) -> bool:
@@ -406,6 +413,7 @@ def load_model(
     bundle = _bundle(model, device, source, tokenizer)
     conventions = _input_conventions(path)
     bundle.keep_aspect, bundle.geometry_cls = conventions["keep_aspect"], conventions["geometry_cls"]
+    bundle.score_threshold = conventions["score_threshold"]
     if not conventions["tracker_trained"]:  # random tracker weights would corrupt the fused masks
         bundle.tracker = bundle.tracker_neck = None
         bundle.source += " (its tracker is untrained: detection only)"
@@ -418,16 +426,31 @@ def load_model(
 META_CONVENTIONS = {"keep_aspect": False, "geometry_cls": True, "tracker_trained": True}
 
 
-def _input_conventions(path: Path) -> dict[str, bool]:
-    """``keep_aspect``, ``geometry_cls``, ``tracker_trained`` from a model folder's ``medsam3.json``
-    ``"conventions"``, else Meta's."""
+def _input_conventions(path: Path) -> dict[str, Union[bool, float]]:
+    """``keep_aspect``, ``geometry_cls``, ``tracker_trained`` and ``score_threshold`` from a model folder's
+    ``medsam3.json`` ``"conventions"``, else Meta's (and :data:`DEFAULT_SCORE_THRESHOLD`).
+
+    Raises:
+        ModelError: a stated ``score_threshold`` that is not a number strictly between 0 and 1 (at 0 every query
+            would count, at 1 none).
+    """
     folder = path if path.is_dir() else path.parent
-    conventions = dict(META_CONVENTIONS)
+    conventions: dict[str, Union[bool, float]] = {**META_CONVENTIONS, "score_threshold": DEFAULT_SCORE_THRESHOLD}
     meta_file = folder / "medsam3.json"
+    stated: dict = {}
     if meta_file.is_file():
         try:
             stated = json.loads(meta_file.read_text(encoding="utf-8")).get("conventions") or {}
         except (OSError, ValueError, AttributeError):
             stated = {}
-        conventions.update({k: bool(v) for k, v in stated.items() if k in conventions})
+        stated = stated if isinstance(stated, dict) else {}
+        conventions.update({k: bool(v) for k, v in stated.items() if k in META_CONVENTIONS})
+    threshold = stated.get("score_threshold")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
+            raise ModelError(
+                f"{meta_file}: conventions.score_threshold must be a number between 0 and 1 (exclusive), "
+                f"got {threshold!r}; fix or remove it (without it the model runs at {DEFAULT_SCORE_THRESHOLD})."
+            )
+        conventions["score_threshold"] = float(threshold)
     return conventions

@@ -22,10 +22,13 @@ __all__ = [
     "Segmenter",
     "MODES",
     "SLICE_AXES",
+    "THRESHOLD_SOURCES",
 ]
 
 MODES = ("track", "detect")
 SLICE_AXES = ("axial", "coronal", "sagittal")
+#: Where a run's score threshold came from: the model's recommendation (none given) or the user.
+THRESHOLD_SOURCES = ("model", "user")
 Window = Union[None, str, tuple[float, float]]
 
 
@@ -34,7 +37,9 @@ class SegmentOptions:
     """Knobs of one segmentation run (defaults are what a user gets without flags).
 
     Attributes:
-        threshold: minimum detection score ``sigmoid(logit)·sigmoid(presence)`` for an instance to count.
+        threshold: minimum detection score ``sigmoid(logit)·sigmoid(presence)`` for an instance to count;
+            ``None`` (the default) means the model's recommended threshold (``Sam3Bundle.score_threshold``,
+            0.5 for weights that state none), filled in by the segmenter before the run.
         window: ``None``/``"auto"`` (DICOM window, else modality default), a CT preset name
             (``soft-tissue``, ``lung``, ``bone``, ``brain``) or ``(centre, width)``.
         slice_axis: anatomical axis the volume is sliced along.
@@ -45,7 +50,7 @@ class SegmentOptions:
         confidence_map: also return a per-voxel confidence volume.
     """
 
-    threshold: float = 0.5
+    threshold: Optional[float] = None
     window: Window = None
     slice_axis: str = "axial"
     mode: str = "track"
@@ -55,7 +60,7 @@ class SegmentOptions:
     confidence_map: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise InputError(f"--threshold must be between 0 and 1, got {self.threshold}.")
         if self.slice_axis not in SLICE_AXES:
             raise InputError(f"--slice-axis must be one of {', '.join(SLICE_AXES)}, got {self.slice_axis!r}.")
@@ -112,7 +117,11 @@ class SegmentInfo:
 
 @dataclass
 class SegmentationResult:
-    """Label map (label k = k-th prompt, 0 = background) on exactly the input grid, plus facts about it."""
+    """Label map (label k = k-th prompt, 0 = background) on exactly the input grid, plus facts about it.
+
+    ``options`` are those the run used, with the threshold filled in; ``threshold_source`` says whether that
+    threshold is the model's recommendation (``"model"``) or was given (``"user"``).
+    """
 
     labelmap: Volume
     segments: list[SegmentInfo]
@@ -121,12 +130,14 @@ class SegmentationResult:
     options: Optional[SegmentOptions] = None
     model: str = ""
     warnings: list[str] = field(default_factory=list)
+    threshold_source: str = "user"
 
     def to_report(self) -> dict[str, Any]:
         """JSON-ready summary (what ``--report`` writes and the server returns)."""
         return {
             "model": self.model,
             "options": self.options.to_dict() if self.options else None,
+            "threshold_source": self.threshold_source,
             "shape": list(self.labelmap.shape),
             "spacing": list(self.labelmap.spacing),
             "segments": [asdict(s) for s in self.segments],

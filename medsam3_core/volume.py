@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--mode", choices=MODES, default="track",
                         help="track: detector + memory tracker (default); detect: detector on every slice only")
-    parser.add_argument("--threshold", type=float, default=0.5, help="detection score threshold (default: 0.5)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="detection score threshold (default: the model's recommended threshold, 0.5 if it "
+                             "states none)")
     parser.add_argument("--window", default=None,
                         help="CT window preset (soft-tissue, lung, bone, brain) or CENTRE,WIDTH; default: the DICOM "
                              "window, else soft-tissue for CT and robust percentiles otherwise")

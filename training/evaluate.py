@@ -401,7 +401,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", type=Path, help="folder of predicted label maps (scores files instead of a model)")
     p.add_argument("--gt", type=Path, help="folder of ground-truth label maps, same names as --pred")
     p.add_argument("--labels", type=Path, help='label→text JSON for --pred/--gt, e.g. {"1": "liver"}')
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="minimum detection score (default: the model's recommended threshold, 0.5 if it states none)")
     p.add_argument(
         "--instances",
         choices=["top1", "all"],
@@ -428,8 +429,10 @@ def _run(args: argparse.Namespace) -> list[Row]:
     from .data.sources import datasets_for
 
     bundle = load_model(args.model, device=args.device)
+    threshold = bundle.score_threshold if args.threshold is None else args.threshold
+    print(f"score threshold {threshold:g}" + (" (the model's recommended one)" if args.threshold is None else ""))
     datasets = datasets_for(args.data, bundle.image_size, split=args.split)
-    return summarize(evaluate_model(bundle, datasets, args.threshold, args.max_images, instances=args.instances))
+    return summarize(evaluate_model(bundle, datasets, threshold, args.max_images, instances=args.instances))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -69,6 +69,7 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("serverUrl", str, "http://localhost:8000"),
     Field("device", str, "auto", DEVICES),
     Field("mode", str, "track", ("track", "detect")),
+    Field("useModelThreshold", bool, True),  # the model's recommended threshold instead of ``threshold``
     Field("threshold", float, 0.5),
     Field("window", str, ""),
     Field("sliceAxis", str, "axial", ("axial", "coronal", "sagittal")),

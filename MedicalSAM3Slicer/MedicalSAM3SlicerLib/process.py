@@ -41,7 +41,7 @@ def infer_command(
     model: str = "demo",
     device: str = "auto",
     mode: str = "track",
-    threshold: float = 0.5,
+    threshold: Optional[float] = None,
     window: str = "",
     slice_axis: str = "axial",
     cleanup: bool = False,
@@ -51,9 +51,11 @@ def infer_command(
 ) -> list[str]:
     """Argument list of ``python -m medsam3_core.volume infer`` writing an NRRD label map and JSON-lines progress.
 
-    ``module`` names another program speaking the same protocol (tests use a thresholding stand-in)."""
+    ``threshold`` ``None`` passes none, so the core uses the model's recommended threshold. ``module`` names another
+    program speaking the same protocol (tests use a thresholding stand-in)."""
     cmd = [python, "-m", module, "infer", str(input_path), *prompts, "-o", str(output_dir),
-           "--model", model, "--device", device, "--mode", mode, "--threshold", f"{threshold:g}",
+           "--model", model, "--device", device, "--mode", mode,
+           *(["--threshold", f"{threshold:g}"] if threshold is not None else []),
            "--slice-axis", slice_axis, "--format", "nrrd", "--progress", "json"]
     if window:
         cmd += ["--window", window]

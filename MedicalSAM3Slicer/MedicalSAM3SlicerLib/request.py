@@ -29,7 +29,9 @@ class RunRequest:
         model_source: ``demo`` (bundled demo model), ``checkpoint`` (a local model file or folder) or ``remote``.
         checkpoint: model file/folder for ``checkpoint``.
         server_url, api_key: server for ``remote``.
-        device, mode, threshold, window, slice_axis, cleanup: passed to the core unchanged.
+        threshold: minimum detection score, or ``None`` for the model's recommended threshold (then no
+            ``--threshold`` is passed and the core uses what the model states).
+        device, mode, window, slice_axis, cleanup: passed to the core unchanged.
     """
 
     prompts: list[str]
@@ -39,7 +41,7 @@ class RunRequest:
     api_key: str = field(default="", repr=False)
     device: str = "auto"
     mode: str = "track"
-    threshold: float = 0.5
+    threshold: Optional[float] = None
     window: str = ""
     slice_axis: str = "axial"
     cleanup: bool = False
@@ -49,7 +51,8 @@ class RunRequest:
         return cls(
             prompts=params.prompt_list(), model_source=params.modelSource, checkpoint=params.checkpointPath,
             server_url=params.serverUrl.strip(), api_key=api_key, device=params.device, mode=params.mode,
-            threshold=params.threshold, window=params.window.strip(), slice_axis=params.sliceAxis,
+            threshold=None if params.useModelThreshold else params.threshold, window=params.window.strip(),
+            slice_axis=params.sliceAxis,
             cleanup=params.cleanup,
         )
 
@@ -84,7 +87,7 @@ class RunRequest:
                 raise ValueError(f"Server URL must look like http://host:port, got {self.server_url!r}.")
         if self.device not in DEVICES:
             raise ValueError(f"Device must be one of {', '.join(DEVICES)}.")
-        if not 0.0 <= self.threshold <= 1.0:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError("Threshold must be between 0 and 1.")
         self.window_option()
 
@@ -110,6 +113,7 @@ class RunRequest:
         return "" if self.window_option() is None else self.window
 
     def options_dict(self) -> dict[str, Any]:
-        """Keyword arguments of ``medsam3_core.segmenter.SegmentOptions`` for a remote run."""
+        """Keyword arguments of ``medsam3_core.segmenter.SegmentOptions`` for a remote run (threshold ``None``:
+        the server model's recommended one)."""
         return {"threshold": self.threshold, "window": self.window_option(), "slice_axis": self.slice_axis,
                 "mode": self.mode, "cleanup": self.cleanup}

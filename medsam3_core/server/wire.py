@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..geometry import Volume
-from ..segmenter import ObjectInfo, SegmentationResult, SegmentInfo, SegmentOptions
+from ..segmenter import THRESHOLD_SOURCES, ObjectInfo, SegmentationResult, SegmentInfo, SegmentOptions
 
 __all__ = [
     "WIRE_VERSION",
@@ -60,7 +60,7 @@ _NPY_HEADER_LIMIT = 4096
 
 # The JSON type of every SegmentOptions field; a test keeps this table in step with the dataclass.
 _OPTION_TYPES: dict[str, tuple[type, ...]] = {
-    "threshold": (int, float),
+    "threshold": (type(None), int, float),  # null or absent: the server model's recommended threshold
     "window": (type(None), str, list),
     "slice_axis": (str,),
     "mode": (str,),
@@ -183,7 +183,8 @@ def encode_volume(
         "modality": volume.modality,
         "metadata": _json_metadata(volume.metadata),
         "prompts": list(prompts),
-        "options": options.to_dict(),
+        # no threshold is sent as none at all, which servers of every version read as "their default"
+        "options": {k: v for k, v in options.to_dict().items() if not (k == "threshold" and v is None)},
     }
     if concepts is not None:
         header["concepts"] = list(concepts)
@@ -341,6 +342,7 @@ def decode_result(data: bytes, volume: Volume) -> SegmentationResult:
         options = SegmentOptions.from_dict(report["options"]) if report.get("options") else None
         labelmap = volume.with_array(arrays["labelmap"], modality=None)
         confidence = volume.with_array(arrays["confidence"], modality=None) if "confidence" in arrays else None
+        source = report.get("threshold_source", "user")
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise InputError(f"The server's result does not fit the uploaded volume ({exc}).") from None
     return SegmentationResult(
@@ -351,4 +353,5 @@ def decode_result(data: bytes, volume: Volume) -> SegmentationResult:
         options=options,
         model=str(report.get("model", "")),
         warnings=[str(w) for w in report.get("warnings", [])],
+        threshold_source=source if source in THRESHOLD_SOURCES else "user",
     )

@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="demo", help="'demo', a model folder or checkpoint (default: demo)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--mode", choices=MODES, default="track", help="track (default) or detect")
-    parser.add_argument("--threshold", type=float, default=0.5, help="detection score threshold (default: 0.5)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="detection score threshold (default: the model's recommended threshold, 0.5 if it "
+                             "states none)")
     parser.add_argument("--synonyms", default=None, metavar="JSON", help="extra synonym table for prompts")
     parser.add_argument("--series", default=None, metavar="UID", help="DICOM SeriesInstanceUID to open")
     parser.add_argument("--modality", default=None,

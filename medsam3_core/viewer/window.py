@@ -120,7 +120,11 @@ class ViewerWindow(QMainWindow):
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
         self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setValue(self._defaults.threshold)
+        # The bottom of the range reads "auto": the model's recommended threshold (a threshold of 0 keeps every
+        # query, which nobody wants, so the value is free for this).
+        self.threshold_spin.setSpecialValueText("auto")
+        self.threshold_spin.setToolTip("Minimum detection score; auto: the model's recommended threshold")
+        self.threshold_spin.setValue(self._defaults.threshold or 0.0)
         self.segment_button = QPushButton("Segment")
         self.segment_button.setObjectName("segmentButton")
         self.segment_button.clicked.connect(self._on_segment_button)
@@ -345,6 +349,11 @@ class ViewerWindow(QMainWindow):
             self._segmenter = self._factory(progress)
         return self._segmenter
 
+    def threshold(self) -> Optional[float]:
+        """The threshold the user set, or ``None`` ("auto") for the model's recommended one."""
+        value = self.threshold_spin.value()
+        return None if value <= self.threshold_spin.minimum() else value
+
     def start_segmentation(self) -> bool:
         """Start segmenting the current prompts; returns False (with a message) when that is not possible."""
         if self.state != IDLE or self.volume is None:
@@ -354,7 +363,7 @@ class ViewerWindow(QMainWindow):
                 raise PromptError("Type at least one prompt (one concept per line), e.g. liver.")
             self._resolutions = resolve_prompts(self.prompts(), self._synonyms_file)
             options = SegmentOptions.from_dict({**self._defaults.to_dict(), "mode": self.mode_combo.currentText(),
-                                                "threshold": self.threshold_spin.value(),
+                                                "threshold": self.threshold(),
                                                 "window": self.model_window()})
         except MedSam3Error as err:
             self._error(str(err))
