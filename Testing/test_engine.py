@@ -148,6 +148,18 @@ def test_objects_appear_split_vanish_and_keep_ids(present_bundle):
     assert all(v in (1, 2) for v in lut.values())
 
 
+def test_object_started_on_the_way_down_is_also_tracked_upwards(present_bundle):
+    """liver A is seeded on slice 6; B is only detected on slice 2, so it starts in the backward sweep. Like every
+    object it must outlive its detection by one slice in *both* directions (presence 0.8, keep_score 0.6)."""
+    script = {6: [(0, 0.95, (4, 14, 4, 14))], 2: [(0, 0.8, (16, 22, 16, 22))]}
+    rule = FusionRule(spawn_score=0.5, keep_score=0.6, patience=1)
+    engine = _engine(present_bundle, script, rule=rule, tracker_factory=EchoTracker)
+    result = engine.run(_graded_volume(), ["liver"], SegmentOptions(window=WINDOW, threshold=0.5, batch_size=3))
+    ranges = {o.object_id: o.slice_range for o in result.objects}
+    assert ranges == {1: (4, 8), 2: (1, 3)}
+    assert result.objects[1].slice_scores[3] == pytest.approx(0.64)  # found by the catch-up sweep
+
+
 def test_progress_is_monotonic_per_stage_and_stages_in_order(present_bundle):
     events = []
     _engine(present_bundle, {4: [(0, 0.9, (4, 14, 4, 14))]}).run(

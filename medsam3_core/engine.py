@@ -23,13 +23,16 @@ Two modes (``SegmentOptions.mode``):
        fused as on the way up; between the seed and the object's first slice they were already fused on the way up,
        so there an object that runs into another object of its prompt (≥ half of its mask already theirs) has found
        that object and ends.
+    4. **Catch-up**: objects started on the way down are also propagated upwards from their first slice (those
+       slices' detections were fused already, so this is propagation only, ending like step 3 when an object runs
+       into another of its prompt).
 
-    Objects keep their ids across both sweeps. Slices with no live object and nothing detected are skipped.
+    Objects keep their ids across all sweeps. Slices with no live object and nothing detected are skipped.
 
 Streaming and memory: features exist only for one batch of slices (those of the others wait on disk, in the page
-cache, not in the process) and each object keeps a bounded memory bank, so working memory does not grow with
-the number of slices. What does grow is the output
-itself (label map, per-voxel confidence, object ids: 7 bytes per voxel) and the compact detections.
+cache, not in the process) and each object keeps a bounded memory bank, so working memory does not grow with the
+number of slices. What does grow is the output itself (label map, per-voxel confidence, object ids: 7 bytes per
+voxel) and the compact detections.
 
 Output: every object paints ``probability × confidence`` where its probability exceeds 0.5; each voxel goes to the
 highest value (the paper's pixel-wise maximum confidence), which resolves overlaps between prompts. Optional clean-up
@@ -339,6 +342,7 @@ class _Run:
             sweep = _Sweep(self, tracker, book, stored, seeds, spill, plan)
             sweep.forward()
             sweep.backward()
+            sweep.catch_up()
         report(self.progress, "track", 1.0)
         return book.tracks
 
@@ -411,6 +415,8 @@ class _Sweep:
         self.plan = plan
         self.features: dict[int, SliceFeatures] = {}
         self.memories: dict[int, ObjectMemory] = {}
+        self.spawned_down: list[Track] = []  # objects started in the backward sweep (see catch_up)
+        self.catching_up = False
         self.visited = 0
         self.grid = tracker.mask_grid  # the low-res mask grid shared by detector and tracker
 
@@ -439,6 +445,28 @@ class _Sweep:
             if not live and not any(p in self.stored.get(index, {}) for p in eligible):
                 continue
             self._step(index, live, eligible, direction=-1)
+
+    def catch_up(self) -> None:
+        """Objects started on the way down are propagated upwards from their first slice too.
+
+        The slices above were fused with their detections already, so this is propagation only (no detections, no
+        new objects); an object that runs into another object of its prompt has found it and ends (``_merged``).
+        """
+        starts: dict[int, list[Track]] = defaultdict(list)
+        for track in self.spawned_down:
+            starts[track.seed_slice + 1].append(track)
+        live: list[_Live] = []
+        self.catching_up = True
+        for index in range(min(starts, default=self.run.num_slices), self.run.num_slices):
+            for track in starts.pop(index, []):
+                self.book.resume_from_seed(track)
+                memory = self.memories[track.track_id]
+                memory.turn()
+                live.append(_Live(track, memory))
+            if not live and not starts:
+                break
+            if live:
+                self._step(index, live, [], direction=1)
 
     # -- one slice ------------------------------------------------------------------------------------------------
     def _step(self, index: int, live: list[_Live], eligible: list[int], direction: int) -> None:
@@ -493,6 +521,8 @@ class _Sweep:
                 feats, [item.memory for item in live], index, fused_logits, torch.from_numpy(present), step.pointers
             )
         new_items = self._spawn(feats, index, spawns)
+        if direction < 0:
+            self.spawned_down += [item.track for item in new_items]
         run.timings["track"] += run.engine.clock() - t0
 
         t0 = run.engine.clock()
@@ -511,8 +541,9 @@ class _Sweep:
         run.timings["fuse"] += run.engine.clock() - t0
 
     def _merged(self, index: int, item: _Live, prob: np.ndarray, direction: int) -> bool:
-        """Backward, above the prompt's seed: has this object run into another object of its prompt (docstring)?"""
-        if direction > 0 or index < self.seeds[item.track.prompt]:
+        """Backward above the prompt's seed, or catching up: has this object run into another object of its prompt
+        (module docstring)?"""
+        if not self.catching_up and (direction > 0 or index < self.seeds[item.track.prompt]):
             return False
         mask = self.run.letterbox.to_original(torch.from_numpy(prob)[None], mode="bilinear")[0].numpy() > 0.5
         others = {t.track_id for t in self.book.tracks if t.prompt == item.track.prompt and t is not item.track}
