@@ -228,7 +228,7 @@ class _Run:
         # ``None`` means the model's recommended threshold (``medsam3.json``; 0.5 when it states none).
         threshold = options.threshold
         if threshold is None:
-            threshold = float(getattr(self.bundle, "score_threshold", 0.5))
+            threshold = self.bundle.score_threshold
         self.threshold = threshold
         self.rule = engine.rule or FusionRule(spawn_score=threshold, keep_score=threshold)
 
