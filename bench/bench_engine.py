@@ -7,6 +7,7 @@ Prints ratios measured in one run (timed tests would be flaky on shared CPUs; ra
 * ``memory`` — one run in *this* process, printing its peak RSS (``ru_maxrss``) as JSON; ``all`` starts one fresh
   subprocess per (implementation, slice count) so peaks do not contaminate each other.
 * ``full``   — 1 vs 5 prompts with the full-size (1008², ViT-L) configuration on a few slices.
+* ``device`` — the GPU variant: full size in bfloat16 on a 300×512² volume with 5 prompts (goal < 15 s on one H100).
 * ``all``    — speed for tiny and small, memory for 100 and 400 slices (tiny), optionally ``--full``.
 
 Engine settings mirror the stock ones of /work/shared/BASELINE.md: threshold 0 and at most 3 objects per prompt, and
@@ -56,7 +57,8 @@ class _CountingTracker(MemoryTracker):
 
 def _engine_runner(video, mode: str = "track"):
     bundle = bundle_from_video_model(video, "cpu", source="bench")
-    engine = VolumeEngine(bundle, max_objects=3, rule=KEEP_ALL, tracker_factory=_CountingTracker)
+    engine = VolumeEngine(bundle, max_objects=3, rule=KEEP_ALL, tracker_factory=_CountingTracker,
+                          clock=time.process_time)  # stage timings in CPU seconds, like the totals
 
     def run(volume, prompts):
         _CountingTracker.propagated = []
@@ -69,10 +71,12 @@ def _engine_runner(video, mode: str = "track"):
     return run
 
 
-def _timed(fn, *args) -> tuple[float, dict]:
-    start = time.perf_counter()
+def _timed(fn, *args) -> tuple[float, float, dict]:
+    """Wall and CPU seconds of ``fn(*args)``. With one torch thread the CPU time is what the run itself used, so it
+    is what the ratios are taken from: wall time also counts whatever else the shared machine was running."""
+    wall, cpu = time.perf_counter(), time.process_time()
     out = fn(*args)
-    return time.perf_counter() - start, out
+    return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
 def speed(config: str, slices: int, repeats: int) -> dict:
@@ -92,14 +96,17 @@ def speed(config: str, slices: int, repeats: int) -> dict:
     for fn in setups.values():
         fn()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in setups}
+    walls: dict[str, list[float]] = {name: [] for name in setups}
     info: dict[str, dict] = {}
     for _ in range(repeats):
         for name, fn in setups.items():
-            seconds, info[name] = _timed(fn)
-            times[name].append(seconds)
-    rows = {name: {"median_s": statistics.median(t), "times_s": [round(x, 3) for x in t], **info[name]}
+            wall, cpu, info[name] = _timed(fn)
+            times[name].append(cpu)
+            walls[name].append(wall)
+    rows = {name: {"median_cpu_s": statistics.median(t), "cpu_s": [round(x, 3) for x in t],
+                   "wall_s": [round(x, 3) for x in walls[name]], **info[name]}
             for name, t in times.items()}
-    med = {name: r["median_s"] for name, r in rows.items()}
+    med = {name: r["median_cpu_s"] for name, r in rows.items()}
     ratios = {
         "engine 5 prompts / engine 1 prompt": med["engine, 5 prompts"] / med["engine, 1 prompt"],
         "stock 5 prompts one session / stock 1 prompt": med["stock, 5 prompts one session"] / med["stock, 1 prompt"],
@@ -149,10 +156,46 @@ def full(slices: int) -> dict:
     engine = _engine_runner(video)
     rows = {}
     for name, prompts in (("engine, 1 prompt", PROMPTS[:1]), ("engine, 5 prompts", PROMPTS)):
-        seconds, out = _timed(engine, volume, prompts)
-        rows[name] = {"seconds": round(seconds, 2), **out}
-    ratio = rows["engine, 5 prompts"]["seconds"] / rows["engine, 1 prompt"]["seconds"]
+        wall, cpu, out = _timed(engine, volume, prompts)
+        rows[name] = {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2), **out}
+    ratio = rows["engine, 5 prompts"]["cpu_s"] / rows["engine, 1 prompt"]["cpu_s"]
     return {"config": "full", "slices": slices, "setups": rows, "ratios": {"engine 5 prompts / 1 prompt": ratio}}
+
+
+def device_run(config: str, device: str, slices: int, size: int, prompts: int, batch_size: int) -> dict:
+    """The issue's GPU variant: one engine run (track mode, worst-case settings as in ``speed``) on a random
+    ``slices × size × size`` volume, after a warm-up run on a few slices (CUDA context, kernel selection).
+
+    On CUDA the bundle runs in bfloat16 with TF32 (``select_device``); seconds are wall time after a synchronize,
+    and the peak of ``torch.cuda.max_memory_allocated`` is reported.
+    """
+    video = build_video(config)
+    bundle = bundle_from_video_model(video, device, source="bench")
+    engine = VolumeEngine(bundle, max_objects=3, rule=KEEP_ALL, tracker_factory=_CountingTracker)
+    options = SegmentOptions(threshold=0.0, mode="track", batch_size=batch_size)
+    cuda = bundle.device.type == "cuda"
+
+    def once(volume):
+        _CountingTracker.propagated = []
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        result = engine.run(volume, PROMPTS[:prompts], options)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start, result
+
+    once(random_volume(min(slices, 4), size, seed=1))
+    seconds, result = once(random_volume(slices, size))
+    propagated = _CountingTracker.propagated
+    return {
+        "config": config, "device": torch.cuda.get_device_name() if cuda else str(bundle.device),
+        "dtype": str(bundle.dtype), "volume": [slices, size, size], "prompts": prompts, "batch_size": batch_size,
+        "seconds": round(seconds, 2), "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        "objects_per_slice": sum(propagated) / max(len(propagated), 1),
+        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+    }
 
 
 def _memory_all() -> list[dict]:
@@ -180,11 +223,19 @@ def main(argv=None) -> int:
     p = sub.add_parser("full")
     p.add_argument("--slices", type=int, default=2)
     p = sub.add_parser("memory-all", help="memory for 100 and 400 slices, engine and stock, fresh processes")
+    p = sub.add_parser("device", help="the GPU variant: full size, bf16, 300×512², 5 prompts (goal < 15 s, H100)")
+    p.add_argument("--config", default="full", choices=["tiny", "small", "full"])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--slices", type=int, default=300)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--prompts", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=8)
     p = sub.add_parser("all")
     p.add_argument("--full", action="store_true", help="also the full-size configuration (minutes per slice on CPU)")
     p.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    if args.command != "device":  # a GPU run keeps torch's default host threads
+        torch.set_num_threads(1)
 
     if args.command == "speed":
         print(json.dumps(speed(args.config, args.slices, args.repeats)))
@@ -194,6 +245,8 @@ def main(argv=None) -> int:
         print(json.dumps(_memory_all(), indent=1))
     elif args.command == "full":
         print(json.dumps(full(args.slices)))
+    elif args.command == "device":
+        print(json.dumps(device_run(args.config, args.device, args.slices, args.size, args.prompts, args.batch_size)))
     else:
         results = {"speed": [speed("tiny", 32, args.repeats), speed("small", 32, max(1, args.repeats - 1))]}
         results["memory"] = _memory_all()
