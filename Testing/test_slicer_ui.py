@@ -257,7 +257,6 @@ def render_screenshot(path: Path) -> Path:
     widget = _widget()
     ui = widget.ui
     ui.promptsTextEdit.setPlainText("liver\nleft kidney\nspleen\ntumor")
-    ui.thresholdSliderWidget.value = 0.4
     ui.inputVolumeSelector.setCurrentNode(volume)
     ui.statusLabel.text = "Type one concept per line, then click 'Segment by text'."
     panel = widget.parent
