@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from medsam3_core.errors import MedSam3Error
 from medsam3_core.spill import SliceSpill
 
 
@@ -47,3 +48,13 @@ def test_bad_use_is_a_clear_error():
             spill.put([1, 2], torch.zeros(1, 2))
     with SliceSpill(1) as spill, pytest.raises(TypeError, match="spill"):
         spill.put([0], torch.zeros(1, 2, dtype=torch.int64))
+
+
+def test_a_full_disk_is_a_clear_error(monkeypatch):
+    with SliceSpill(2) as spill:
+        def no_space(data):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(spill._file, "write", no_space)
+        with pytest.raises(MedSam3Error, match="TMPDIR"):
+            spill.put([0], torch.zeros(1, 4))

@@ -16,6 +16,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .errors import MedSam3Error
+
 __all__ = ["SliceSpill"]
 
 # Stored as raw bytes: bfloat16 has no numpy dtype, so 16-bit floats travel as int16 and are viewed back.
@@ -28,13 +30,13 @@ class SliceSpill:
     A record is one or more tensors ("parts"); every record has the parts, shapes and dtypes of the first one put.
 
     Args:
-        num_slices: the slice indices are ``0 … num_slices - 1``.
-        directory: where the temporary file goes (default: the system's temporary directory, ``TMPDIR``).
+        num_slices: the slice indices are ``0 … num_slices - 1``. The file goes to the system's temporary directory
+            (``TMPDIR``).
     """
 
-    def __init__(self, num_slices: int, directory: Optional[str] = None) -> None:
+    def __init__(self, num_slices: int) -> None:
         self.num_slices = num_slices
-        self._file = tempfile.TemporaryFile(dir=directory)
+        self._file = tempfile.TemporaryFile()
         self._layout: Optional[list[tuple[tuple[int, ...], torch.dtype, int]]] = None  # per part: shape, dtype, bytes
         self._record = 0
         self._written: set[int] = set()
@@ -55,8 +57,16 @@ class SliceSpill:
         for row, index in enumerate(indices):
             self._check(index)
             self._file.seek(index * self._record)
-            for raw in raws:
-                self._file.write(raw[row].tobytes())
+            try:
+                for raw in raws:
+                    self._file.write(raw[row].tobytes())
+                self._file.flush()
+            except OSError as exc:
+                raise MedSam3Error(
+                    f"Could not write the slice features to a temporary file in {tempfile.gettempdir()} ({exc}). "
+                    f"Track mode needs about {self._record * self.num_slices / 2**30:.1f} GB there: free space or "
+                    "point TMPDIR at a larger disk."
+                ) from exc
             self._written.add(index)
 
     def get(self, indices: Sequence[int], device: Union[torch.device, str] = "cpu") -> list[torch.Tensor]:
