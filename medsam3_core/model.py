@@ -401,6 +401,7 @@ def load_model(
         return bundle
     if path.is_dir() and not (path / "config.json").is_file():
         path = _checkpoint_in_folder(path)
+    conventions = _input_conventions(path)  # before the weights: a bad medsam3.json fails at once
     if path.is_dir():
         model, tokenizer = checkpoints.load_folder(path, dtype), load_tokenizer(path)
         source = "demo model" if path == DEMO_MODEL_DIR else str(path)
@@ -411,7 +412,6 @@ def load_model(
         source = str(path)
     report(progress, "load", 0.9)
     bundle = _bundle(model, device, source, tokenizer)
-    conventions = _input_conventions(path)
     bundle.keep_aspect, bundle.geometry_cls = conventions["keep_aspect"], conventions["geometry_cls"]
     bundle.score_threshold = conventions["score_threshold"]
     if not conventions["tracker_trained"]:  # random tracker weights would corrupt the fused masks
