@@ -68,13 +68,14 @@ def test_top_k_masks_are_those_of_the_best_queries(random_bundle, encoded):
 
 @pytest.mark.parametrize("size", [(5, 7), (1, 1), (8, 8)])
 def test_upsampled_conv_is_a_conv_of_the_nearest_upsampling(random_bundle, size):
-    """The four 2×2 phase kernels reproduce conv3x3(upsample2x(x)) exactly, borders included."""
+    """The four 2×2 phase kernels add conv3x3(upsample2x(x)) exactly, borders included."""
     heads = SharedHeads(random_bundle.detector)
     conv = random_bundle.detector.mask_decoder.pixel_decoder.conv_layers[0]
     x = torch.randn(3, conv.in_channels, *size)
+    base = torch.randn(3, conv.out_channels, 2 * size[0], 2 * size[1])
     with torch.inference_mode():
-        expected = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), conv.weight, padding=1)
-        got = heads._upsampled_conv(0, x)
+        expected = base + F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), conv.weight, padding=1)
+        got = heads._add_upsampled_conv(0, x, base.clone())
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 

@@ -173,9 +173,8 @@ class SharedHeads:
             conv = pixel_decoder.conv_layers[stage]
             exact_2x = tuple(skip.shape[-2:]) == (2 * pixels.shape[-2], 2 * pixels.shape[-1])
             if exact_2x and pairs_per_slice >= self.shared_from:
-                pixels = self._upsampled_conv(stage, pixels) + self._skip_conv(ctx, stage, skip).index_select(
-                    0, slice_idx
-                )
+                skip_part = self._skip_conv(ctx, stage, skip).index_select(0, slice_idx)
+                pixels = self._add_upsampled_conv(stage, pixels, skip_part)
             else:
                 upsampled = F.interpolate(pixels, size=skip.shape[-2:], mode="nearest")
                 pixels = conv(upsampled + skip.index_select(0, slice_idx))
@@ -191,17 +190,18 @@ class SharedHeads:
             ctx.skip_convs[stage] = self.model.mask_decoder.pixel_decoder.conv_layers[stage](skip)
         return ctx.skip_convs[stage]
 
-    def _upsampled_conv(self, stage: int, pixels: torch.Tensor) -> torch.Tensor:
-        """``conv3x3(nearest_upsample_2x(pixels))`` without its bias, as four 2×2 convolutions at low resolution."""
+    def _add_upsampled_conv(self, stage: int, pixels: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out += conv3x3(nearest_upsample_2x(pixels))`` (without the conv's bias), as four 2×2 convolutions at the
+        low resolution, each added straight into its output phase (no upsampled map is ever materialised)."""
         kernels = self._phase_kernel(stage, pixels)
         n, _, h, w = pixels.shape
         channels = kernels.shape[0] // 4
         phases = F.conv2d(F.pad(pixels, (1, 1, 1, 1)), kernels).view(n, 2, 2, channels, h + 1, w + 1)
-        out = pixels.new_empty(n, channels, h, 2, w, 2)
+        interleaved = out.view(n, channels, h, 2, w, 2)  # [.., i, a, j, b] is output pixel (2i + a, 2j + b)
         for a in (0, 1):
             for b in (0, 1):
-                out[:, :, :, a, :, b] = phases[:, a, b, :, a : a + h, b : b + w]
-        return out.view(n, channels, 2 * h, 2 * w)
+                interleaved[:, :, :, a, :, b] += phases[:, a, b, :, a : a + h, b : b + w]
+        return out
 
     def _phase_kernel(self, stage: int, like: torch.Tensor) -> torch.Tensor:
         kernel = self._phase_kernels.get(stage)
