@@ -140,8 +140,8 @@ def test_a_few_dozen_steps_lower_the_loss_on_easy_clips(bundle):
 def test_entry_point_trains_exports_and_installs_only_the_tracker(tmp_path):
     source = tmp_path / "model"  # float16 like the demo model: the detector must come back bit for bit
     save_model(random_video_model(seed=0).to(torch.float16), source,
-               extra={"conventions": {"keep_aspect": True, "geometry_cls": False, "tracker_trained": False},
-                      "score_threshold": 0.3})
+               extra={"conventions": {"keep_aspect": True, "geometry_cls": False, "tracker_trained": False,
+                                      "score_threshold": 0.3}, "step": 7})
     assert not load_model(str(source), device="cpu").has_tracker
     cfg = load_config("demo")
     cfg.data.sources = [_nnunet(tmp_path / "Dataset001_Toy", n=3)]
@@ -150,7 +150,7 @@ def test_entry_point_trains_exports_and_installs_only_the_tracker(tmp_path):
     assert main(["--model", str(source), "--out", str(out), "--data", str(tmp_path / "data.json"), "--steps", "2",
                  "--clip-length", "3", "--eval-every", "2", "--eval-clips", "2", "--log-every", "1"]) == 0
     meta = json.loads((out / "final" / "medsam3.json").read_text())
-    assert meta["conventions"]["tracker_trained"] is True and meta["score_threshold"] == 0.3
+    assert meta["conventions"]["tracker_trained"] is True and meta["conventions"]["score_threshold"] == 0.3
     assert meta["tracker_training"]["step"] == 2
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history["loss"]] == [1, 2] and history["val"][0]["step"] == 0
@@ -159,6 +159,8 @@ def test_entry_point_trains_exports_and_installs_only_the_tracker(tmp_path):
 
     installed = install_demo_tracker(out / "final", target=source)
     meta = json.loads((installed / "medsam3.json").read_text())
-    assert meta["conventions"] == {"keep_aspect": True, "geometry_cls": False, "tracker_trained": True}
-    assert meta["score_threshold"] == 0.3 and "tracker_training" in meta
+    # only the tracker flag and the tracker record change; every other key stays
+    assert meta["conventions"] == {"keep_aspect": True, "geometry_cls": False, "tracker_trained": True,
+                                   "score_threshold": 0.3}
+    assert meta["step"] == 7 and meta["tracker_training"]["step"] == 2
     assert load_model(str(source), device="cpu").has_tracker
