@@ -38,7 +38,7 @@ Output: every object paints ``probability × confidence`` where its probability 
 highest value (the paper's pixel-wise maximum confidence), which resolves overlaps between prompts. Optional clean-up
 keeps each object's largest 3D component and fills its holes (3D cavities and per-slice holes).
 
-Progress stages: ``detect`` (pass 1), ``track`` (both sweeps), ``fuse`` (clean-up and assembly). Cancellation is
+Progress stages: ``detect`` (pass 1), ``track`` (the sweeps), ``fuse`` (clean-up and assembly). Cancellation is
 checked before every batch of slices (encoded, or read back for the tracker), so it takes effect within one batch;
 nothing is returned or written after it.
 """
