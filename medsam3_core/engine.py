@@ -225,12 +225,8 @@ class _Run:
         self.normalize = IntensityNormalizer.for_volume(volume, options.window)
         self.letterbox = engine.detector.letterbox(self.stack.shape[1], self.stack.shape[2])
         self.canvas = _Canvas((self.num_slices, int(self.stack.shape[1]), int(self.stack.shape[2])))
-        # ``None`` means the model's recommended threshold (``medsam3.json``; 0.5 when it states none).
-        threshold = options.threshold
-        if threshold is None:
-            threshold = self.bundle.score_threshold
-        self.threshold = threshold
-        self.rule = engine.rule or FusionRule(spawn_score=threshold, keep_score=threshold)
+        self.threshold = self.bundle.threshold(options.threshold)
+        self.rule = engine.rule or FusionRule(spawn_score=self.threshold, keep_score=self.threshold)
 
     # -- top level -------------------------------------------------------------------------------------------------
     def execute(self) -> EngineResult:

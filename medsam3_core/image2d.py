@@ -88,7 +88,7 @@ def segment_image(
     repeated = sorted({p for p in cleaned if cleaned.count(p) > 1})
     if repeated:
         raise PromptError(f"Each prompt may be given only once; repeated: {', '.join(repeated)}.")
-    threshold = bundle.score_threshold if threshold is None else threshold
+    threshold = bundle.threshold(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"The score threshold must be between 0 and 1, got {threshold}.")
     volume = _as_image_volume(image)

@@ -69,13 +69,13 @@ class LocalSegmenter:
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _effective_options(self, options: SegmentOptions) -> tuple[SegmentOptions, list[str]]:
-        """What the run will use: the model's recommended threshold when none is given (the one place it is
-        resolved, so the report states the number), and what the checkpoint can do: detect mode without a
-        tracker, memory bank at most ``num_maskmem``."""
+        """What the run will use: the model's recommended threshold when none is given (resolved here so the
+        report states the number), and what the checkpoint can do: detect mode without a tracker, memory bank at
+        most ``num_maskmem``."""
         warnings: list[str] = []
         changes: dict = {}
         if options.threshold is None:
-            changes["threshold"] = self.bundle.score_threshold
+            changes["threshold"] = self.bundle.threshold(None)
         if options.mode == "track" and not self.bundle.has_tracker:
             warnings.append("The model has no (trained) tracker: ran --mode detect instead of track.")
             changes["mode"] = "detect"

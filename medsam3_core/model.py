@@ -105,6 +105,11 @@ class Sam3Bundle:
     def has_tracker(self) -> bool:
         return self.tracker is not None and self.tracker_neck is not None
 
+    def threshold(self, requested: Optional[float]) -> float:
+        """The score threshold a run uses: ``requested``, or this model's recommended one when it is ``None`` (the
+        rule every entry point follows: CLI, server, viewer, 2D API, engine)."""
+        return self.score_threshold if requested is None else float(requested)
+
 
 def select_device(name: str = "auto") -> tuple[torch.device, torch.dtype]:
     """Resolve ``auto``/``cpu``/``cuda``/``cuda:N`` to a device and its inference dtype.
