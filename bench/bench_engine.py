@@ -37,7 +37,7 @@ from stock import run_stock, video_frames  # noqa: E402
 
 from medsam3_core.engine import VolumeEngine  # noqa: E402
 from medsam3_core.fusion import FusionRule  # noqa: E402
-from medsam3_core.model import bundle_from_video_model  # noqa: E402
+from medsam3_core.model import bundle_from_video_model, select_device  # noqa: E402
 from medsam3_core.segmenter import SegmentOptions  # noqa: E402
 from medsam3_core.tracker import MemoryTracker  # noqa: E402
 
@@ -55,14 +55,15 @@ class _CountingTracker(MemoryTracker):
         return super().propagate(feats, memories, slice_index)
 
 
-def _engine_runner(video, mode: str = "track"):
-    bundle = bundle_from_video_model(video, "cpu", source="bench")
-    engine = VolumeEngine(bundle, max_objects=3, rule=KEEP_ALL, tracker_factory=_CountingTracker,
-                          clock=time.process_time)  # stage timings in CPU seconds, like the totals
+def _engine_runner(video, mode: str = "track", device: str = "cpu", batch_size: int = 4, clock=time.process_time):
+    """``run(volume, prompts)`` with the benchmark's engine settings; stage timings by ``clock`` (CPU seconds by
+    default, like the totals on the shared CPU machine)."""
+    bundle = bundle_from_video_model(video, device, source="bench")
+    engine = VolumeEngine(bundle, max_objects=3, rule=KEEP_ALL, tracker_factory=_CountingTracker, clock=clock)
 
     def run(volume, prompts):
         _CountingTracker.propagated = []
-        options = SegmentOptions(threshold=0.0, mode=mode, batch_size=4)
+        options = SegmentOptions(threshold=0.0, mode=mode, batch_size=batch_size)
         result = engine.run(volume, prompts, options)
         propagated = _CountingTracker.propagated
         return {"objects_per_slice": sum(propagated) / max(len(propagated), 1),
@@ -169,32 +170,26 @@ def device_run(config: str, device: str, slices: int, size: int, prompts: int, b
     On CUDA the bundle runs in bfloat16 with TF32 (``select_device``); seconds are wall time after a synchronize,
     and the peak of ``torch.cuda.max_memory_allocated`` is reported.
     """
-    video = build_video(config)
-    bundle = bundle_from_video_model(video, device, source="bench")
-    engine = VolumeEngine(bundle, max_objects=3, rule=KEEP_ALL, tracker_factory=_CountingTracker)
-    options = SegmentOptions(threshold=0.0, mode="track", batch_size=batch_size)
-    cuda = bundle.device.type == "cuda"
+    dev, dtype = select_device(device)
+    run = _engine_runner(build_video(config), device=device, batch_size=batch_size, clock=time.perf_counter)
+    cuda = dev.type == "cuda"
 
     def once(volume):
-        _CountingTracker.propagated = []
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        result = engine.run(volume, PROMPTS[:prompts], options)
+        out = run(volume, PROMPTS[:prompts])
         if cuda:
             torch.cuda.synchronize()
-        return time.perf_counter() - start, result
+        return time.perf_counter() - start, out
 
     once(random_volume(min(slices, 4), size, seed=1))
-    seconds, result = once(random_volume(slices, size))
-    propagated = _CountingTracker.propagated
+    seconds, out = once(random_volume(slices, size))
     return {
-        "config": config, "device": torch.cuda.get_device_name() if cuda else str(bundle.device),
-        "dtype": str(bundle.dtype), "volume": [slices, size, size], "prompts": prompts, "batch_size": batch_size,
-        "seconds": round(seconds, 2), "timings": {k: round(v, 3) for k, v in result.timings.items()},
-        "objects_per_slice": sum(propagated) / max(len(propagated), 1),
-        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "config": config, "device": torch.cuda.get_device_name() if cuda else str(dev), "dtype": str(dtype),
+        "volume": [slices, size, size], "prompts": prompts, "batch_size": batch_size, "seconds": round(seconds, 2),
+        **out, "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
     }
 
 
