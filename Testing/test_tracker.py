@@ -6,17 +6,22 @@ import torch.nn.functional as F
 from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import Sam3TrackerVideoInferenceSession
 
 from medsam3_core.errors import ModelError
-from medsam3_core.model import build_random_bundle
+from medsam3_core.model import build_random_bundle, tiny_video_config
 from medsam3_core.tracker import MemoryTracker
 
 NUM_SLICES = 6
 
 
-@pytest.fixture(scope="module")
-def bundle():
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-layer", "2-layer"])
+def bundle(request):
     """A random tiny bundle whose tracker believes objects are present (random init says "absent" everywhere,
-    which would hide the masks behind transformers' -1024 no-object logits and make the comparison vacuous)."""
-    bundle = build_random_bundle(seed=0)
+    which would hide the masks behind transformers' -1024 no-object logits and make the comparison vacuous).
+
+    With one and with two memory-attention layers: from the second layer on, each object has its own
+    self-attention (the first layer's is shared by all objects, see ``memory_attention``)."""
+    config = tiny_video_config()
+    config.tracker_config.memory_attention_num_layers = request.param
+    bundle = build_random_bundle(seed=0, config=config)
     with torch.no_grad():
         bundle.tracker.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(3.0)
     return bundle

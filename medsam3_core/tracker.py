@@ -11,8 +11,9 @@ maths, but
   ``memory_size - 1`` most recent slices and a ring of recent object pointers, so memory does not grow with the
   number of slices;
 * all live objects are propagated **together in one batch** (memory attention and mask decoder), which is what
-  makes many prompts cheap; banks of different lengths are zero-padded and the padding is masked out of the
-  memory cross-attention through a registered attention function (transformers passes no mask there itself);
+  makes many prompts cheap; the memory attention's object-independent work runs once per slice and memory frames'
+  keys are reused while they stay in the bank (:mod:`~medsam3_core.memory_attention`); banks of different lengths
+  are zero-padded and the padding is masked out of the memory cross-attention;
 * the slice features come from the detector's ViT through ``bundle.tracker_neck`` (the ViT runs once per slice
   and both heads read it, as in ``Sam3VideoModel``).
 
@@ -25,17 +26,14 @@ slices away uses embedding ``d - 1``), which the tests check against ``Sam3Track
 from __future__ import annotations
 
 from collections import deque
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import eager_attention_forward
 
 from .errors import ModelError
+from .memory_attention import BankLayout, BatchedMemoryAttention, FrameKeys
 from .model import Sam3Bundle
 
 __all__ = ["SliceFeatures", "MemoryEntry", "ObjectMemory", "TrackStep", "MemoryTracker"]
@@ -44,9 +42,6 @@ __all__ = ["SliceFeatures", "MemoryEntry", "ObjectMemory", "TrackStep", "MemoryT
 _PRESENT_LOGIT = 10.0
 # Mask logit transformers writes where the decoder says the object is absent.
 _NO_OBJECT_LOGIT = -1024.0
-# Key-padding mask of the batch being propagated (see _padded_attention); per thread/context.
-_KEY_MASK: ContextVar[Optional[torch.Tensor]] = ContextVar("medsam3_memory_key_mask", default=None)
-_ATTENTION_PREFIX = "medsam3_padded_memory|"
 
 
 @dataclass
@@ -66,12 +61,14 @@ class SliceFeatures:
 
 @dataclass
 class MemoryEntry:
-    """One slice's memory of one object: spatial memory ``(h*w, 1, 64)``, its position encoding, object pointer."""
+    """One slice's memory of one object: spatial memory ``(h*w, 1, 64)``, its position encoding, object pointer, and
+    the memory attention's keys of it once computed (:class:`~medsam3_core.memory_attention.FrameKeys`)."""
 
     slice_index: int
     features: torch.Tensor
     pos: torch.Tensor
     pointer: torch.Tensor
+    keys: Optional[FrameKeys] = field(default=None, repr=False)
 
 
 @dataclass
@@ -148,7 +145,7 @@ class MemoryTracker:
         self._multimask = self.model._use_multimask(False, None)
         with torch.no_grad():  # a constant, computed once per run (no_grad, not inference_mode: training reuses it)
             self._image_pe = self.model.get_image_wide_positional_embeddings()
-        _install_padded_attention(self.model)
+        self.attention = BatchedMemoryAttention(self.model, self.pointer_span)
 
     @property
     def mask_grid(self) -> tuple[int, int]:
@@ -219,22 +216,9 @@ class MemoryTracker:
         if n == 0:
             empty = feats.top.new_zeros((0,))
             return TrackStep(empty.reshape(0, *self.mask_grid), empty, empty.reshape(0, model.hidden_dim))
-        memory, memory_pos, num_pointer_tokens, key_mask = self._memory_tokens(memories, slice_index)
-        token = _KEY_MASK.set(key_mask)
-        try:
-            conditioned = model.memory_attention(
-                current_vision_features=feats.top.expand(-1, n, -1),
-                current_vision_position_embeddings=feats.top_pos.expand(-1, n, -1),
-                memory=memory,
-                memory_posision_embeddings=memory_pos,
-                num_object_pointer_tokens=num_pointer_tokens,
-            )
-        finally:
-            _KEY_MASK.reset(token)
+        conditioned = self.attention(feats.top, feats.top_pos, [self._bank(m, slice_index) for m in memories])
         height, width = model.backbone_feature_sizes[-1]
-        # (h*w, n, C) or (1, n, h*w, C) depending on the layer layout: normalise to (n, C, h, w).
-        pix = conditioned.reshape(n, height * width, -1) if conditioned.dim() == 4 else conditioned.transpose(0, 1)
-        pix = pix.transpose(1, 2).reshape(n, -1, height, width)
+        pix = conditioned.transpose(1, 2).reshape(n, -1, height, width)
         masks, scores, pointers = self._decode(self._high_res(feats, n) + [pix], None, self._multimask)
         return TrackStep(masks, scores, pointers)
 
@@ -308,81 +292,15 @@ class MemoryTracker:
         pointer = torch.where(present, model.object_pointer_proj(token), model.no_object_pointer)
         return masks, score_logits, pointer
 
-    def _memory_tokens(
-        self, memories: Sequence[ObjectMemory], slice_index: int
-    ) -> tuple[torch.Tensor, torch.Tensor, int, Optional[torch.Tensor]]:
-        """Memory tokens ``(L, N, 64)``, their encodings, the pointer-token count and a key mask for padding.
-
-        Per object: conditioning memory, recent memories (temporal encoding by slice distance, as transformers),
-        zero padding up to the longest bank, then its object pointers, zero padding up to the most pointers. The
-        mask ``(N, 1, 1, L)`` is ``-inf`` on padding; ``None`` when no object needed any.
-        """
-        model = self.model
-        temporal = model.memory_temporal_positional_encoding  # (num_maskmem, 1, 1, mem_dim)
-        frames = 1 + max(len(m.recent) for m in memories)
-        pointers = 1 + max(len(m.pointers) for m in memories)
-        spatial = memories[0].conditioning.features.shape[0]
-        device = memories[0].conditioning.features.device
-        splits = model.hidden_dim // model.mem_dim if model.mem_dim < model.hidden_dim else 1
-        per_object_mem, per_object_pos, masks = [], [], []
-        padded = False
-        for mem in memories:
-            entries = [(mem.conditioning, temporal[-1])]
-            entries += [(e, temporal[min(abs(slice_index - e.slice_index), model.num_maskmem) - 1]) for e in mem.recent]
-            tokens = [e.features.to(self.dtype) for e, _ in entries]
-            pos = [(e.pos + t).to(self.dtype) for e, t in entries]
-            pointer_entries = [mem.conditioning, *mem.pointers]
-            ptrs, ptr_pos = model._process_object_pointers(
-                [abs(slice_index - e.slice_index) for e in pointer_entries],
-                [e.pointer for e in pointer_entries],
-                self.pointer_span,
-                1,
-                model.hidden_dim,
-                device,
-            )
-            missing_frames, missing_pointers = frames - len(entries), (pointers - len(pointer_entries)) * splits
-            pad_frames = tokens[0].new_zeros(missing_frames * spatial, 1, tokens[0].shape[-1])
-            pad_pointers = tokens[0].new_zeros(missing_pointers, 1, tokens[0].shape[-1])
-            per_object_mem.append(torch.cat([*tokens, pad_frames, ptrs.to(self.dtype), pad_pointers], dim=0))
-            per_object_pos.append(torch.cat([*pos, pad_frames, ptr_pos.to(self.dtype), pad_pointers], dim=0))
-            valid = torch.ones(per_object_mem[-1].shape[0], dtype=torch.bool, device=device)
-            valid[len(entries) * spatial : frames * spatial] = False
-            if missing_pointers:
-                valid[-missing_pointers:] = False
-            padded = padded or bool(missing_frames or missing_pointers)
-            masks.append(valid)
-        key_mask = None
-        if padded:
-            valid = torch.stack(masks)[:, None, None, :]
-            key_mask = torch.zeros(valid.shape, dtype=self.dtype, device=device).masked_fill(~valid, float("-inf"))
-        return torch.cat(per_object_mem, dim=1), torch.cat(per_object_pos, dim=1), pointers * splits, key_mask
-
-
-def _padded_attention(fallback: Callable) -> Callable:
-    """An attention function that adds the current key-padding mask (when it fits) and then calls ``fallback``.
-
-    transformers' memory attention passes ``attention_mask=None`` unconditionally; registering this wrapper as the
-    tracker's attention implementation is the supported hook (``AttentionInterface``) to mask padded memories.
-    Outside :meth:`MemoryTracker.propagate` no mask is set and the wrapper is exactly ``fallback``.
-    """
-
-    def attention(module, query, key, value, attention_mask, **kwargs):
-        mask = _KEY_MASK.get()
-        fits = mask is not None and mask.shape[-1] == key.shape[-2] and mask.shape[0] == key.shape[0]
-        if fits and attention_mask is None:
-            attention_mask = mask
-        return fallback(module, query, key, value, attention_mask, **kwargs)
-
-    return attention
-
-
-def _install_padded_attention(model: torch.nn.Module) -> None:
-    """Route the memory attention (the tracker's top-level config) through :func:`_padded_attention`."""
-    current = model.config._attn_implementation or "eager"
-    if current.startswith(_ATTENTION_PREFIX):
-        return
-    name = _ATTENTION_PREFIX + current
-    if name not in ALL_ATTENTION_FUNCTIONS:
-        fallback = ALL_ATTENTION_FUNCTIONS.get_interface(current, eager_attention_forward)
-        AttentionInterface.register(name, _padded_attention(fallback))
-    model.config._attn_implementation = {"": name}  # the top level only: sub-configs (mask decoder) keep theirs
+    def _bank(self, memory: ObjectMemory, slice_index: int) -> BankLayout:
+        """What ``memory`` offers on ``slice_index``: conditioning memory (last temporal encoding), recent memories
+        (temporal encoding by slice distance, as transformers) and object pointers with their distances."""
+        num_maskmem = int(self.model.num_maskmem)
+        frames = [(memory.conditioning, num_maskmem - 1)]
+        frames += [(e, min(abs(slice_index - e.slice_index), num_maskmem) - 1) for e in memory.recent]
+        pointer_entries = [memory.conditioning, *memory.pointers]
+        return BankLayout(
+            frames,
+            torch.cat([e.pointer.to(self.dtype) for e in pointer_entries]),
+            [abs(slice_index - e.slice_index) for e in pointer_entries],
+        )
