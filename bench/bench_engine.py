@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).absolute().parents[1]))
 from configs import PROMPTS, build_video, random_volume  # noqa: E402
 from stock import run_stock, video_frames  # noqa: E402
 
+from medsam3_core.allocator import reuse_freed_memory  # noqa: E402
 from medsam3_core.engine import VolumeEngine  # noqa: E402
 from medsam3_core.fusion import FusionRule  # noqa: E402
 from medsam3_core.model import bundle_from_video_model, select_device  # noqa: E402
@@ -231,6 +232,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command != "device":  # a GPU run keeps torch's default host threads
         torch.set_num_threads(1)
+    reuse_freed_memory()  # the engine does this itself; done first, so every stock setup runs under it too
 
     if args.command == "speed":
         print(json.dumps(speed(args.config, args.slices, args.repeats)))

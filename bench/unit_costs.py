@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).absolute().parents[1]))
 
 from configs import PROMPTS, build_video  # noqa: E402
 
+from medsam3_core.allocator import reuse_freed_memory  # noqa: E402
 from medsam3_core.detector import Detector  # noqa: E402
 from medsam3_core.model import bundle_from_video_model  # noqa: E402
 from medsam3_core.tracker import MemoryTracker  # noqa: E402
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
     if args.objects < 2:
         parser.error("--objects must be at least 2 (the per-object cost is the difference to one object)")
     torch.set_num_threads(1)
+    reuse_freed_memory()  # as the engine does
     print(json.dumps(unit_costs(args.config, args.objects, args.memory_size, args.repeats), indent=1))
     return 0
 

@@ -53,6 +53,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .allocator import reuse_freed_memory
 from .detector import Detections, Detector, TextFeatures
 from .errors import InputError
 from .fusion import FusionRule, Track, TrackBook, fuse_slice
@@ -171,6 +172,7 @@ class VolumeEngine:
     ) -> None:
         if max_objects < 1:
             raise ValueError("max_objects must be at least 1")
+        reuse_freed_memory()  # batches free and re-allocate large tensors at every step (allocator.py)
         self.bundle = bundle
         self.detector = Detector(bundle)
         self.max_objects = max_objects
