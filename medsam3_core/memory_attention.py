@@ -149,8 +149,8 @@ class BatchedMemoryAttention:
                     keys[layer][i, :, span] = frame.keys[layer] + temporal[layer][t_index]
                     values[layer][i, :, span] = frame.values[layer]
             padding = slice(len(bank.frames) * self.tokens, spatial)
-            for tensor in keys + values:  # masked out, but must be finite: -inf · NaN would still poison the row
-                tensor[i, :, padding] = 0
+            for tensor in keys + values:  # masked out, but must be finite: a NaN key from uninitialised memory
+                tensor[i, :, padding] = 0  # would make the object's scores NaN despite the -inf mask
             valid[i, : len(bank.frames) * self.tokens] = True
             valid[i, spatial : spatial + len(bank.distances) * splits] = True
         tokens, pos = self._pointer_tokens(banks, pointers, splits, dtype)
