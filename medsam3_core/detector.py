@@ -18,7 +18,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from .errors import InputError, PromptError
 from .heads import SharedHeads, SliceContext
-from .model import Sam3Bundle, geometry_cls_token
+from .model import Sam3Bundle, append_prompt_token, geometry_cls_token
 from .preprocess import Letterbox
 from .tokenizer import tokenize
 
@@ -198,8 +198,7 @@ class Detector:
         prompt = text.embeds.index_select(0, prompt_idx)
         mask = text.attention_mask.index_select(0, prompt_idx)
         if cls is not None:  # Meta's prompt = text tokens + the slice's geometry CLS token (model.append_geometry_cls)
-            prompt = torch.cat([prompt, cls.index_select(0, slice_idx).to(prompt.dtype)], dim=1)
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], cls.shape[1])], dim=1)
+            prompt, mask = append_prompt_token(prompt, mask, cls.index_select(0, slice_idx))
         out = self.heads.run(ctx, slice_idx, prompt, mask, top_k=top_k, min_score=min_score)
 
         def host(t: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,7 @@ __all__ = [
     "build_random_bundle",
     "random_video_model",
     "append_geometry_cls",
+    "append_prompt_token",
     "geometry_cls_token",
     "DEMO_MODEL_DIR",
     "DEMO_RANDOM_SOURCE",
@@ -254,8 +255,8 @@ def geometry_cls_token(detector: Sam3Model, vision_embeds) -> torch.Tensor:
     """The geometry encoder's CLS token for each image of ``vision_embeds``: ``(B, 1, H)``.
 
     It depends on the image only, not on the prompt, so callers that pair one image with several prompts compute it
-    once per image and pass it to :func:`append_geometry_cls`. Works without torchvision: with zero boxes the
-    encoder's box pooling (``roi_align``) has nothing to do, so it is bypassed for this call.
+    once per image and append it to each prompt with :func:`append_prompt_token`. Works without torchvision: with
+    zero boxes the encoder's box pooling (``roi_align``) has nothing to do, so it is bypassed for this call.
     """
     encoder = detector.geometry_encoder
     features = vision_embeds.fpn_hidden_states[:-1]
@@ -279,7 +280,7 @@ def geometry_cls_token(detector: Sam3Model, vision_embeds) -> torch.Tensor:
 
 
 def append_geometry_cls(
-    detector: Sam3Model, vision_embeds, text_embeds, attention_mask: torch.Tensor, cls: Optional[torch.Tensor] = None
+    detector: Sam3Model, vision_embeds, text_embeds, attention_mask: torch.Tensor
 ) -> tuple[object, torch.Tensor]:
     """Text prompt features as Meta's SAM3 builds them: the text tokens plus the geometry encoder's CLS token.
 
@@ -293,19 +294,25 @@ def append_geometry_cls(
         vision_embeds: ``detector.get_vision_features(...)`` output for the image batch (batch 1 or = prompts).
         text_embeds: ``detector.get_text_features(..., return_dict=True)`` output, batch P.
         attention_mask: ``(P, L)`` text attention mask.
-        cls: the token already computed by :func:`geometry_cls_token` (batch 1 or P); computed here when ``None``.
 
     Returns:
         ``(text_embeds, attention_mask)`` with one more (always valid) token: ``(P, L + 1, H)`` and ``(P, L + 1)``.
     """
-    if cls is None:
-        cls = geometry_cls_token(detector, vision_embeds)
+    cls = geometry_cls_token(detector, vision_embeds)
     text = text_embeds.pooler_output
-    cls = cls.expand(text.shape[0], -1, -1) if cls.shape[0] == 1 else cls
     combined = copy.copy(text_embeds)
-    combined.pooler_output = torch.cat([text, cls.to(text.dtype)], dim=1)
-    mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], cls.shape[1])], dim=1)
+    combined.pooler_output, mask = append_prompt_token(text, attention_mask, cls)
     return combined, mask
+
+
+def append_prompt_token(
+    prompt: torch.Tensor, mask: torch.Tensor, token: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt features ``(P, L, H)`` and their mask ``(P, L)`` with ``token`` (``(P, 1, H)``, or ``(1, 1, H)`` for
+    all prompts) appended as one more, always valid, token."""
+    token = token.expand(prompt.shape[0], -1, -1) if token.shape[0] == 1 else token
+    prompt = torch.cat([prompt, token.to(prompt.dtype)], dim=1)
+    return prompt, torch.cat([mask, mask.new_ones(mask.shape[0], token.shape[1])], dim=1)
 
 
 def resolve_model_spec(spec: Union[str, Path, None], cache_dir: Union[str, Path, None] = None) -> Optional[Path]:
