@@ -102,8 +102,8 @@ class EchoTracker:
         self.real = MemoryTracker(bundle, memory_size, num_slices)
         self.mask_grid = self.real.mask_grid
 
-    def features(self, vision):
-        return self.real.features(vision)
+    def batch_features(self, vision):
+        return self.real.batch_features(vision)
 
     def seed(self, feats, masks, index):
         return [self.Memory(torch.where(m, 8.0, -8.0)) for m in masks]

@@ -586,14 +586,12 @@ class _FeatureSpill:
 
     def put(self, indices: list[int], vision) -> None:
         t0 = self.run.engine.clock()
-        feats = self.tracker.features(vision)
+        feats = self.tracker.batch_features(vision)
         self.run.timings["track"] += self.run.engine.clock() - t0
         t0 = self.run.engine.clock()
         if self.top_pos is None:
-            self.top_pos = feats[0].top_pos
-        levels = [torch.cat([f.high_res[level] for f in feats]) for level in range(len(feats[0].high_res))]
-        top = torch.cat([f.top for f in feats], dim=1).transpose(0, 1)  # (B, h*w, C): batch first
-        self.store.put(indices, top, *levels)
+            self.top_pos = feats.top_pos
+        self.store.put(indices, feats.top.transpose(0, 1), *feats.high_res)  # top batch first: (B, h*w, C)
         self.run.timings["spill"] += self.run.engine.clock() - t0
 
     def get(self, indices: list[int]) -> list[SliceFeatures]:

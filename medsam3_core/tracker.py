@@ -46,7 +46,7 @@ _NO_OBJECT_LOGIT = -1024.0
 
 @dataclass
 class SliceFeatures:
-    """Tracker view of one encoded slice (batch 1).
+    """Tracker view of one encoded slice (batch 1; :meth:`MemoryTracker.batch_features` fills one for a whole batch).
 
     Attributes:
         high_res: the two finer FPN levels after the SAM decoder's ``conv_s0``/``conv_s1``, ``(1, C_l, h_l, w_l)``.
@@ -155,6 +155,15 @@ class MemoryTracker:
     # -- features ------------------------------------------------------------------------------------------------
     def features(self, vision_embeds) -> list[SliceFeatures]:
         """Tracker features for each slice of a batch of detector ViT outputs (``Sam3VisionEncoderOutput``)."""
+        batch = self.batch_features(vision_embeds)
+        return [
+            SliceFeatures([level[b : b + 1] for level in batch.high_res], batch.top[:, b : b + 1], batch.top_pos[:, :1])
+            for b in range(batch.top.shape[1])
+        ]
+
+    def batch_features(self, vision_embeds) -> SliceFeatures:
+        """The same for the whole batch at once: ``high_res`` ``(B, C_l, h_l, w_l)``, ``top`` ``(h*w, B, C)``, and
+        ``top_pos`` ``(h*w, 1, C)`` (it depends on the grid only, so one copy serves every slice)."""
         hidden = vision_embeds.last_hidden_state
         batch = hidden.shape[0]
         height, width = self.model.prompt_encoder.image_embedding_size
@@ -163,11 +172,8 @@ class MemoryTracker:
         s0 = self.model.mask_decoder.conv_s0(levels[0])
         s1 = self.model.mask_decoder.conv_s1(levels[1])
         top = levels[2].flatten(2).permute(2, 0, 1)
-        top_pos = positions[2].flatten(2).permute(2, 0, 1)
-        return [
-            SliceFeatures([s0[b : b + 1], s1[b : b + 1]], top[:, b : b + 1], top_pos[:, b : b + 1])
-            for b in range(batch)
-        ]
+        top_pos = positions[2][:1].flatten(2).permute(2, 0, 1)
+        return SliceFeatures([s0, s1], top, top_pos)
 
     # -- seeding -------------------------------------------------------------------------------------------------
     def seed(self, feats: SliceFeatures, masks: torch.Tensor, slice_index: int) -> list[ObjectMemory]:
