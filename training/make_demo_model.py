@@ -21,7 +21,6 @@ Scores without ``--threshold`` use the model's recommended threshold, as the CLI
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,6 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from medsam3_core.atomic import atomic_path
 from medsam3_core.model import DEMO_MODEL_DIR, load_model
 from medsam3_core.phantom import demo_label_names, demo_paths
 
@@ -45,6 +43,7 @@ from .evaluate import (
     summarize,
     write_report,
 )
+from .modelling import update_model_meta
 
 __all__ = ["evaluate_heldout", "score_demo_scan", "calibrate", "write_score_threshold", "install", "main"]
 
@@ -99,19 +98,14 @@ def calibrate(model_dir: Path, config: str = "demo") -> tuple[float, dict[float,
 
 
 def write_score_threshold(model_dir: Path, threshold: float) -> Path:
-    """Set ``conventions.score_threshold`` in ``model_dir/medsam3.json``, leaving every other key as it is.
+    """Set ``conventions.score_threshold`` in ``model_dir/medsam3.json``, leaving every other key as it is (re-read
+    right before it is replaced, so an edit of another key made meanwhile, e.g. a tracker being installed into the
+    same folder, is kept)."""
 
-    The file is read right before it is replaced (atomically), so an edit of another key made meanwhile (e.g. a
-    tracker being installed into the same folder) is kept.
-    """
-    path = Path(model_dir) / "medsam3.json"
-    meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    meta.setdefault("conventions", {})["score_threshold"] = round(float(threshold), 4)
-    mode = path.stat().st_mode & 0o777 if path.is_file() else 0o644
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        tmp.chmod(mode)  # a temporary file is private; the package's copy must stay readable by everyone
-    return path
+    def edit(meta: dict) -> None:
+        meta.setdefault("conventions", {})["score_threshold"] = round(float(threshold), 4)
+
+    return update_model_meta(model_dir, edit)
 
 
 def install(model_dir: Path, target: Path = DEMO_MODEL_DIR) -> Path:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from transformers import Sam3VideoModel
 
 from medsam3_core import checkpoints
+from medsam3_core.atomic import atomic_path
 from medsam3_core.errors import ModelError
 from medsam3_core.model import DEMO_MODEL_DIR, Sam3Bundle, load_model, resolve_model_spec
 from medsam3_core.tracker import MemoryTracker
@@ -51,7 +52,7 @@ from medsam3_core.tracker import MemoryTracker
 from .clips import Clip, ClipDataset, ClipSampler, clip_datasets
 from .config import load_config
 from .losses import sigmoid_focal_loss
-from .modelling import TrainModel, _xavier, export_weights
+from .modelling import TrainModel, _xavier, export_weights, update_model_meta
 from .optim import lr_factor
 
 __all__ = [
@@ -415,17 +416,15 @@ def install_demo_tracker(model_dir: Path, target: Path = DEMO_MODEL_DIR, provena
         raise ModelError(f"detector weights differ from the installed demo model: {changed[:3]}")
     record = provenance or _source_meta(model_dir).get("tracker_training", {})
     for name in ("model.safetensors", "config.json"):
-        tmp = target / f".{name}.new"
-        tmp.write_bytes((model_dir / name).read_bytes())
-        tmp.chmod(0o644)
-        tmp.replace(target / name)
-    meta = _source_meta(target)  # re-read now: another tool may have added keys since
-    meta.setdefault("conventions", {})["tracker_trained"] = True
-    meta["tracker_training"] = record
-    tmp = target / ".medsam3.json.new"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tmp.chmod(0o644)
-    tmp.replace(target / "medsam3.json")
+        with atomic_path(target / name) as tmp:
+            tmp.write_bytes((model_dir / name).read_bytes())
+            tmp.chmod(0o644)  # a temporary file is private; the package's copy must stay readable by everyone
+
+    def edit(meta: dict) -> None:
+        meta.setdefault("conventions", {})["tracker_trained"] = True
+        meta["tracker_training"] = record
+
+    update_model_meta(target, edit)
     return target
 
 
