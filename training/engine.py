@@ -1,15 +1,15 @@
 """The training loop: DDP, mixed precision, gradient accumulation, checkpoints/resume, validation, logging.
 
 One :class:`Trainer` per process. Under ``torchrun`` every rank builds the same model and data, joins the process
-group (NCCL on GPU, gloo on CPU), wraps the detector's forward in ``DistributedDataParallel`` and draws its own share of each
-epoch's balanced sample sequence. Rank 0 alone writes checkpoints, TensorBoard scalars, the progress bar and the
-exported models; the other ranks wait at a barrier. Validation (the paper's protocol, :mod:`training.evaluate`)
+group (NCCL on GPU, gloo on CPU), wraps the detector's forward in ``DistributedDataParallel`` and draws its own share
+of each epoch's balanced sample sequence. Rank 0 alone writes checkpoints, TensorBoard scalars, the progress bar and
+the exported models; the other ranks wait at a barrier. Validation (the paper's protocol, :mod:`training.evaluate`)
 runs at every epoch end on all ranks, each scoring its share of the validation slices; the per-dataset sums are
-all-reduced, so every rank holds the same metrics. It scores a grid of score thresholds from one pass of the
-network and keeps the best (``engine.calibrate``): the export states it as the model's recommended threshold
-(``medsam3.json`` conventions ``score_threshold``), which inference uses unless the user gives one. The weights
-with the best selection score are exported to ``<output_dir>/best`` and the final ones to ``<output_dir>/final``,
-both weights-only folders that ``medsam3_core.model.load_model`` reads.
+all-reduced, so every rank holds the same metrics. It scores a grid of score thresholds from one pass of the network
+and keeps the best (``engine.calibrate``): the export states it as the model's recommended threshold (``medsam3.json``
+conventions ``score_threshold``), which inference uses unless the user gives one. The weights with the best selection
+score are exported to ``<output_dir>/best`` and the final ones to ``<output_dir>/final``, both weights-only folders
+that ``medsam3_core.model.load_model`` reads.
 
 Input conventions follow the weights (``training.modelling``): a checkpoint trained by Meta is fine-tuned on
 stretched slices with the geometry CLS token appended to every prompt, and exported saying so.

@@ -41,7 +41,7 @@ from medsam3_core.detector import Detector
 from medsam3_core.errors import InputError, MedSam3Error
 from medsam3_core.metrics import dice, iou
 from medsam3_core.model import Sam3Bundle
-from medsam3_core.postprocess import instances_for, pixelwise_max_labelmap, top_instance
+from medsam3_core.postprocess import instances_for, pixelwise_max_labelmap
 from medsam3_core.preprocess import to_model_input
 
 from . import distributed as dist
