@@ -46,6 +46,7 @@ from transformers import Sam3VideoModel
 from medsam3_core import checkpoints
 from medsam3_core.atomic import atomic_path
 from medsam3_core.errors import ModelError
+from medsam3_core.metrics import dice as mask_dice
 from medsam3_core.model import DEMO_MODEL_DIR, Sam3Bundle, load_model, resolve_model_spec
 from medsam3_core.tracker import MemoryTracker
 
@@ -267,8 +268,8 @@ def evaluate_clips(bundle: Sam3Bundle, datasets: Sequence[ClipDataset], max_clip
                 pred = pred & seen[:, None, None]
                 presence += (seen == here).float().tolist()
                 for n in torch.nonzero(here).flatten().tolist():
-                    dice.append(_dice(pred[n], gt[n, t]))
-                    copy.append(_dice(gt[n, 0], gt[n, t]))
+                    dice.append(mask_dice(pred[n].cpu().numpy(), gt[n, t].cpu().numpy()))
+                    copy.append(mask_dice(gt[n, 0].cpu().numpy(), gt[n, t].cpu().numpy()))
                 tracker.remember(feats[t], memories, t, step.mask_logits, seen, step.pointers)
         name = dataset.name
         out[f"{name}/dice"], out[f"{name}/presence"] = float(np.mean(dice)), float(np.mean(presence))
@@ -278,11 +279,6 @@ def evaluate_clips(bundle: Sam3Bundle, datasets: Sequence[ClipDataset], max_clip
         totals["copy_dice"].append(out[f"{name}/copy_dice"])
     out.update({k: float(np.mean(v)) for k, v in totals.items() if v})
     return out
-
-
-def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    inter, total = float((a & b).sum()), float(a.sum() + b.sum())
-    return 2 * inter / total if total else 1.0
 
 
 # -- training loop -------------------------------------------------------------------------------------------------
