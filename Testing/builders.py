@@ -7,6 +7,7 @@ so tests exercise the same readers users do, with geometry the test knows exactl
 from __future__ import annotations
 
 import datetime
+import json
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -21,6 +22,7 @@ __all__ = [
     "write_dicom_image",
     "write_phantom_dicom",
     "mni152_files",
+    "write_nnunet_dataset",
     "oblique_direction",
     "SOP_CLASSES",
 ]
@@ -244,3 +246,22 @@ def mni152_files(tmp_dir: Union[str, Path]) -> tuple[Path, Path]:
     load_mni152_template(resolution=1).to_filename(t1)
     load_mni152_brain_mask(resolution=1).to_filename(mask)
     return t1, mask
+
+
+def write_nnunet_dataset(
+    root: Union[str, Path], cases: Sequence[tuple[np.ndarray, np.ndarray]], labels: dict[str, int]
+) -> Path:
+    """An nnU-Net raw dataset folder: per ``(image, label map)`` pair ``imagesTr/caseNN_0000.nii.gz`` and
+    ``labelsTr/caseNN.nii.gz`` (identity affine), and a CT ``dataset.json`` naming ``labels`` (background added)."""
+    import nibabel as nib
+
+    root = Path(root)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for c, (image, label) in enumerate(cases):
+        nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / f"case{c:02d}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labelsTr" / f"case{c:02d}.nii.gz")
+    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, **labels}, "numTraining": len(cases),
+            "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root

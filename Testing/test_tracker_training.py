@@ -2,9 +2,9 @@
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
+from builders import write_nnunet_dataset
 import torch
 
 from medsam3_core.geometry import Volume
@@ -19,8 +19,7 @@ from training.tracker_train import clip_loss, freeze_detector, install_demo_trac
 
 def _nnunet(root, n=8):
     """n cases of 8 slices: label 1 a block on slices 1–5, label 2 two separate blobs on slices 2–3."""
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
+    cases = []
     for c in range(n):
         img = np.random.default_rng(c).normal(0, 10, (24, 24, 8)).astype(np.float32)
         lab = np.zeros((24, 24, 8), np.uint8)
@@ -28,11 +27,8 @@ def _nnunet(root, n=8):
         lab[16:21, 2:7, 2:4] = 2
         lab[16:21, 16:21, 2:4] = 2
         img[lab > 0] += 150
-        nib.save(nib.Nifti1Image(img, np.eye(4)), root / "imagesTr" / f"case{c:02d}_0000.nii.gz")
-        nib.save(nib.Nifti1Image(lab, np.eye(4)), root / "labelsTr" / f"case{c:02d}.nii.gz")
-    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "kidney": 2},
-            "numTraining": n, "file_ending": ".nii.gz"}
-    (root / "dataset.json").write_text(json.dumps(meta))
+        cases.append((img, lab))
+    write_nnunet_dataset(root, cases, {"liver": 1, "kidney": 2})
     return SourceConfig(kind="nnunet", path=str(root), name="toy")
 
 

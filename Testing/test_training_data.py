@@ -2,9 +2,9 @@
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
+from builders import write_nnunet_dataset
 from PIL import Image
 
 from medsam3_core.errors import InputError
@@ -16,18 +16,14 @@ from medsam3_core.geometry import Volume
 
 
 def _nnunet(root, n=3):
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
+    cases = []
     for c in range(n):
         img = np.random.default_rng(c).normal(40, 10, (16, 16, 6)).astype(np.float32)
         lab = np.zeros((16, 16, 6), np.uint8)
         lab[2:7, 3:9, 1:5] = 1
         lab[10:14, 10:14, 2:4] = 2
-        nib.save(nib.Nifti1Image(img, np.eye(4)), root / "imagesTr" / f"case{c:02d}_0000.nii.gz")
-        nib.save(nib.Nifti1Image(lab, np.eye(4)), root / "labelsTr" / f"case{c:02d}.nii.gz")
-    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "left_kidney": 2},
-            "numTraining": n, "file_ending": ".nii.gz"}
-    (root / "dataset.json").write_text(json.dumps(meta))
+        cases.append((img, lab))
+    write_nnunet_dataset(root, cases, {"liver": 1, "left_kidney": 2})
 
 
 def test_nnunet_manifest_cases_concepts_and_slices(tmp_path):
