@@ -18,24 +18,34 @@ from training.optim import OptimConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def blobs(tmp_path_factory) -> Path:
-    """A 2D folder dataset: 16 noisy 56² pictures, each with one bright square ("blob") at a random place."""
-    root = tmp_path_factory.mktemp("blobs")
+def _blob_folder(root: Path, prefix: str, count: int, shape: tuple[int, int], seed: int, place) -> Path:
+    """A 2D folder dataset of ``count`` noisy pictures, each with one bright rectangle ("blob") where
+    ``place(rng) -> (y, x, height, width)`` puts it."""
     (root / "images").mkdir()
     (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(16):
-        img = rng.normal(60, 12, (56, 56))
-        mask = np.zeros((56, 56), np.uint8)
-        y, x = rng.integers(4, 30, size=2)
-        s = rng.integers(12, 22)
-        img[y : y + s, x : x + s] += 120
-        mask[y : y + s, x : x + s] = 1
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"b{i:02d}.png")
-        Image.fromarray(mask).save(root / "masks" / f"b{i:02d}.png")
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        img = rng.normal(60, 12, shape)
+        mask = np.zeros(shape, np.uint8)
+        y, x, h, w = place(rng)
+        img[y : y + h, x : x + w] += 120
+        mask[y : y + h, x : x + w] = 1
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"{prefix}{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{prefix}{i:02d}.png")
     (root / "labels.json").write_text(json.dumps({"1": "blob"}))
     return root
+
+
+def _random_square(rng):
+    y, x = rng.integers(4, 30, size=2)
+    s = rng.integers(12, 22)
+    return y, x, s, s
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory) -> Path:
+    """16 noisy 56² pictures, each with one bright square ("blob") at a random place."""
+    return _blob_folder(tmp_path_factory.mktemp("blobs"), "b", 16, (56, 56), 0, _random_square)
 
 
 def _config(data: Path, out: Path, **engine) -> TrainConfig:
@@ -193,21 +203,10 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 @pytest.fixture(scope="module")
 def wide_blobs(tmp_path_factory) -> Path:
-    """Like ``blobs`` but 28×56 pictures, so letterbox (padded rows) and stretch (none) give different inputs."""
-    root = tmp_path_factory.mktemp("wide_blobs")
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(8):
-        img = rng.normal(60, 12, (28, 56))
-        mask = np.zeros((28, 56), np.uint8)
-        y, x = rng.integers(2, 14), rng.integers(4, 36)
-        img[y : y + 10, x : x + 14] += 120
-        mask[y : y + 10, x : x + 14] = 1
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"w{i:02d}.png")
-        Image.fromarray(mask).save(root / "masks" / f"w{i:02d}.png")
-    (root / "labels.json").write_text(json.dumps({"1": "blob"}))
-    return root
+    """Like ``blobs`` but 8 pictures of 28×56 with a 10×14 blob, so letterbox (padded rows) and stretch (none) give
+    different inputs."""
+    return _blob_folder(tmp_path_factory.mktemp("wide_blobs"), "w", 8, (28, 56), 1,
+                        lambda rng: (rng.integers(2, 14), rng.integers(4, 36), 10, 14))
 
 
 def test_fine_tuning_meta_weights_keeps_their_input_conventions(wide_blobs, tmp_path):
