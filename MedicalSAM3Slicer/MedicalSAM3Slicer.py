@@ -422,7 +422,7 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
 
     def _remoteJob(self, array, ijkToRas, request: RunRequest) -> ThreadJob:
         from medsam3_core.errors import MedSam3Error
-        from medsam3_core.geometry import Volume
+        from medsam3_core.io.geometry import Volume
         from medsam3_core.prompts import resolve_prompts
         from medsam3_core.segmenter import SegmentOptions
         from medsam3_core.server.client import RemoteSegmenter

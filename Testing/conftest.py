@@ -20,6 +20,6 @@ def _seed() -> None:
 @pytest.fixture(scope="session")
 def random_bundle():
     """A random-init tiny detector+tracker on CPU, shared by the whole session (build ≈ 1–5 s)."""
-    from medsam3_core.model import build_random_bundle
+    from medsam3_core.model.bundle import build_random_bundle
 
     return build_random_bundle(seed=0, device="cpu")

@@ -25,8 +25,8 @@ MAX_IMAGES = (0, 1)  # every slice; one per dataset (then rank 1 has no slice at
 
 def validation_rows(data_dirs: list[str]) -> dict[str, dict[str, list[dict]]]:
     """``{max_images: {threshold: [Row as dict]}}`` of a seeded random 56² model on the folder2d ``data_dirs``."""
-    from medsam3_core.model import Sam3Bundle
-    from medsam3_core.tokenizer import bundled_tokenizer
+    from medsam3_core.model.bundle import Sam3Bundle
+    from medsam3_core.model.tokenizer import bundled_tokenizer
     from training.config import DataConfig, ModelConfig, SourceConfig
     from training.data.sources import build_datasets
     from training.modelling import build_model

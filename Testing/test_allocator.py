@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc
 # the tuning is in effect and the page faults of the rounds after a warm-up round.
 _PROBE = """
 import random, resource, torch
-from medsam3_core.allocator import reuse_freed_memory
+from medsam3_core.engine.allocator import reuse_freed_memory
 applied = reuse_freed_memory()
 rng = random.Random(0)
 def step():

@@ -1,6 +1,6 @@
 """End-to-end CLI runs on real files: the bundled demo phantom, nilearn's MNI152 template, and every bad input.
 
-The CLI is run in-process through ``medsam3_core.volume.main`` (same code path as ``python -m``) except for one
+The CLI is run in-process through ``medsam3_core.cli.infer.main`` (same code path as ``python -m``) except for one
 subprocess run that checks the JSON-lines protocol and the exit code the Slicer module relies on.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medsam3_core.io import read_volume
-from medsam3_core.volume import EXIT_USER_ERROR, main
+from medsam3_core.io.reading import read_volume
+from medsam3_core.cli.infer import EXIT_USER_ERROR, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_demo_report_describes_every_prompt(demo_run):
         assert seg["volume_ml"] == pytest.approx(seg["voxels"] * np.prod(report["input"]["spacing"]) / 1000, rel=1e-4)
     assert report["options"]["mode"] == "detect"
     assert report["timings"]["read"] > 0 and report["timings"]["total"] > 0
-    from medsam3_core.model import load_model
+    from medsam3_core.model.bundle import load_model
 
     # no --threshold: the run used the demo model's recommended threshold, and the report says so
     assert report["threshold_source"] == "model"
@@ -121,7 +121,7 @@ def test_empty_prompt_is_refused(tmp_path, capsys):
 
 
 def test_console_script_lists_commands(capsys):
-    from medsam3_core.cli import main as medsam3
+    from medsam3_core.cli.main import main as medsam3
 
     with pytest.raises(SystemExit) as exc:
         medsam3(["--help"])

@@ -14,12 +14,12 @@ import pytest
 import torch
 from transformers import Sam3Config, Sam3VideoConfig, Sam3VideoModel
 
-from medsam3_core import convert
-from medsam3_core.checkpoints import target_shapes
-from medsam3_core.convert import DROPPED_NATIVE, convert_checkpoint, native_to_transformers, transformers_to_native
+from medsam3_core.model import convert
+from medsam3_core.model.checkpoints import target_shapes
+from medsam3_core.model.convert import DROPPED_NATIVE, convert_checkpoint, native_to_transformers, transformers_to_native
 from medsam3_core.errors import CheckpointError
-from medsam3_core.model import load_model, random_video_model
-from medsam3_core.tokenizer import bundled_tokenizer, tokenize
+from medsam3_core.model.bundle import load_model, random_video_model
+from medsam3_core.model.tokenizer import bundled_tokenizer, tokenize
 
 MANIFEST = Path(__file__).parent / "data" / "sam3_native_keys.json.gz"
 

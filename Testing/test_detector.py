@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from medsam3_core.detector import Detector
+from medsam3_core.engine.detector import Detector
 from medsam3_core.errors import InputError, PromptError
-from medsam3_core.preprocess import Letterbox, to_model_input
+from medsam3_core.engine.preprocess import Letterbox, to_model_input
 
 PROMPTS = ["liver", "left kidney", "spleen"]
 
@@ -138,7 +138,7 @@ def test_geometry_cls_token_changes_the_prompt_as_meta_does(random_bundle):
     """With ``geometry_cls`` the detector reads one more prompt token (Meta's layout), and the result differs."""
     import dataclasses
 
-    from medsam3_core.detector import Detector
+    from medsam3_core.engine.detector import Detector
 
     pixels = torch.randn(1, 3, random_bundle.image_size, random_bundle.image_size)
     plain = Detector(random_bundle)
@@ -152,7 +152,7 @@ def test_geometry_cls_token_changes_the_prompt_as_meta_does(random_bundle):
 def test_letterbox_follows_the_models_resize_convention(random_bundle):
     import dataclasses
 
-    from medsam3_core.detector import Detector
+    from medsam3_core.engine.detector import Detector
 
     ours = Detector(random_bundle).letterbox(50, 100)
     meta = Detector(dataclasses.replace(random_bundle, keep_aspect=False)).letterbox(50, 100)
@@ -164,8 +164,8 @@ def test_geometry_cls_once_per_slice_equals_the_token_per_pair(random_bundle):
     """The CLS token is computed once per slice and shared by its prompts; that must equal computing it per pair."""
     import dataclasses
 
-    from medsam3_core.detector import Detector
-    from medsam3_core.model import append_geometry_cls
+    from medsam3_core.engine.detector import Detector
+    from medsam3_core.model.bundle import append_geometry_cls
     from transformers.modeling_outputs import BaseModelOutputWithPooling
     from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 

@@ -13,9 +13,9 @@ from builders import (
     write_phantom_dicom,
 )
 
-from medsam3_core.dicom import list_series, read_dicom_series
+from medsam3_core.io.dicom import list_series, read_dicom_series
 from medsam3_core.errors import Cancelled, InputError
-from medsam3_core.io import read_volume
+from medsam3_core.io.reading import read_volume
 from medsam3_core.progress import CancelToken
 
 SPACING = (0.75, 0.6, 2.5)
@@ -238,7 +238,7 @@ def test_jpeg_lossless_falls_back_to_gdcm_without_double_rescale(tmp_path):
 
 def test_dicom_and_nifti_of_the_same_scan_agree(tmp_path):
     """The phantom written as an oblique DICOM series and as NIfTI reads back on one grid with equal voxels."""
-    from medsam3_core.io import write_volume
+    from medsam3_core.io.reading import write_volume
 
     _, ct, _, _ = write_phantom_dicom(tmp_path / "dicom", direction=oblique_direction(30))
     from_dicom = read_volume(tmp_path / "dicom")

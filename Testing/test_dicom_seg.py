@@ -13,10 +13,10 @@ from builders import oblique_direction, write_dicom_series
 from pydicom.uid import SegmentationStorage
 
 from medsam3_core import __version__
-from medsam3_core.dicom_seg import ALGORITHM_NAME, write_dicom_seg
+from medsam3_core.io.dicom_seg import ALGORITHM_NAME, write_dicom_seg
 from medsam3_core.errors import InputError
-from medsam3_core.geometry import Volume
-from medsam3_core.io import read_volume
+from medsam3_core.io.geometry import Volume
+from medsam3_core.io.reading import read_volume
 from medsam3_core.prompts import LOCAL_SCHEME
 from medsam3_core.segmenter import SegmentInfo
 
@@ -152,7 +152,7 @@ def test_dciodvfy_finds_no_errors(tmp_path):
 
 
 def test_cli_writes_dicom_seg_for_a_dicom_series(tmp_path):
-    from medsam3_core.volume import main
+    from medsam3_core.cli.infer import main
 
     source = _series(tmp_path)
     seg_path = tmp_path / "result.dcm"

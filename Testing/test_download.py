@@ -13,12 +13,12 @@ import pytest
 import torch
 from huggingface_hub import errors as hub_errors
 
-from medsam3_core import download
-from medsam3_core.checkpoints import save_model
-from medsam3_core.convert import transformers_to_native
-from medsam3_core.download import RELEASES, cache_root, download_release, release_dir
+from medsam3_core.model import download
+from medsam3_core.model.checkpoints import save_model
+from medsam3_core.model.convert import transformers_to_native
+from medsam3_core.model.download import RELEASES, cache_root, download_release, release_dir
 from medsam3_core.errors import ModelError
-from medsam3_core.model import load_model, random_video_model
+from medsam3_core.model.bundle import load_model, random_video_model
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from medsam3_core.detector import Detections, Detector
-from medsam3_core.engine import VolumeEngine, _Sweep
+from medsam3_core.engine.detector import Detections, Detector
+from medsam3_core.engine.volume_engine import VolumeEngine, _Sweep
 from medsam3_core.errors import Cancelled
-from medsam3_core.fusion import FusionRule
-from medsam3_core.geometry import Volume
-from medsam3_core.model import build_random_bundle
-from medsam3_core.postprocess import instances_for, pixelwise_max_labelmap
-from medsam3_core.preprocess import IntensityNormalizer, Letterbox, to_model_input
+from medsam3_core.engine.fusion import FusionRule
+from medsam3_core.io.geometry import Volume
+from medsam3_core.model.bundle import build_random_bundle
+from medsam3_core.engine.postprocess import instances_for, pixelwise_max_labelmap
+from medsam3_core.engine.preprocess import IntensityNormalizer, Letterbox, to_model_input
 from medsam3_core.progress import CancelToken
 from medsam3_core.segmenter import SegmentOptions
-from medsam3_core.tracker import MemoryTracker, TrackStep
+from medsam3_core.engine.tracker import MemoryTracker, TrackStep
 
 NUM_SLICES, ROWS, COLS = 9, 24, 30
 WINDOW = (40.0, 80.0)  # slice k has intensity 10·k: each slice maps to its own grey level

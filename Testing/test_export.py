@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from builders import oblique_direction
 
-import medsam3_core.export as export
+import medsam3_core.io.export as export
 from medsam3_core.errors import Cancelled, InputError
-from medsam3_core.export import safe_names, to_jsonable, write_outputs
-from medsam3_core.geometry import Volume
-from medsam3_core.io import read_volume
+from medsam3_core.io.export import safe_names, to_jsonable, write_outputs
+from medsam3_core.io.geometry import Volume
+from medsam3_core.io.reading import read_volume
 from medsam3_core.progress import CancelToken
 from medsam3_core.segmenter import ObjectInfo, SegmentationResult, SegmentInfo, SegmentOptions
 

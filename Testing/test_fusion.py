@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from medsam3_core.fusion import FusionRule, TrackBook, fuse_slice, mask_iou, match_by_iou
+from medsam3_core.engine.fusion import FusionRule, TrackBook, fuse_slice, mask_iou, match_by_iou
 
 RULE = FusionRule(match_iou=0.3, spawn_score=0.5, keep_score=0.5, patience=2, absorb_fraction=0.5)
 SIDE = 16

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-from medsam3_core.detector import Detector
-from medsam3_core.heads import EMPTY_MASK_LOGIT, SharedHeads
+from medsam3_core.engine.detector import Detector
+from medsam3_core.engine.heads import EMPTY_MASK_LOGIT, SharedHeads
 
 PROMPTS = ["liver", "left kidney", "spleen", "aorta"]
 

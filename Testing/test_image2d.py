@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from medsam3_core.errors import InputError, PromptError
-from medsam3_core.geometry import Volume
-from medsam3_core.image2d import segment_image
+from medsam3_core.io.geometry import Volume
+from medsam3_core.engine.image2d import segment_image
 
 PROMPTS = ["optic disc", "vessel", "macula"]
 

@@ -12,8 +12,8 @@ from builders import mni152_files, oblique_direction
 from PIL import Image
 
 from medsam3_core.errors import InputError
-from medsam3_core.geometry import Volume
-from medsam3_core.io import format_of, read_volume, volume_from_sitk, volume_to_sitk, write_volume
+from medsam3_core.io.geometry import Volume
+from medsam3_core.io.reading import format_of, read_volume, volume_from_sitk, volume_to_sitk, write_volume
 
 
 def _oblique_volume(dtype=np.int16) -> Volume:

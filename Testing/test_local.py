@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from medsam3_core.errors import Cancelled, PromptError
-from medsam3_core.geometry import Volume
-from medsam3_core.local import LocalSegmenter
+from medsam3_core.io.geometry import Volume
+from medsam3_core.segmenters.local import LocalSegmenter
 from medsam3_core.progress import CancelToken
 from medsam3_core.segmenter import SegmentOptions
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from medsam3_core.memory_attention import CACHE_MAX_TOKENS, BankLayout, BatchedMemoryAttention
-from medsam3_core.model import build_random_bundle, tiny_video_config
-from medsam3_core.tracker import MemoryEntry
+from medsam3_core.engine.memory_attention import CACHE_MAX_TOKENS, BankLayout, BatchedMemoryAttention
+from medsam3_core.model.bundle import build_random_bundle, tiny_video_config
+from medsam3_core.engine.tracker import MemoryEntry
 
 SPAN = 8
 

@@ -9,18 +9,18 @@ import torch
 from safetensors.torch import save_file
 from transformers import Sam3Model, Sam3VideoModel
 
-from medsam3_core import model as model_module
-from medsam3_core.checkpoints import Layout, read_weights, save_model
-from medsam3_core.convert import transformers_to_native
+from medsam3_core.model import bundle as model_module
+from medsam3_core.model.checkpoints import Layout, read_weights, save_model
+from medsam3_core.model.convert import transformers_to_native
 from medsam3_core.errors import CheckpointError, DeviceError, ModelError
-from medsam3_core.model import (
+from medsam3_core.model.bundle import (
     DEMO_RANDOM_SOURCE,
     load_model,
     random_video_model,
     tiny_detector_config,
     tiny_video_config,
 )
-from medsam3_core.tokenizer import bundled_tokenizer
+from medsam3_core.model.tokenizer import bundled_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -177,14 +177,14 @@ def test_unknown_native_tensors_are_reported(tiny_video, tmp_path, caplog):
     native = transformers_to_native(tiny_video.state_dict())
     native["detector.future_head.weight"] = torch.zeros(3)
     torch.save({"model": native}, tmp_path / "newer.pt")
-    with caplog.at_level("WARNING", logger="medsam3_core.model"):
+    with caplog.at_level("WARNING", logger="medsam3_core.model.bundle"):
         load_model(tmp_path / "newer.pt", device="cpu", config=tiny_video.config)
     assert "detector.future_head.weight" in caplog.text
 
 
 def test_geometry_cls_token_is_appended_to_text_prompts_without_torchvision(tiny_video):
-    from medsam3_core.model import append_geometry_cls
-    from medsam3_core.tokenizer import tokenize
+    from medsam3_core.model.bundle import append_geometry_cls
+    from medsam3_core.model.tokenizer import tokenize
 
     detector = tiny_video.detector_model
     ids, mask = tokenize(bundled_tokenizer(), ["liver", "spleen"])

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medsam3_core.colors import hex_color, label_colormap, segment_color
+from medsam3_core.io.colors import hex_color, label_colormap, segment_color
 from medsam3_core.errors import InputError
-from medsam3_core.geometry import Volume
-from medsam3_core.overlay import blend, representative_slices, segment_caption, write_overlays
+from medsam3_core.io.geometry import Volume
+from medsam3_core.io.overlay import blend, representative_slices, segment_caption, write_overlays
 from medsam3_core.segmenter import SegmentInfo
-from medsam3_core.viewer.planes import plane_for
+from medsam3_core.io.planes import plane_for
 
 
 def _phantom(lps: np.ndarray) -> np.ndarray:
@@ -161,8 +161,8 @@ def test_write_overlays_refuses_a_label_map_on_another_grid(tmp_path):
 
 
 def test_cli_png_option_writes_pictures(tmp_path):
-    from medsam3_core.io import write_volume
-    from medsam3_core.volume import main
+    from medsam3_core.io.reading import write_volume
+    from medsam3_core.cli.infer import main
 
     ct = _sampled(DIRECTIONS["ras_stored"], shape=(4, 40, 48))
     write_volume(ct.with_array(np.choose(ct.array, [-1000, 40, 60, 150]).astype(np.int16)), tmp_path / "ct.nii.gz")

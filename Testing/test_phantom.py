@@ -10,7 +10,7 @@ import pytest
 from builders import oblique_direction
 from scipy import ndimage
 
-from medsam3_core.io import read_volume
+from medsam3_core.io.reading import read_volume
 from medsam3_core.phantom import (
     DEMO_SHAPE,
     LABELS,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from medsam3_core.detector import Detections
-from medsam3_core.postprocess import (
+from medsam3_core.engine.detector import Detections
+from medsam3_core.engine.postprocess import (
     Instance,
     fill_holes,
     instances_for,
@@ -14,7 +14,7 @@ from medsam3_core.postprocess import (
     top_instance,
     volume_ml,
 )
-from medsam3_core.preprocess import Letterbox
+from medsam3_core.engine.preprocess import Letterbox
 
 
 def _detections() -> tuple[Detections, Letterbox]:

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from medsam3_core.errors import InputError
-from medsam3_core.geometry import Volume
-from medsam3_core.preprocess import CT_WINDOWS, IntensityNormalizer, Letterbox, slice_stack, to_model_input, unstack
+from medsam3_core.io.geometry import Volume
+from medsam3_core.engine.preprocess import CT_WINDOWS, IntensityNormalizer, Letterbox, slice_stack, to_model_input, unstack
 
 # -- intensity ---------------------------------------------------------------------------------------------------
 

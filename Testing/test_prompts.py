@@ -157,9 +157,9 @@ def test_duplicate_concepts_are_listed():
 
 def test_cli_report_lists_resolutions_and_the_model_sees_concepts(tmp_path):
     """The CLI resolves prompts (user file included) and reports raw → concept for every prompt."""
-    from medsam3_core.geometry import Volume
-    from medsam3_core.io import write_volume
-    from medsam3_core.volume import main
+    from medsam3_core.io.geometry import Volume
+    from medsam3_core.io.reading import write_volume
+    from medsam3_core.cli.infer import main
 
     scan = tmp_path / "scan.nii.gz"
     write_volume(Volume(np.random.default_rng(0).normal(0, 50, (3, 40, 48)).astype(np.int16), (1.0, 1.2, 3.0),

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from medsam3_core.errors import Cancelled, DeviceError, InputError, PromptError, RemoteError
-from medsam3_core.geometry import Volume
+from medsam3_core.io.geometry import Volume
 from medsam3_core.progress import CancelToken, report
 from medsam3_core.segmenter import ObjectInfo, SegmentationResult, SegmentInfo, SegmentOptions
 from medsam3_core.server import wire

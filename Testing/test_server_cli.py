@@ -61,7 +61,7 @@ def test_taken_port_is_reported_before_the_model_loads(capsys, monkeypatch):
 
 def _infer(tmp_path, name, scan, *extra):
     """``python -m medsam3_core.volume infer`` in this process (the server is the separate process under test)."""
-    from medsam3_core import volume
+    from medsam3_core.cli import infer as volume
 
     out = tmp_path / name
     argv = ["infer", str(scan), "kidney", "liver", "-o", str(out), "--device", "cpu", "--mode", "detect",
@@ -98,7 +98,7 @@ def _start_server():
 
 @pytest.mark.slow
 def test_serve_and_infer_with_server_equal_local_inference(tmp_path):
-    from medsam3_core.io import write_volume
+    from medsam3_core.io.reading import write_volume
     from medsam3_core.phantom import make_abdomen_phantom
 
     scan = tmp_path / "scan.nii.gz"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from medsam3_core.errors import Cancelled
-from medsam3_core.local import LocalSegmenter
+from medsam3_core.segmenters.local import LocalSegmenter
 from medsam3_core.phantom import make_abdomen_phantom
 from medsam3_core.progress import CancelToken
 from medsam3_core.segmenter import SegmentOptions

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medsam3_core.errors import InputError
-from medsam3_core.geometry import Volume
+from medsam3_core.io.geometry import Volume
 from medsam3_core.segmenter import ObjectInfo, SegmentationResult, SegmentInfo, SegmentOptions
 from medsam3_core.server import wire
 

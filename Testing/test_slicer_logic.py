@@ -118,7 +118,7 @@ def test_standin_volume_node_matches_itk_physical_points():
 
 
 def test_core_volume_from_slicer_matrix_agrees_with_itk():
-    from medsam3_core.geometry import Volume
+    from medsam3_core.io.geometry import Volume
 
     image = _itk_phantom()
     node = _load_like_slicer(image)
@@ -283,7 +283,7 @@ def test_infer_command_matches_the_cli_contract():
                    "--model", "/m.pt", "--device", "cuda", "--mode", "detect", "--threshold", "0.35",
                    "--slice-axis", "coronal", "--format", "nrrd", "--progress", "json", "--window", "40,400",
                    "--cleanup", "--modality", "CT"]
-    from medsam3_core.volume import add_arguments
+    from medsam3_core.cli.infer import add_arguments
     import argparse
 
     parser = argparse.ArgumentParser()

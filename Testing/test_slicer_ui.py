@@ -66,7 +66,7 @@ def test_ui_loads_and_has_every_widget_the_module_names(qapp):
 
 
 def test_ui_choices_match_what_the_core_accepts(qapp):
-    from medsam3_core.preprocess import CT_WINDOWS
+    from medsam3_core.engine.preprocess import CT_WINDOWS
     from medsam3_core.segmenter import MODES, SLICE_AXES
 
     root = slicer.util.loadUI(str(UI_FILE))  # keep a reference: children die with it

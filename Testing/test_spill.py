@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from medsam3_core.errors import MedSam3Error
-from medsam3_core.spill import SliceSpill
+from medsam3_core.engine.feature_store import SliceSpill
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import Sam3TrackerVideoInferenceSession
 
 from medsam3_core.errors import ModelError
-from medsam3_core.model import build_random_bundle, tiny_video_config
-from medsam3_core.tracker import MemoryTracker
+from medsam3_core.model.bundle import build_random_bundle, tiny_video_config
+from medsam3_core.engine.tracker import MemoryTracker
 
 NUM_SLICES = 6
 

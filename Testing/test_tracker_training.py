@@ -7,8 +7,8 @@ import pytest
 from builders import write_nnunet_dataset
 import torch
 
-from medsam3_core.geometry import Volume
-from medsam3_core.model import build_random_bundle, load_model, random_video_model, save_model
+from medsam3_core.io.geometry import Volume
+from medsam3_core.model.bundle import build_random_bundle, load_model, random_video_model, save_model
 from training.clips import ClipDataset, ClipSampler, clip_datasets
 from training.config import DataConfig, SourceConfig, load_config
 from training.data.manifests import split_cases

@@ -12,7 +12,7 @@ from training.config import ConfigError, TrainConfig, apply_overrides, load_conf
 from training.data.manifests import folder2d_cases, jsonl_cases, nnunet_cases, split_cases
 from training.data.sampler import BalancedSampler
 from training.data.samples import Case, PromptDataset, instances_of
-from medsam3_core.geometry import Volume
+from medsam3_core.io.geometry import Volume
 
 
 def _nnunet(root, n=3):

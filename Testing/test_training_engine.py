@@ -77,7 +77,7 @@ def _train(cfg: TrainConfig) -> list[float]:
 
 
 def _dice(cfg: TrainConfig, model_dir: Path) -> float:
-    from medsam3_core.model import load_model
+    from medsam3_core.model.bundle import load_model
     from training.data.sources import build_datasets
     from training.evaluate import evaluate_model, summarize
 
@@ -113,7 +113,7 @@ def test_kill_and_resume_continues_exactly(blobs, tmp_path):
 
 
 def test_lora_trains_adapters_only_and_exports_a_plain_model(blobs, tmp_path):
-    from medsam3_core.model import load_model
+    from medsam3_core.model.bundle import load_model
     from training.engine import Trainer
 
     cfg = _config(blobs, tmp_path / "lora", max_steps=2)
@@ -179,7 +179,7 @@ def test_detector_tracker_model_round_trips_through_training_init(tmp_path):
 def test_activation_checkpointing_gives_the_same_gradients():
     from transformers import Sam3Model
 
-    from medsam3_core.model import tiny_detector_config
+    from medsam3_core.model.bundle import tiny_detector_config
     from training.modelling import enable_activation_checkpointing
 
     torch.manual_seed(0)

@@ -45,13 +45,13 @@ def test_command_scores_prediction_files_and_writes_report(tmp_path, capsys):
 
 
 class _HandMadeDetector:
-    """Stands in for ``medsam3_core.detector.Detector`` on one 16² image with prompts "organ" and "lesion":
+    """Stands in for ``medsam3_core.engine.detector.Detector`` on one 16² image with prompts "organ" and "lesion":
     "organ" (present) has one correct mask scoring 0.42; "lesion" (absent) one false positive scoring 0.27."""
 
     bundle = type("B", (), {"device": "cpu"})
 
     def letterbox(self, height, width):
-        from medsam3_core.preprocess import Letterbox
+        from medsam3_core.engine.preprocess import Letterbox
 
         return Letterbox(height, width, 16)
 
@@ -65,7 +65,7 @@ class _HandMadeDetector:
     def detect(self, vision, text):
         import torch
 
-        from medsam3_core.detector import Detections
+        from medsam3_core.engine.detector import Detections
 
         logits = torch.full((1, 2, 1, 16, 16), -10.0)
         logits[0, 0, 0, 4:10, 4:10] = 10.0  # the organ, exactly

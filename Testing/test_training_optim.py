@@ -5,7 +5,7 @@ import math
 import pytest
 from transformers import Sam3Model
 
-from medsam3_core.model import tiny_detector_config
+from medsam3_core.model.bundle import tiny_detector_config
 from training.optim import OptimConfig, build_optimizer, build_param_groups, lr_factor, param_group_name, vit_level
 
 

@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("qtpy")
 from qtpy.QtCore import Qt, QTimer  # noqa: E402
 
-from medsam3_core.colors import segment_color  # noqa: E402
+from medsam3_core.io.colors import segment_color  # noqa: E402
 from medsam3_core.errors import ModelError  # noqa: E402
-from medsam3_core.io import read_volume  # noqa: E402
+from medsam3_core.io.reading import read_volume  # noqa: E402
 from medsam3_core.phantom import make_abdomen_phantom  # noqa: E402
 from medsam3_core.segmenter import SegmentationResult, SegmentInfo, SegmentOptions  # noqa: E402
 from medsam3_core.viewer.window import CANCELLING, IDLE, RUNNING, ViewerWindow  # noqa: E402
@@ -208,8 +208,8 @@ def test_viewer_segments_the_demo_with_the_demo_model_and_saves(qtbot, tmp_path)
 
 
 def test_view_command_screenshot(tmp_path, phantom):
-    from medsam3_core.cli import main
-    from medsam3_core.io import write_volume
+    from medsam3_core.cli.main import main
+    from medsam3_core.io.reading import write_volume
 
     ct, _, _ = phantom
     write_volume(ct, tmp_path / "ct.nii.gz")
@@ -223,7 +223,7 @@ def test_view_command_screenshot(tmp_path, phantom):
 
 
 def test_a_2d_colour_picture_shows_one_view_without_window_controls(qtbot, phantom):
-    from medsam3_core.geometry import Volume
+    from medsam3_core.io.geometry import Volume
 
     ct, labels, names = phantom
     rgb = np.zeros((1, 30, 40, 3), np.uint8)

@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).absolute().parents[1]))
 from configs import PROMPTS, build_video, random_volume  # noqa: E402
 from stock import run_stock, video_frames  # noqa: E402
 
-from medsam3_core.allocator import reuse_freed_memory  # noqa: E402
-from medsam3_core.engine import VolumeEngine  # noqa: E402
-from medsam3_core.fusion import FusionRule  # noqa: E402
-from medsam3_core.model import bundle_from_video_model, select_device  # noqa: E402
+from medsam3_core.engine.allocator import reuse_freed_memory  # noqa: E402
+from medsam3_core.engine.volume_engine import VolumeEngine  # noqa: E402
+from medsam3_core.engine.fusion import FusionRule  # noqa: E402
+from medsam3_core.model.bundle import bundle_from_video_model, select_device  # noqa: E402
 from medsam3_core.segmenter import SegmentOptions  # noqa: E402
-from medsam3_core.tracker import MemoryTracker  # noqa: E402
+from medsam3_core.engine.tracker import MemoryTracker  # noqa: E402
 
 # Objects never end and every detection may start one: the engine keeps 3 objects per prompt, like stock.
 KEEP_ALL = FusionRule(spawn_score=0.0, keep_score=0.0, patience=10**9)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import Sam3Config, Sam3VideoConfig, Sam3VideoModel
 
-from medsam3_core.geometry import Volume
+from medsam3_core.io.geometry import Volume
 
 __all__ = ["CONFIGS", "PROMPTS", "build_video", "random_volume"]
 

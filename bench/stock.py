@@ -11,9 +11,9 @@ import torch
 from transformers import Sam3VideoModel
 from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
 
-from medsam3_core.geometry import Volume
-from medsam3_core.preprocess import IntensityNormalizer, Letterbox, to_model_input
-from medsam3_core.tokenizer import bundled_tokenizer, tokenize
+from medsam3_core.io.geometry import Volume
+from medsam3_core.engine.preprocess import IntensityNormalizer, Letterbox, to_model_input
+from medsam3_core.model.tokenizer import bundled_tokenizer, tokenize
 
 __all__ = ["video_frames", "run_stock"]
 

@@ -2,7 +2,7 @@
 
 The engine's work per slice is ``E + H(P) + K · objects``: ``E`` the once-per-slice encoding (ViT, detector FPN,
 tracker neck), ``H(P)`` the detector heads for ``P`` prompts (per (slice, prompt) pair, with the prompt-independent
-part shared, ``medsam3_core/heads.py``), ``K`` the tracker per object (memory attention, mask decoder, memory encoder).
+part shared, ``medsam3_core/engine/heads.py``), ``K`` the tracker per object (memory attention, mask decoder, memory encoder).
 The ``full`` benchmark of ``bench_engine.py`` runs 2 slices, where no object has more than one remembered slice; on a
 long volume every bank is full (the conditioning memory plus ``memory_size - 1`` recent slices), and the memory
 attention, which attends to all of them, is the tracker's dominant cost. This script measures ``E``, ``H(1)``,
@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).absolute().parents[1]))
 
 from configs import PROMPTS, build_video  # noqa: E402
 
-from medsam3_core.allocator import reuse_freed_memory  # noqa: E402
-from medsam3_core.detector import Detector  # noqa: E402
-from medsam3_core.model import bundle_from_video_model  # noqa: E402
-from medsam3_core.tracker import MemoryTracker  # noqa: E402
+from medsam3_core.engine.allocator import reuse_freed_memory  # noqa: E402
+from medsam3_core.engine.detector import Detector  # noqa: E402
+from medsam3_core.model.bundle import bundle_from_video_model  # noqa: E402
+from medsam3_core.engine.tracker import MemoryTracker  # noqa: E402
 
 NUM_SLICES = 300  # object-pointer encodings are normalised by the volume's length
 

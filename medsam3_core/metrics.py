@@ -4,7 +4,7 @@ Empty masks follow one explicit convention (the paper's evaluation, but counting
 them): both empty → perfect (Dice = IoU = 1, distances 0); exactly one empty → Dice = IoU = 0 and distances
 ``inf``. So a mask predicted where there is nothing counts as a false positive, and a missed object as a miss.
 
-Surface distances need the voxel spacing **in array-axis order**; for a :class:`~medsam3_core.geometry.Volume`
+Surface distances need the voxel spacing **in array-axis order**; for a :class:`~medsam3_core.io.geometry.Volume`
 (spacing is ``(i, j, k)`` and the array ``[k, j, i]``) pass ``volume.spacing[::-1]``.
 """
 

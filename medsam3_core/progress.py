@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Optional
 
-from .errors import Cancelled
+from medsam3_core.errors import Cancelled
 
 __all__ = ["ProgressCallback", "CancelToken", "report"]
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Optional, Sequence, Union
 
-from .errors import InputError, PromptError
+from medsam3_core.errors import InputError, PromptError
 
 __all__ = [
     "Code",

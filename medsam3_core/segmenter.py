@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Protocol, Sequence, Union
 
-from .errors import InputError
-from .geometry import Volume
-from .progress import CancelToken, ProgressCallback
+from medsam3_core.errors import InputError
+from medsam3_core.io.geometry import Volume
+from medsam3_core.progress import CancelToken, ProgressCallback
 
 __all__ = [
     "SegmentOptions",

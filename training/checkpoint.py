@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from medsam3_core.atomic import atomic_path
+from medsam3_core.io.atomic import atomic_path
 from medsam3_core.errors import CheckpointError
 
 __all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng"]

@@ -9,7 +9,7 @@ all-reduced, so every rank holds the same metrics. It scores a grid of score thr
 and keeps the best (``engine.calibrate``): the export states it as the model's recommended threshold (``medsam3.json``
 conventions ``score_threshold``), which inference uses unless the user gives one. The weights with the best selection
 score are exported to ``<output_dir>/best`` and the final ones to ``<output_dir>/final``, both weights-only folders
-that ``medsam3_core.model.load_model`` reads.
+that ``medsam3_core.model.bundle.load_model`` reads.
 
 Input conventions follow the weights (``training.modelling``): a checkpoint trained by Meta is fine-tuned on
 stretched slices with the geometry CLS token appended to every prompt, and exported saying so.
@@ -29,9 +29,9 @@ from typing import Callable, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from medsam3_core.atomic import atomic_path
-from medsam3_core.model import Sam3Bundle, select_device
-from medsam3_core.tokenizer import bundled_tokenizer, tokenize
+from medsam3_core.io.atomic import atomic_path
+from medsam3_core.model.bundle import Sam3Bundle, select_device
+from medsam3_core.model.tokenizer import bundled_tokenizer, tokenize
 
 from . import distributed as dist
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
@@ -284,7 +284,7 @@ class Trainer:
     def export(self, name: str, extra: Optional[dict] = None) -> Optional[Path]:
         """Weights-only model folder ``<output_dir>/<name>`` (rank 0), LoRA merged into a copy of the weights.
 
-        Its ``medsam3.json`` states how inference must feed it (``medsam3_core.model`` reads the conventions):
+        Its ``medsam3.json`` states how inference must feed it (``medsam3_core.model.bundle`` reads the conventions):
         the input conventions it was trained with (the init's), whether its tracker is usable (never trained here,
         so only if the init had a trained one), and the score threshold calibrated at the latest validation.
         """
@@ -294,7 +294,7 @@ class Trainer:
         conventions = {"keep_aspect": self.model.keep_aspect, "geometry_cls": self.model.geometry_cls,
                        "tracker_trained": self.cfg.model.init != "tiny"}
         threshold = self._validated[1]["score_threshold"] if self._validated is not None else None
-        if threshold is not None and 0.0 < threshold < 1.0:  # what medsam3_core.model accepts; else it uses 0.5
+        if threshold is not None and 0.0 < threshold < 1.0:  # what medsam3_core.model.bundle accepts; else it uses 0.5
             conventions["score_threshold"] = threshold
         info["conventions"] = conventions
         with merged(self.model, self.trainable) as plain:

@@ -13,7 +13,7 @@ The same scoring (:func:`score_label_maps`) serves two inputs: a model run on a 
 
 **Calibration.** A model's detection scores need not be centred on 0.5 (the tiny demo model's aorta scores ≈ 0.35
 everywhere), so a training export states the score threshold it works best at (``medsam3.json`` conventions
-``score_threshold``, read by ``medsam3_core.model``). :func:`sweep_thresholds` runs the network once and scores the
+``score_threshold``, read by ``medsam3_core.model.bundle``). :func:`sweep_thresholds` runs the network once and scores the
 same detections at every threshold of a grid; :func:`pick_threshold` takes the one with the best selection score
 (:func:`dataset_means`). Without ``--threshold``, ``--model`` is scored at the model's own recommendation.
 
@@ -36,13 +36,13 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from medsam3_core.atomic import atomic_path
-from medsam3_core.detector import Detector
+from medsam3_core.io.atomic import atomic_path
+from medsam3_core.engine.detector import Detector
 from medsam3_core.errors import InputError, MedSam3Error
 from medsam3_core.metrics import dice, iou
-from medsam3_core.model import Sam3Bundle
-from medsam3_core.postprocess import instances_for, pixelwise_max_labelmap
-from medsam3_core.preprocess import to_model_input
+from medsam3_core.model.bundle import Sam3Bundle
+from medsam3_core.engine.postprocess import instances_for, pixelwise_max_labelmap
+from medsam3_core.engine.preprocess import to_model_input
 
 from . import distributed as dist
 
@@ -368,7 +368,7 @@ def score_files(pred_dir: Path, gt_dir: Path, concepts: dict[int, str], dataset:
     A prediction folder written by ``medsam3 infer`` per case (``<case>/labels.nii.gz``) is matched by its folder
     name; otherwise file names must agree.
     """
-    from medsam3_core.io import read_volume
+    from medsam3_core.io.reading import read_volume
 
     from .data.manifests import _stem
 
@@ -424,7 +424,7 @@ def _run(args: argparse.Namespace) -> list[Row]:
         return summarize(score_files(args.pred, args.gt, read_label_to_text(args.labels)))
     if not args.model or not args.data:
         raise InputError("give --model and at least one --data, or --pred/--gt/--labels")
-    from medsam3_core.model import load_model
+    from medsam3_core.model.bundle import load_model
 
     from .data.sources import datasets_for
 

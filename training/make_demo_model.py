@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from medsam3_core.model import DEMO_MODEL_DIR, load_model
+from medsam3_core.model.bundle import DEMO_MODEL_DIR, load_model
 from medsam3_core.phantom import demo_label_names, demo_paths
 
 from .config import apply_overrides, load_config

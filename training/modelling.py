@@ -2,7 +2,7 @@
 
 Training runs through ``Sam3Model`` (the detector). When the starting point is a detector+tracker model
 (``Sam3VideoModel``: the tiny demo, SAM3, Medical SAM3 3D) the whole model is kept as ``root`` so the export is
-again a complete detector+tracker folder that ``medsam3_core.model.load_model`` reads with the same loader; the
+again a complete detector+tracker folder that ``medsam3_core.model.bundle.load_model`` reads with the same loader; the
 tracker weights are carried over unchanged (the transformers tracker runs under ``inference_mode`` and is not
 trained here, SAM3_NOTES §4).
 
@@ -25,9 +25,9 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel, Sam3Model, Sam3VideoConfig, Sam3VideoModel
 
-from medsam3_core.atomic import atomic_path
-from medsam3_core.checkpoints import read_config, save_model
-from medsam3_core.model import (
+from medsam3_core.io.atomic import atomic_path
+from medsam3_core.model.checkpoints import read_config, save_model
+from medsam3_core.model.bundle import (
     append_geometry_cls,
     load_model,
     resolve_model_spec,
@@ -65,7 +65,7 @@ class TrainModel:
 class PromptedForward(torch.nn.Module):
     """The training forward ``(pixel_values, input_ids, attention_mask) → Sam3Model output`` in the prompt
     convention of the weights: with ``geometry_cls`` the text tokens are followed by the geometry encoder's CLS
-    token, as Meta's SAM3 always builds a prompt (``medsam3_core.model.append_geometry_cls``); transformers' own
+    token, as Meta's SAM3 always builds a prompt (``medsam3_core.model.bundle.append_geometry_cls``); transformers' own
     forward with ``input_ids`` leaves it out.
 
     It owns ``trainable`` (the detector, or its peft wrapper) as a submodule, so ``DistributedDataParallel`` can

@@ -3,7 +3,7 @@
     python -m training.tracker_eval --model runs/tracker/best --threshold 0.3 --threshold 0.5
 
 Held-out phantoms are the ones DEMO_MODEL.md scores the detector on (24 randomised abdomens, seeds 90 000–90 023,
-never seen in training), segmented as whole volumes by the inference engine (:class:`medsam3_core.engine
+never seen in training), segmented as whole volumes by the inference engine (:class:`medsam3_core.engine.volume_engine
 .VolumeEngine`) for liver, spleen, kidney and aorta, and scored per organ with 3D Dice
 (:func:`medsam3_core.metrics.dice`) against the phantom's label map, averaged over cases. Both modes run on the
 same loaded model, so the only difference is the tracker and the fusion. ``--demo-scan`` also segments the bundled
@@ -21,9 +21,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from medsam3_core.engine import VolumeEngine
+from medsam3_core.engine.volume_engine import VolumeEngine
 from medsam3_core.metrics import dice
-from medsam3_core.model import DEMO_MODEL_DIR, load_model
+from medsam3_core.model.bundle import DEMO_MODEL_DIR, load_model
 from medsam3_core.phantom import LABELS
 from medsam3_core.segmenter import SegmentOptions
 

@@ -4,7 +4,7 @@
 
 Each step takes one clip (:mod:`training.clips`: ``T`` consecutive slices, objects present on the first) and does
 what the volume engine does in track mode, with gradients: the detector's ViT encodes the slices (frozen, under
-``no_grad``), :class:`~medsam3_core.tracker.MemoryTracker` seeds every object from its ground-truth mask on the first
+``no_grad``), :class:`~medsam3_core.engine.tracker.MemoryTracker` seeds every object from its ground-truth mask on the first
 slice, then propagates it slice by slice and remembers its own prediction (teacher-free, as at inference; with
 probability ``--gt-memory`` the ground truth is remembered instead, as when a detection corrects the tracker). The
 same tracker code runs at inference, so what is trained is exactly what is used.
@@ -22,7 +22,7 @@ pointer projection, temporal encodings) and ``tracker_neck``; nothing of the det
 its detector weights bit for bit. The tracker runs in eval mode (no dropout): the padded-memory key mask of the
 batched tracker and transformers' RoPE key dropout do not mix, and inference runs it the same way.
 
-Loading: ``medsam3_core.model.load_model`` drops a tracker whose ``medsam3.json`` says ``tracker_trained: false``
+Loading: ``medsam3_core.model.bundle.load_model`` drops a tracker whose ``medsam3.json`` says ``tracker_trained: false``
 (random weights would spoil inference); this module reads the folder's ``Sam3VideoModel`` itself to get it back.
 The export is a weights-only float16 folder (like the demo model) whose ``medsam3.json`` keeps the source's keys,
 with ``conventions.tracker_trained: true`` and a ``tracker_training`` record.
@@ -43,12 +43,12 @@ import torch
 import torch.nn.functional as F
 from transformers import Sam3VideoModel
 
-from medsam3_core import checkpoints
-from medsam3_core.atomic import atomic_path
+from medsam3_core.model import checkpoints
+from medsam3_core.io.atomic import atomic_path
 from medsam3_core.errors import ModelError
 from medsam3_core.metrics import dice as mask_dice
-from medsam3_core.model import DEMO_MODEL_DIR, Sam3Bundle, load_model, resolve_model_spec
-from medsam3_core.tracker import MemoryTracker
+from medsam3_core.model.bundle import DEMO_MODEL_DIR, Sam3Bundle, load_model, resolve_model_spec
+from medsam3_core.engine.tracker import MemoryTracker
 
 from .clips import Clip, ClipDataset, ClipSampler, clip_datasets
 from .config import load_config

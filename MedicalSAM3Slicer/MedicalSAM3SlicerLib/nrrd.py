@@ -64,7 +64,7 @@ def write_nrrd(path: Union[str, Path], array: np.ndarray, ijk_to_ras: np.ndarray
         "space origin: " + _vector(ijk_to_lps[:, 3]),
     ]
     data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-    from medsam3_core.atomic import atomic_path
+    from medsam3_core.io.atomic import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         handle.write(("\n".join(header) + "\n\n").encode("ascii"))

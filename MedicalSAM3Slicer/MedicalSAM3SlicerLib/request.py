@@ -15,7 +15,7 @@ from .parameters import DEVICES, MODEL_SOURCES, Parameters
 
 __all__ = ["RunRequest", "WINDOW_PRESETS"]
 
-#: The core's CT window presets (``medsam3_core.preprocess.CT_WINDOWS``, which imports torch and so cannot be
+#: The core's CT window presets (``medsam3_core.engine.preprocess.CT_WINDOWS``, which imports torch and so cannot be
 #: imported into Slicer's process); a test keeps the two lists equal.
 WINDOW_PRESETS = ("soft-tissue", "lung", "bone", "brain")
 

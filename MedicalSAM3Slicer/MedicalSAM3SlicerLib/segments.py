@@ -41,7 +41,7 @@ def segments_from_labelmap(
     looked for, and its confidence says why it is empty. Colours come from the core's table, so label k looks the
     same in the CLI's pictures, the viewer and Slicer.
     """
-    from medsam3_core.colors import segment_color_float
+    from medsam3_core.io.colors import segment_color_float
 
     by_label = {int(s["label"]): s for s in report_segments if "label" in s}
     found = set(np.unique(labelmap).tolist()) - {0}

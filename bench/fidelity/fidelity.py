@@ -5,11 +5,11 @@ Runs in the separate environment made by ``setup_venv.sh`` (Meta's ``sam3`` whee
 1. builds Meta's full-size SAM3 video model (detector + tracker) with random weights and records every parameter
    name and shape into ``Testing/data/sam3_native_keys.json.gz`` — the manifest CI checks conversion coverage with;
 2. builds Meta's full-size image model with a fixed seed, converts its ``state_dict`` with
-   :func:`medsam3_core.convert.native_to_transformers`, loads it into transformers' ``Sam3Model`` through
-   :func:`medsam3_core.checkpoints.instantiate` (the path every real checkpoint takes), runs both on the same
+   :func:`medsam3_core.model.convert.native_to_transformers`, loads it into transformers' ``Sam3Model`` through
+   :func:`medsam3_core.model.checkpoints.instantiate` (the path every real checkpoint takes), runs both on the same
    1008×1008 image and text prompt, and reports the largest absolute differences of class logits, presence,
    boxes and mask logits — once as transformers runs a text prompt, once with the geometry-encoder CLS token
-   Meta's model always adds (:func:`medsam3_core.model.append_geometry_cls`);
+   Meta's model always adds (:func:`medsam3_core.model.bundle.append_geometry_cls`);
 3. runs one memory-tracking step through Meta's tracker and through transformers' tracker loaded with the
    converted weights, stage by stage on identical inputs;
 4. writes the figures and versions to ``bench/fidelity/results.json`` and ``bench/fidelity/RESULTS.md``.
@@ -38,9 +38,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from medsam3_core import checkpoints  # noqa: E402  (needs the repo on sys.path first)
-from medsam3_core.convert import native_to_transformers  # noqa: E402
-from medsam3_core.model import append_geometry_cls  # noqa: E402
-from medsam3_core.tokenizer import BPE_PATH, bundled_tokenizer, tokenize  # noqa: E402
+from medsam3_core.model.convert import native_to_transformers  # noqa: E402
+from medsam3_core.model.bundle import append_geometry_cls  # noqa: E402
+from medsam3_core.model.tokenizer import BPE_PATH, bundled_tokenizer, tokenize  # noqa: E402
 
 MANIFEST = REPO / "Testing" / "data" / "sam3_native_keys.json.gz"
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -155,7 +155,7 @@ def native_detector(prompt: str, pixels: torch.Tensor):
 
 def transformers_detector(state: dict, prompt: str, pixels: torch.Tensor):
     """Our conversion of ``state`` in transformers' Sam3Model: outputs as transformers runs a text prompt, outputs
-    with Meta's geometry CLS token appended (:func:`medsam3_core.model.append_geometry_cls`), the conversion, and
+    with Meta's geometry CLS token appended (:func:`medsam3_core.model.bundle.append_geometry_cls`), the conversion, and
     the time of one full forward."""
     from transformers import Sam3Config
 
@@ -289,7 +289,7 @@ def write_results(results: dict) -> None:
         "",
         "Produced by `bench/fidelity/fidelity.py` (not CI), float32 on a shared 2-core CPU. Meta's full-size SAM3",
         f"models are built with random weights (seed {SEED}; the two text-encoder tensors Meta leaves uninitialised",
-        "get N(0, 0.02) values), converted with `medsam3_core.convert`, and both implementations run on identical",
+        "get N(0, 0.02) values), converted with `medsam3_core.model.convert`, and both implementations run on identical",
         "inputs. Goal: every difference < 1e-3.",
         "",
     ]
@@ -299,11 +299,11 @@ def write_results(results: dict) -> None:
         lines += [
             "## Detector (image model): one 1008×1008 image, one text prompt",
             "",
-            f"Prompt {det['prompt']!r}; weights loaded through `medsam3_core.checkpoints.instantiate` (the path every",
+            f"Prompt {det['prompt']!r}; weights loaded through `medsam3_core.model.checkpoints.instantiate` (the path every",
             "real checkpoint takes); transformers tokenised with our bundled CLIP tokenizer, Meta with its own.",
             "Meta's model always runs its geometry encoder and appends its CLS token to the text prompt;",
             "transformers' `Sam3Model` skips that encoder for text-only prompts. Column *text only* is transformers",
-            "as is; column *+ geometry CLS* appends the token with `medsam3_core.model.append_geometry_cls`.",
+            "as is; column *+ geometry CLS* appends the token with `medsam3_core.model.bundle.append_geometry_cls`.",
             "",
             "| output | shape | max abs diff, text only | max abs diff, + geometry CLS | max abs value |",
             "|---|---|---|---|---|",

@@ -25,7 +25,7 @@ OUT = Path(__file__).with_name("LOADING.md")
 _LOAD = """
 import json, re, sys, time, torch
 torch.set_num_threads(2)
-from medsam3_core.model import load_model
+from medsam3_core.model.bundle import load_model
 start = time.perf_counter()
 bundle = load_model(sys.argv[1], device="cpu")
 seconds = time.perf_counter() - start
@@ -47,8 +47,8 @@ def main() -> None:
     import torch
     from transformers import Sam3VideoConfig
 
-    from medsam3_core.convert import transformers_to_native
-    from medsam3_core.model import random_video_model, save_model
+    from medsam3_core.model.convert import transformers_to_native
+    from medsam3_core.model.bundle import random_video_model, save_model
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
@@ -63,7 +63,7 @@ def main() -> None:
         torch.save({"model": transformers_to_native(model.state_dict()), "epoch": 1}, scratch / "native.pt")
         del model
         start = time.perf_counter()
-        _python(["-m", "medsam3_core.cli", "convert", str(scratch / "native.pt"), str(scratch / "converted")])
+        _python(["-m", "medsam3_core.cli.main", "convert", str(scratch / "native.pt"), str(scratch / "converted")])
         rows.append(("medsam3 convert native .pt → folder (whole command)", time.perf_counter() - start, None))
         for label, target in (("load_model(transformers folder)", scratch / "folder"),
                               ("load_model(native .pt, converted on the fly)", scratch / "native.pt"),

@@ -34,11 +34,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .. import __version__
-from ..errors import InputError
-from ..segmenter import Segmenter
-from .jobs import JobQueue, NotFinished, QueueFull, UnknownJob
-from .wire import MAX_PROMPTS, WIRE_VERSION, decode_request
+from medsam3_core import __version__
+from medsam3_core.errors import InputError
+from medsam3_core.segmenter import Segmenter
+from medsam3_core.server.jobs import JobQueue, NotFinished, QueueFull, UnknownJob
+from medsam3_core.server.wire import MAX_PROMPTS, WIRE_VERSION, decode_request
 
 __all__ = ["create_app", "DEFAULT_MAX_VOXELS", "API_PREFIX"]
 

@@ -19,9 +19,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..errors import MedSam3Error
-from ..geometry import Volume
-from ..segmenter import SegmentOptions
+from medsam3_core.errors import MedSam3Error
+from medsam3_core.io.geometry import Volume
+from medsam3_core.segmenter import SegmentOptions
 
 __all__ = ["add_arguments", "run", "main", "API_KEY_ENV", "MIN_KEY_LENGTH"]
 
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _api_key(args: argparse.Namespace) -> Optional[str]:
     """The key to require, ``None`` for an allowed ``--no-auth``; a :class:`MedSam3Error` for unsafe settings."""
-    from .runner import is_loopback
+    from medsam3_core.server.runner import is_loopback
 
     if args.no_auth:
         if not is_loopback(args.host):
@@ -102,8 +102,8 @@ def _validate(args: argparse.Namespace) -> None:
 
 def _warm_segmenter(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Load the model once and run it once (torch and transformers are imported here, after the port is bound)."""
-    from ..local import LocalSegmenter
-    from ..model import load_model
+    from medsam3_core.segmenters.local import LocalSegmenter
+    from medsam3_core.model.bundle import load_model
 
     print(f"Loading model {args.model!r} on {args.device} …", file=sys.stderr)
     bundle = load_model(args.model, device=args.device)
@@ -125,8 +125,8 @@ def _warm_segmenter(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; 0 after a clean shutdown, 2 for a user error (one line on stderr)."""
-    from .app import DEFAULT_MAX_VOXELS, create_app
-    from .runner import bind_socket, is_loopback, serve
+    from medsam3_core.server.app import DEFAULT_MAX_VOXELS, create_app
+    from medsam3_core.server.runner import bind_socket, is_loopback, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 import httpx
 
-from ..errors import (
+from medsam3_core.errors import (
     Cancelled,
     CheckpointError,
     DeviceError,
@@ -31,10 +31,10 @@ from ..errors import (
     PromptError,
     RemoteError,
 )
-from ..geometry import Volume
-from ..progress import CancelToken, ProgressCallback, report
-from ..segmenter import SegmentationResult, SegmentOptions
-from .wire import decode_result, encode_volume
+from medsam3_core.io.geometry import Volume
+from medsam3_core.progress import CancelToken, ProgressCallback, report
+from medsam3_core.segmenter import SegmentationResult, SegmentOptions
+from medsam3_core.server.wire import decode_result, encode_volume
 
 __all__ = ["RemoteSegmenter"]
 

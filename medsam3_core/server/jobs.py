@@ -23,10 +23,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..errors import Cancelled, DeviceError, MedSam3Error
-from ..progress import CancelToken
-from ..segmenter import Segmenter, SegmentOptions
-from .wire import JobRequest, encode_result
+from medsam3_core.errors import Cancelled, DeviceError, MedSam3Error
+from medsam3_core.progress import CancelToken
+from medsam3_core.segmenter import Segmenter, SegmentOptions
+from medsam3_core.server.wire import JobRequest, encode_result
 
 __all__ = [
     "Job",

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import uvicorn
 
-from ..errors import MedSam3Error
+from medsam3_core.errors import MedSam3Error
 
 __all__ = ["bind_socket", "is_loopback", "BackgroundServer", "serve"]
 

@@ -11,7 +11,7 @@ checked field by field. Failures raise :class:`~medsam3_core.errors.InputError` 
 which the server turns into HTTP 422.
 
 Upload: :func:`encode_volume` → ``(npz bytes, header dict)``; :func:`decode_request` checks both and rebuilds the
-:class:`~medsam3_core.geometry.Volume`, prompts and :class:`~medsam3_core.segmenter.SegmentOptions`.
+:class:`~medsam3_core.io.geometry.Volume`, prompts and :class:`~medsam3_core.segmenter.SegmentOptions`.
 Download: :func:`encode_result` → npz bytes holding the label map, the optional confidence map and the JSON report;
 :func:`decode_result` rebuilds the :class:`~medsam3_core.segmenter.SegmentationResult` on the caller's own volume
 geometry, so the label map lies on exactly the grid that was sent.
@@ -28,9 +28,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError
-from ..geometry import Volume
-from ..segmenter import THRESHOLD_SOURCES, ObjectInfo, SegmentationResult, SegmentInfo, SegmentOptions
+from medsam3_core.errors import InputError
+from medsam3_core.io.geometry import Volume
+from medsam3_core.segmenter import THRESHOLD_SOURCES, ObjectInfo, SegmentationResult, SegmentInfo, SegmentOptions
 
 __all__ = [
     "WIRE_VERSION",

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..backends import open_input, open_segmenter
-from ..errors import MedSam3Error
-from ..progress import ProgressCallback
-from ..segmenter import MODES, Segmenter, SegmentOptions
+from medsam3_core.segmenters.opening import open_input, open_segmenter
+from medsam3_core.errors import MedSam3Error
+from medsam3_core.progress import ProgressCallback
+from medsam3_core.segmenter import MODES, Segmenter, SegmentOptions
 
 __all__ = ["add_arguments", "run", "segmenter_factory"]
 
@@ -67,7 +67,7 @@ def _screenshot(app, window, path: Path, segment: bool) -> int:
     """Optionally segment, wait for the worker with the event loop running, then save the window's picture."""
     from qtpy.QtCore import QEventLoop, QTimer
 
-    from .window import IDLE
+    from medsam3_core.viewer.window import IDLE
 
     if segment and window.start_segmentation():
         loop = QEventLoop()
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from qtpy.QtWidgets import QApplication
 
-        from .window import ViewerWindow
+        from medsam3_core.viewer.window import ViewerWindow
     except ImportError as err:  # qtpy raises an ImportError subclass when no Qt binding is installed
         print(f"error: the viewer needs Qt for Python ({err}); install it with: pip install 'medsam3[gui]'",
               file=sys.stderr)

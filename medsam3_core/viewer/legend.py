@@ -11,8 +11,8 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
 
-from ..colors import segment_color
-from ..segmenter import SegmentInfo
+from medsam3_core.io.colors import segment_color
+from medsam3_core.segmenter import SegmentInfo
 
 __all__ = ["SegmentLegend", "COLUMNS"]
 

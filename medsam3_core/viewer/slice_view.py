@@ -1,8 +1,8 @@
 """One slice view: the image in radiological orientation with the coloured label overlay, and a slice slider.
 
-Rendering is numpy → ``QImage``: the slice is cut with :class:`~medsam3_core.viewer.planes.Plane`, windowed by the
-same :class:`~medsam3_core.preprocess.IntensityNormalizer` the model uses, coloured with
-:func:`~medsam3_core.overlay.blend` (the colours of the CLI pictures and the Slicer module), and scaled to the
+Rendering is numpy → ``QImage``: the slice is cut with :class:`~medsam3_core.io.planes.Plane`, windowed by the
+same :class:`~medsam3_core.engine.preprocess.IntensityNormalizer` the model uses, coloured with
+:func:`~medsam3_core.io.overlay.blend` (the colours of the CLI pictures and the Slicer module), and scaled to the
 physical aspect ratio with nearest-neighbour sampling so voxels stay crisp. Mouse wheel scrolls slices; dragging with
 the right button changes window/level (horizontal: width, vertical: level), as in most radiology viewers.
 """
@@ -16,10 +16,10 @@ from qtpy.QtCore import QPoint, QSize, Qt, Signal
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QSlider, QVBoxLayout, QWidget
 
-from ..geometry import Volume
-from ..overlay import blend
-from ..preprocess import IntensityNormalizer
-from .planes import Plane, plane_for
+from medsam3_core.io.geometry import Volume
+from medsam3_core.io.overlay import blend
+from medsam3_core.engine.preprocess import IntensityNormalizer
+from medsam3_core.io.planes import Plane, plane_for
 
 __all__ = ["SliceView", "to_qimage"]
 

@@ -34,14 +34,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import MedSam3Error, PromptError
-from ..geometry import Volume
-from ..preprocess import CT_WINDOWS, IntensityNormalizer, Window
-from ..prompts import PromptResolution, duplicate_concepts, resolve_prompts
-from ..segmenter import MODES, SegmentationResult, Segmenter, SegmentOptions
-from .legend import SegmentLegend
-from .slice_view import SliceView
-from .worker import SegmentationThread, SegmenterFactory
+from medsam3_core.errors import MedSam3Error, PromptError
+from medsam3_core.io.geometry import Volume
+from medsam3_core.engine.preprocess import CT_WINDOWS, IntensityNormalizer, Window
+from medsam3_core.prompts import PromptResolution, duplicate_concepts, resolve_prompts
+from medsam3_core.segmenter import MODES, SegmentationResult, Segmenter, SegmentOptions
+from medsam3_core.viewer.legend import SegmentLegend
+from medsam3_core.viewer.slice_view import SliceView
+from medsam3_core.viewer.worker import SegmentationThread, SegmenterFactory
 
 __all__ = ["ViewerWindow", "IDLE", "RUNNING", "CANCELLING"]
 
@@ -275,7 +275,7 @@ class ViewerWindow(QMainWindow):
 
     def open_path(self, path: Union[str, Path]) -> bool:
         """Read an image file or DICOM folder and show it; errors go to :meth:`_error`."""
-        from ..io import read_volume
+        from medsam3_core.io.reading import read_volume
 
         try:
             self.load_volume(read_volume(path))
@@ -437,7 +437,7 @@ class ViewerWindow(QMainWindow):
     # -- saving ----------------------------------------------------------------------------------------------------
     def save_labelmap(self, path: Union[str, Path]) -> bool:
         """Write the label map (format from the extension: .nii.gz, .nrrd, .mha …) on the input's grid."""
-        from ..io import write_volume
+        from medsam3_core.io.reading import write_volume
 
         if self.result is None:
             return False
@@ -451,7 +451,7 @@ class ViewerWindow(QMainWindow):
 
     def save_dicom_seg(self, path: Union[str, Path]) -> bool:
         """Write a DICOM SEG referencing the input series (DICOM input only)."""
-        from ..dicom_seg import write_dicom_seg
+        from medsam3_core.io.dicom_seg import write_dicom_seg
 
         if self.result is None or self.volume is None:
             return False

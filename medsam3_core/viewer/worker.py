@@ -13,10 +13,10 @@ from typing import Callable, Optional, Sequence
 
 from qtpy.QtCore import QThread, Signal
 
-from ..errors import Cancelled, MedSam3Error
-from ..geometry import Volume
-from ..progress import CancelToken, ProgressCallback
-from ..segmenter import SegmentationResult, Segmenter, SegmentOptions
+from medsam3_core.errors import Cancelled, MedSam3Error
+from medsam3_core.io.geometry import Volume
+from medsam3_core.progress import CancelToken, ProgressCallback
+from medsam3_core.segmenter import SegmentationResult, Segmenter, SegmentOptions
 
 __all__ = ["SegmenterFactory", "SegmentationThread"]
 

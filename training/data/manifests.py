@@ -21,8 +21,8 @@ from typing import Optional
 import numpy as np
 
 from medsam3_core.errors import InputError
-from medsam3_core.geometry import Volume
-from medsam3_core.io import read_volume
+from medsam3_core.io.geometry import Volume
+from medsam3_core.io.reading import read_volume
 
 from .samples import Case
 

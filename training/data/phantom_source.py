@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from medsam3_core.geometry import Volume
+from medsam3_core.io.geometry import Volume
 
 from .samples import Case
 

@@ -1,10 +1,10 @@
 """From cases (an image or volume plus its label map and label→text dictionary) to prompt samples.
 
 A *case* is one patient scan or one 2D picture. Volumes are cut into 2D slices along the axial axis chosen from the
-geometry (the inference core does the same, :func:`medsam3_core.preprocess.slice_stack`), normalised with the same
-per-volume :class:`~medsam3_core.preprocess.IntensityNormalizer`, resized with the same
-:class:`~medsam3_core.preprocess.Letterbox` (letterbox or stretch, the weights' convention) and scaled with
-:func:`~medsam3_core.preprocess.to_model_input` — so the network is trained on exactly the inputs it will see at
+geometry (the inference core does the same, :func:`medsam3_core.engine.preprocess.slice_stack`), normalised with the same
+per-volume :class:`~medsam3_core.engine.preprocess.IntensityNormalizer`, resized with the same
+:class:`~medsam3_core.engine.preprocess.Letterbox` (letterbox or stretch, the weights' convention) and scaled with
+:func:`~medsam3_core.engine.preprocess.to_model_input` — so the network is trained on exactly the inputs it will see at
 inference.
 
 A training sample is (slice, one concept text, that concept's instances): the connected components of the concept's
@@ -24,8 +24,8 @@ import torch
 from scipy import ndimage
 
 from medsam3_core.errors import InputError
-from medsam3_core.geometry import Volume
-from medsam3_core.preprocess import IntensityNormalizer, Letterbox, slice_stack, to_model_input
+from medsam3_core.io.geometry import Volume
+from medsam3_core.engine.preprocess import IntensityNormalizer, Letterbox, slice_stack, to_model_input
 
 from ..boxes import masks_to_boxes
 from ..criterion import Target

@@ -16,12 +16,12 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from . import __version__
-from .atomic import atomic_path
-from .errors import InputError
-from .geometry import Volume
-from .prompts import LOCAL_SCHEME, Code, coded_concept, load_synonyms
-from .segmenter import SegmentInfo
+from medsam3_core import __version__
+from medsam3_core.io.atomic import atomic_path
+from medsam3_core.errors import InputError
+from medsam3_core.io.geometry import Volume
+from medsam3_core.prompts import LOCAL_SCHEME, Code, coded_concept, load_synonyms
+from medsam3_core.segmenter import SegmentInfo
 
 __all__ = ["write_dicom_seg", "ALGORITHM_NAME"]
 

@@ -9,8 +9,8 @@ RAM than the weights actually used. It also builds a transformers model from a
 state dict and **refuses** when real layers would stay at random initialisation: a silently half-random SAM3 gives
 plausible-looking but meaningless masks, which is worse than an error.
 
-Key-name translation (native → transformers) lives in :mod:`medsam3_core.convert`; choosing what to load lives in
-:mod:`medsam3_core.model`.
+Key-name translation (native → transformers) lives in :mod:`medsam3_core.model.convert`; choosing what to load lives in
+:mod:`medsam3_core.model.bundle`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, Sam3Model, Sam3VideoModel
 from transformers.utils import logging as hf_logging
 
-from .errors import CheckpointError
+from medsam3_core.errors import CheckpointError
 
 __all__ = [
     "WEIGHT_SUFFIXES",

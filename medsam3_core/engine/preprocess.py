@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
-from .geometry import Volume
+from medsam3_core.errors import InputError
+from medsam3_core.io.geometry import Volume
 
 __all__ = [
     "CT_WINDOWS",

@@ -17,12 +17,12 @@ from typing import Optional, Sequence
 import torch
 from transformers import CLIPTokenizer, PreTrainedTokenizerBase
 
-from .errors import PromptError
+from medsam3_core.errors import PromptError
 
 __all__ = ["CONTEXT_LENGTH", "BPE_PATH", "bundled_tokenizer", "load_tokenizer", "tokenize"]
 
 CONTEXT_LENGTH = 32
-BPE_PATH = Path(__file__).with_name("assets") / "bpe_simple_vocab_16e6.txt.gz"
+BPE_PATH = Path(__file__).resolve().parents[1] / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 _NUM_MERGES = 49152 - 256 - 2
 
 

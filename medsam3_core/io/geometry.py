@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from medsam3_core.errors import InputError
 
 __all__ = ["Volume", "LPS_TO_RAS"]
 

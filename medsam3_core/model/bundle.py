@@ -10,7 +10,7 @@ SAM3_NOTES §2 and §4: H must be a multiple of 8 and larger than the tracker's 
 
 :func:`load_model` turns whatever the user names (``demo``, a release name such as ``medsam3-3d``, a transformers
 folder, a native or Medical SAM3 ``.pt``, a safetensors file) into a bundle; reading and checking the files is
-:mod:`medsam3_core.checkpoints`' job, native-name translation :mod:`medsam3_core.convert`'s.
+:mod:`medsam3_core.model.checkpoints`' job, native-name translation :mod:`medsam3_core.model.convert`'s.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from transformers import (
     Sam3VideoModel,
 )
 
-from . import checkpoints
-from .checkpoints import Layout, save_model
-from .convert import config_for_checkpoint, native_to_transformers
-from .download import RELEASES, not_downloaded_message, release_dir
-from .errors import DeviceError, ModelError
-from .progress import ProgressCallback, report
-from .tokenizer import bundled_tokenizer, load_tokenizer
+from medsam3_core.model import checkpoints
+from medsam3_core.model.checkpoints import Layout, save_model
+from medsam3_core.model.convert import config_for_checkpoint, native_to_transformers
+from medsam3_core.model.download import RELEASES, not_downloaded_message, release_dir
+from medsam3_core.errors import DeviceError, ModelError
+from medsam3_core.progress import ProgressCallback, report
+from medsam3_core.model.tokenizer import bundled_tokenizer, load_tokenizer
 
 __all__ = [
     "Sam3Bundle",
@@ -62,7 +62,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Where the bundled demo model (a ``Sam3VideoModel.save_pretrained`` folder) lives once it has been trained.
-DEMO_MODEL_DIR = Path(__file__).with_name("assets") / "demo_model"
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 #: ``Sam3Bundle.source`` of the stand-in used while no trained demo model ships.
 DEMO_RANDOM_SOURCE = "untrained random demo model (masks are meaningless)"
 #: Detection score threshold of weights that recommend none (SAM3's own post-processing default).

@@ -43,7 +43,7 @@ from typing import Optional
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .postprocess import MASK_THRESHOLD
+from medsam3_core.engine.postprocess import MASK_THRESHOLD
 
 __all__ = ["FusionRule", "SliceFusion", "Track", "TrackBook", "mask_iou", "match_by_iou", "fuse_slice"]
 

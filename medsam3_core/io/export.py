@@ -19,11 +19,11 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import InputError
-from .geometry import Volume
-from .io import write_volume
-from .progress import CancelToken, ProgressCallback, report
-from .segmenter import SegmentationResult
+from medsam3_core.errors import InputError
+from medsam3_core.io.geometry import Volume
+from medsam3_core.io.reading import write_volume
+from medsam3_core.progress import CancelToken, ProgressCallback, report
+from medsam3_core.segmenter import SegmentationResult
 
 __all__ = ["EXPORT_FORMATS", "write_outputs", "safe_names", "to_jsonable"]
 

@@ -1,6 +1,6 @@
 """Which array axes a slice view shows, and which way round, so every picture is in radiological orientation.
 
-The array of a :class:`~medsam3_core.geometry.Volume` is indexed ``[k, j, i]`` in whatever order the scanner wrote
+The array of a :class:`~medsam3_core.io.geometry.Volume` is indexed ``[k, j, i]`` in whatever order the scanner wrote
 it; a picture must not depend on that. A :class:`Plane` is chosen from the direction matrix: for each view the
 screen's right and down directions are fixed anatomical directions (radiological convention: the patient's right on
 the left of the screen, anterior up in axial views, superior up in coronal and sagittal views), and the two in-plane
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import Volume
-from ..segmenter import SLICE_AXES
+from medsam3_core.io.geometry import Volume
+from medsam3_core.segmenter import SLICE_AXES
 
 __all__ = ["Plane", "plane_for", "SCREEN_DIRECTIONS"]
 

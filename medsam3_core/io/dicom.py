@@ -22,9 +22,9 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
-from .errors import InputError
-from .geometry import Volume
-from .progress import CancelToken, ProgressCallback, report
+from medsam3_core.errors import InputError
+from medsam3_core.io.geometry import Volume
+from medsam3_core.progress import CancelToken, ProgressCallback, report
 
 __all__ = ["SeriesInfo", "list_series", "read_dicom_series", "read_dicom_file_series"]
 

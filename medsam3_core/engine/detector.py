@@ -5,7 +5,7 @@ encoded once however many prompts are asked. :class:`Detector` therefore splits 
 :meth:`~Detector.encode_text` (cached per prompt string for the whole run), :meth:`~Detector.encode_images` (the
 ViT + FPN; the engine also hands its ``last_hidden_state`` to the tracker neck) and :meth:`~Detector.detect`, which
 runs the DETR encoder/decoder, scoring and mask head for every (slice, prompt) pair in one batched call, with the
-prompt-independent part of those heads done once per slice (:mod:`~medsam3_core.heads`).
+prompt-independent part of those heads done once per slice (:mod:`~medsam3_core.engine.heads`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Optional, Sequence
 import torch
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-from .errors import InputError, PromptError
-from .heads import SharedHeads, SliceContext
-from .model import Sam3Bundle, append_prompt_token, geometry_cls_token
-from .preprocess import Letterbox
-from .tokenizer import tokenize
+from medsam3_core.errors import InputError, PromptError
+from medsam3_core.engine.heads import SharedHeads, SliceContext
+from medsam3_core.model.bundle import Sam3Bundle, append_prompt_token, geometry_cls_token
+from medsam3_core.engine.preprocess import Letterbox
+from medsam3_core.model.tokenizer import tokenize
 
 __all__ = ["Detections", "Detector", "TextFeatures"]
 
@@ -158,7 +158,7 @@ class Detector:
         (``heads.EMPTY_MASK_LOGIT``) without running the mask head: pass the threshold you will apply.
 
         Pair ``n`` is slice ``n // P`` with prompt ``n % P``. The prompt-independent part of the heads runs once per
-        slice (:mod:`~medsam3_core.heads`); ``last_hidden_state`` is never read (only the FPN levels), and at 1008²
+        slice (:mod:`~medsam3_core.engine.heads`); ``last_hidden_state`` is never read (only the FPN levels), and at 1008²
         it is the largest tensor of the encoding.
         """
         num_slices = int(vision.fpn_hidden_states[0].shape[0])

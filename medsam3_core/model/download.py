@@ -22,10 +22,10 @@ from typing import Optional, Union
 
 import torch
 
-from . import checkpoints
-from .convert import convert_checkpoint
-from .errors import MedSam3Error, ModelError
-from .tokenizer import load_tokenizer
+from medsam3_core.model import checkpoints
+from medsam3_core.model.convert import convert_checkpoint
+from medsam3_core.errors import MedSam3Error, ModelError
+from medsam3_core.model.tokenizer import load_tokenizer
 
 __all__ = [
     "Release",

@@ -2,7 +2,7 @@
 
 A handful of slices is chosen where the segmentation says the most (:func:`representative_slices`), each drawn in
 radiological orientation with the same window the model saw, the label map filled in the shared segment colours
-(:mod:`medsam3_core.colors`) with an outline, and a legend giving each prompt's volume and confidence. Matplotlib's
+(:mod:`medsam3_core.io.colors`) with an outline, and a legend giving each prompt's volume and confidence. Matplotlib's
 object API (no ``pyplot``) keeps this free of global state, so it is safe from worker threads and servers.
 """
 
@@ -13,13 +13,13 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .atomic import atomic_path
-from .colors import label_colormap, segment_color_float
-from .errors import InputError
-from .geometry import Volume
-from .preprocess import IntensityNormalizer, Window
-from .segmenter import SegmentInfo
-from .viewer.planes import Plane, plane_for
+from medsam3_core.io.atomic import atomic_path
+from medsam3_core.io.colors import label_colormap, segment_color_float
+from medsam3_core.errors import InputError
+from medsam3_core.io.geometry import Volume
+from medsam3_core.engine.preprocess import IntensityNormalizer, Window
+from medsam3_core.segmenter import SegmentInfo
+from medsam3_core.io.planes import Plane, plane_for
 
 __all__ = ["representative_slices", "blend", "segment_caption", "write_overlays"]
 

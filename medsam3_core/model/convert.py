@@ -30,10 +30,10 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 from transformers import PretrainedConfig, PreTrainedModel, Sam3Config, Sam3VideoConfig
 
-from . import checkpoints
-from .checkpoints import Layout
-from .errors import CheckpointError, MedSam3Error
-from .tokenizer import load_tokenizer
+from medsam3_core.model import checkpoints
+from medsam3_core.model.checkpoints import Layout
+from medsam3_core.errors import CheckpointError, MedSam3Error
+from medsam3_core.model.tokenizer import load_tokenizer
 
 __all__ = [
     "Rule",

@@ -12,12 +12,12 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .detector import Detector
-from .errors import InputError, PromptError
-from .geometry import Volume
-from .model import Sam3Bundle
-from .postprocess import Instance, instances_for, pixelwise_max_labelmap, top_instance
-from .preprocess import IntensityNormalizer, Window, to_model_input
+from medsam3_core.engine.detector import Detector
+from medsam3_core.errors import InputError, PromptError
+from medsam3_core.io.geometry import Volume
+from medsam3_core.model.bundle import Sam3Bundle
+from medsam3_core.engine.postprocess import Instance, instances_for, pixelwise_max_labelmap, top_instance
+from medsam3_core.engine.preprocess import IntensityNormalizer, Window, to_model_input
 
 __all__ = ["ImageSegmentation", "segment_image"]
 

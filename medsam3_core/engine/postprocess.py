@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .detector import Detections
-from .preprocess import Letterbox
+from medsam3_core.engine.detector import Detections
+from medsam3_core.engine.preprocess import Letterbox
 
 __all__ = [
     "MASK_THRESHOLD",

@@ -12,7 +12,7 @@ maths, but
   number of slices;
 * all live objects are propagated **together in one batch** (memory attention and mask decoder), which is what
   makes many prompts cheap; the memory attention's object-independent work runs once per slice and memory frames'
-  keys are reused while they stay in the bank (:mod:`~medsam3_core.memory_attention`); banks of different lengths
+  keys are reused while they stay in the bank (:mod:`~medsam3_core.engine.memory_attention`); banks of different lengths
   are zero-padded and the padding is masked out of the memory cross-attention;
 * the slice features come from the detector's ViT through ``bundle.tracker_neck`` (the ViT runs once per slice
   and both heads read it, as in ``Sam3VideoModel``).
@@ -32,9 +32,9 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ModelError
-from .memory_attention import BankLayout, BatchedMemoryAttention, FrameKeys
-from .model import Sam3Bundle
+from medsam3_core.errors import ModelError
+from medsam3_core.engine.memory_attention import BankLayout, BatchedMemoryAttention, FrameKeys
+from medsam3_core.model.bundle import Sam3Bundle
 
 __all__ = ["SliceFeatures", "MemoryEntry", "ObjectMemory", "TrackStep", "MemoryTracker"]
 
@@ -62,7 +62,7 @@ class SliceFeatures:
 @dataclass
 class MemoryEntry:
     """One slice's memory of one object: spatial memory ``(h*w, 1, 64)``, its position encoding, object pointer, and
-    the memory attention's keys of it once computed (:class:`~medsam3_core.memory_attention.FrameKeys`)."""
+    the memory attention's keys of it once computed (:class:`~medsam3_core.engine.memory_attention.FrameKeys`)."""
 
     slice_index: int
     features: torch.Tensor

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .errors import MedSam3Error
+from medsam3_core.errors import MedSam3Error
 
 __all__ = ["SliceSpill"]
 

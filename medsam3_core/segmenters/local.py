@@ -1,5 +1,5 @@
 """In-process inference: :class:`LocalSegmenter` implements the :class:`~medsam3_core.segmenter.Segmenter` protocol
-over the volume engine (:mod:`medsam3_core.engine`).
+over the volume engine (:mod:`medsam3_core.engine.volume_engine`).
 
 It is what the CLI, the HTTP server and the Slicer module run when inference is local. It owns the loaded model, so
 several volumes can be segmented without reloading; the engine itself keeps no state between calls, and a lock
@@ -11,13 +11,13 @@ from __future__ import annotations
 import threading
 from typing import Optional, Sequence, Union
 
-from .engine import EngineResult, VolumeEngine
-from .errors import PromptError
-from .geometry import Volume
-from .model import Sam3Bundle
-from .postprocess import volume_ml
-from .progress import CancelToken, ProgressCallback
-from .segmenter import ObjectInfo, SegmentationResult, SegmentInfo, SegmentOptions
+from medsam3_core.engine.volume_engine import EngineResult, VolumeEngine
+from medsam3_core.errors import PromptError
+from medsam3_core.io.geometry import Volume
+from medsam3_core.model.bundle import Sam3Bundle
+from medsam3_core.engine.postprocess import volume_ml
+from medsam3_core.progress import CancelToken, ProgressCallback
+from medsam3_core.segmenter import ObjectInfo, SegmentationResult, SegmentInfo, SegmentOptions
 
 __all__ = ["LocalSegmenter"]
 
@@ -26,7 +26,7 @@ class LocalSegmenter:
     """Segments volumes with a model held in this process.
 
     Args:
-        model: a loaded :class:`Sam3Bundle`, or anything :func:`medsam3_core.model.load_model` accepts
+        model: a loaded :class:`Sam3Bundle`, or anything :func:`medsam3_core.model.bundle.load_model` accepts
             (``"demo"``, a release name, a folder or a checkpoint file).
         device: ``auto``/``cpu``/``cuda`` — used only when ``model`` still has to be loaded.
         max_objects: at most this many objects per prompt per slice (see :class:`VolumeEngine`).
@@ -34,7 +34,7 @@ class LocalSegmenter:
 
     def __init__(self, model: Union[Sam3Bundle, str] = "demo", device: str = "auto", max_objects: int = 8) -> None:
         if not isinstance(model, Sam3Bundle):
-            from .model import load_model
+            from medsam3_core.model.bundle import load_model
 
             model = load_model(model, device=device)
         self.bundle = model

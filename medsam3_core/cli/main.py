@@ -15,16 +15,16 @@ from typing import Optional, Sequence
 __all__ = ["SUBCOMMANDS", "main"]
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "infer": ("medsam3_core.volume", "segment a scan or image by text prompts"),
+    "infer": ("medsam3_core.cli.infer", "segment a scan or image by text prompts"),
     "serve": ("medsam3_core.server.cli", "run the remote inference server"),
-    "convert": ("medsam3_core.convert", "convert a native SAM3 / Medical SAM3 .pt checkpoint to a model folder"),
-    "download": ("medsam3_core.download", "download and convert released weights into the cache"),
+    "convert": ("medsam3_core.model.convert", "convert a native SAM3 / Medical SAM3 .pt checkpoint to a model folder"),
+    "download": ("medsam3_core.model.download", "download and convert released weights into the cache"),
     "view": ("medsam3_core.viewer.cli", "open the standalone viewer"),
 }
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from medsam3_core import __version__
 
     parser = argparse.ArgumentParser(
         prog="medsam3",

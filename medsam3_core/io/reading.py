@@ -1,6 +1,6 @@
 """Read and write image volumes with their geometry: NIfTI, NRRD, MetaImage, DICOM series and 2D pictures.
 
-Every reader returns a :class:`~medsam3_core.geometry.Volume` whose spacing, origin and direction are in LPS exactly
+Every reader returns a :class:`~medsam3_core.io.geometry.Volume` whose spacing, origin and direction are in LPS exactly
 as SimpleITK reports them (NIfTI's RAS header is converted by ITK on read and back on write), so a label map written
 with :func:`write_volume` lands on the voxels it was computed on. User mistakes (missing path, unknown or corrupt
 file, 4D data without a frame) raise :class:`~medsam3_core.errors.InputError` with one line that says what to do.
@@ -15,11 +15,11 @@ from typing import Any, Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
-from . import dicom
-from .atomic import atomic_path
-from .errors import InputError
-from .geometry import Volume
-from .progress import CancelToken, ProgressCallback, report
+from medsam3_core.io import dicom
+from medsam3_core.io.atomic import atomic_path
+from medsam3_core.errors import InputError
+from medsam3_core.io.geometry import Volume
+from medsam3_core.progress import CancelToken, ProgressCallback, report
 
 __all__ = [
     "READ_FORMATS",
