@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from training import distributed as dist
+from training.engine import distributed as dist
 from training.evaluate import distributed_sweep
 
 THRESHOLDS = (0.0, 0.3, 0.5)
@@ -29,7 +29,7 @@ def validation_rows(data_dirs: list[str]) -> dict[str, dict[str, list[dict]]]:
     from medsam3_core.model.tokenizer import bundled_tokenizer
     from training.config import DataConfig, ModelConfig, SourceConfig
     from training.data.sources import build_datasets
-    from training.modelling import build_model
+    from training.engine.modelling import build_model
 
     model = build_model(ModelConfig(init="tiny", tracker=False, image_size=56, patch_size=14, hidden=32,
                                     vit_hidden=32, vit_layers=2, text_hidden=32, num_queries=8))

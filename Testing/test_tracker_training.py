@@ -9,12 +9,12 @@ import torch
 
 from medsam3_core.io.geometry import Volume
 from medsam3_core.model.bundle import build_random_bundle, load_model, random_video_model, save_model
-from training.clips import ClipDataset, ClipSampler, clip_datasets
+from training.tracker.clips import ClipDataset, ClipSampler, clip_datasets
 from training.config import DataConfig, SourceConfig, load_config
 from training.data.manifests import split_cases
 from training.data.samples import Case
 from training.data.sources import cases_for
-from training.tracker_train import clip_loss, freeze_detector, install_demo_tracker, main, tracker_parameters
+from training.tracker.train import clip_loss, freeze_detector, install_demo_tracker, main, tracker_parameters
 
 
 def _nnunet(root, n=8):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from training.config import DataConfig, EngineConfig, ModelConfig, SourceConfig, TrainConfig
-from training.criterion import LossConfig
+from training.losses.criterion import LossConfig
 from training.optim import OptimConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def _config(data: Path, out: Path, **engine) -> TrainConfig:
 
 
 def _train(cfg: TrainConfig) -> list[float]:
-    from training.engine import Trainer
+    from training.engine.trainer import Trainer
 
     losses: list[float] = []
     trainer = Trainer(cfg, on_step=lambda step, logs: losses.append(logs["loss"]))
@@ -92,7 +92,7 @@ def test_short_run_lowers_the_loss_and_raises_dice(blobs, tmp_path):
     cfg.engine.steps_per_epoch = 80
     cfg.engine.checkpoint_every = 100
     before = tmp_path / "before"
-    from training.modelling import build_model, export_weights
+    from training.engine.modelling import build_model, export_weights
 
     export_weights(build_model(cfg.model), before)
     losses = _train(cfg)
@@ -114,7 +114,7 @@ def test_kill_and_resume_continues_exactly(blobs, tmp_path):
 
 def test_lora_trains_adapters_only_and_exports_a_plain_model(blobs, tmp_path):
     from medsam3_core.model.bundle import load_model
-    from training.engine import Trainer
+    from training.engine.trainer import Trainer
 
     cfg = _config(blobs, tmp_path / "lora", max_steps=2)
     cfg.model.lora_rank = 4
@@ -160,7 +160,7 @@ def test_run_reports_config_errors_in_one_line(tmp_path, capsys):
 
 
 def test_detector_tracker_model_round_trips_through_training_init(tmp_path):
-    from training.modelling import build_model, export_weights
+    from training.engine.modelling import build_model, export_weights
 
     tiny = ModelConfig(init="tiny", hidden=128, vit_hidden=32, vit_layers=2, text_hidden=32, num_queries=8)
     export_weights(build_model(tiny), tmp_path / "start", dtype=torch.float32)
@@ -180,7 +180,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     from transformers import Sam3Model
 
     from medsam3_core.model.bundle import tiny_detector_config
-    from training.modelling import enable_activation_checkpointing
+    from training.engine.modelling import enable_activation_checkpointing
 
     torch.manual_seed(0)
     model = Sam3Model(tiny_detector_config(image_size=56, hidden=32, vit_hidden=32)).train()
@@ -212,8 +212,8 @@ def wide_blobs(tmp_path_factory) -> Path:
 def test_fine_tuning_meta_weights_keeps_their_input_conventions(wide_blobs, tmp_path):
     """A checkpoint without medsam3.json is Meta's (stretch + geometry CLS token): training feeds it that way and
     the export says so, instead of silently switching it to our letterbox / no-CLS convention."""
-    from training.engine import Trainer
-    from training.modelling import build_model, export_weights
+    from training.engine.trainer import Trainer
+    from training.engine.modelling import build_model, export_weights
 
     cfg = _config(wide_blobs, tmp_path / "meta_ft", max_steps=2)
     export_weights(build_model(cfg.model), tmp_path / "meta", dtype=torch.float32)  # no medsam3.json: Meta's
@@ -240,7 +240,7 @@ def test_fine_tuning_meta_weights_keeps_their_input_conventions(wide_blobs, tmp_
 
 
 def test_tiny_model_keeps_our_conventions(wide_blobs, tmp_path):
-    from training.engine import Trainer
+    from training.engine.trainer import Trainer
 
     cfg = _config(wide_blobs, tmp_path / "ours", max_steps=1)
     trainer = Trainer(cfg)

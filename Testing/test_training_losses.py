@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from training.boxes import masks_to_boxes, pairwise_giou
-from training.criterion import LossConfig, SetCriterion, Target
-from training.losses import box_l1_loss, dice_loss, giou_loss, mask_focal_loss, presence_loss, sigmoid_focal_loss
-from training.outputs import DetectorOutputs
+from training.losses.boxes import masks_to_boxes, pairwise_giou
+from training.losses.criterion import LossConfig, SetCriterion, Target
+from training.losses.terms import box_l1_loss, dice_loss, giou_loss, mask_focal_loss, presence_loss, sigmoid_focal_loss
+from training.engine.outputs import DetectorOutputs
 
 LN2 = math.log(2.0)
 

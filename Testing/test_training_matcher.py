@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from training.matcher import HungarianMatcher, OneToManyMatcher, focal_class_cost
+from training.losses.matcher import HungarianMatcher, OneToManyMatcher, focal_class_cost
 
 LN2 = math.log(2.0)
 

@@ -15,8 +15,8 @@ from typing import Any, Optional, Union
 
 from medsam3_core.errors import MedSam3Error
 
-from .criterion import LossConfig
-from .optim import OptimConfig
+from training.losses.criterion import LossConfig
+from training.optim import OptimConfig
 
 __all__ = [
     "ConfigError",
@@ -218,7 +218,7 @@ def _demo() -> TrainConfig:
     5e-4 trained a model of this size stably; 1e-3 diverged for a 10 M model). Validation counts every instance
     above the threshold (``eval_instances="all"``), as volume inference paints them: "kidney" is two instances.
     Loss: Table 2's weights plus a mask-Dice matching cost (5, as in FEASIBILITY.md), because a random network's
-    early boxes are noise. The tiny model is Xavier-initialised (training.modelling) — with transformers' std-0.02
+    early boxes are noise. The tiny model is Xavier-initialised (training.engine.modelling) — with transformers' std-0.02
     init no score depended on the prompt for 750 steps (DEMO_MODEL.md).
     """
     return TrainConfig(
@@ -291,7 +291,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str], sources: Optional[li
             raise ConfigError(f"override {item!r}: no such setting {key!r}")
         data[section][name] = value
     if sources:
-        from .data.sources import parse_source
+        from training.data.sources import parse_source
 
         data["data"]["sources"] = [asdict(parse_source(s)) for s in sources]
     return TrainConfig.from_dict(data)

@@ -44,7 +44,7 @@ from medsam3_core.model.bundle import Sam3Bundle
 from medsam3_core.engine.postprocess import instances_for, pixelwise_max_labelmap
 from medsam3_core.engine.preprocess import to_model_input
 
-from . import distributed as dist
+from training.engine import distributed as dist
 
 __all__ = [
     "CALIBRATION_THRESHOLDS",
@@ -370,7 +370,7 @@ def score_files(pred_dir: Path, gt_dir: Path, concepts: dict[int, str], dataset:
     """
     from medsam3_core.io.reading import read_volume
 
-    from .data.manifests import _stem
+    from training.data.manifests import _stem
 
     gts = {_stem(p): p for p in sorted(Path(gt_dir).iterdir()) if p.is_file()}
     if not gts:
@@ -419,14 +419,14 @@ def _run(args: argparse.Namespace) -> list[Row]:
     if args.pred or args.gt:
         if not (args.pred and args.gt and args.labels):
             raise InputError("--pred needs --gt and --labels")
-        from .data.manifests import read_label_to_text
+        from training.data.manifests import read_label_to_text
 
         return summarize(score_files(args.pred, args.gt, read_label_to_text(args.labels)))
     if not args.model or not args.data:
         raise InputError("give --model and at least one --data, or --pred/--gt/--labels")
     from medsam3_core.model.bundle import load_model
 
-    from .data.sources import datasets_for
+    from training.data.sources import datasets_for
 
     bundle = load_model(args.model, device=args.device)
     threshold = bundle.score_threshold if args.threshold is None else args.threshold

@@ -31,9 +31,9 @@ from typing import Optional
 from medsam3_core.model.bundle import DEMO_MODEL_DIR, load_model
 from medsam3_core.phantom import demo_label_names, demo_paths
 
-from .config import apply_overrides, load_config
-from .data.sources import build_datasets, datasets_for
-from .evaluate import (
+from training.config import apply_overrides, load_config
+from training.data.sources import build_datasets, datasets_for
+from training.evaluate import (
     CALIBRATION_THRESHOLDS,
     Row,
     calibrate_threshold,
@@ -43,7 +43,7 @@ from .evaluate import (
     summarize,
     write_report,
 )
-from .modelling import update_model_meta
+from training.engine.modelling import update_model_meta
 
 __all__ = ["evaluate_heldout", "score_demo_scan", "calibrate", "write_score_threshold", "install", "main"]
 
@@ -138,7 +138,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "into its medsam3.json (before scoring)")
     args = p.parse_args(argv)
     if not args.skip_train:
-        from .engine import Trainer
+        from training.engine.trainer import Trainer
 
         trainer = Trainer(apply_overrides(load_config("demo"), [f"run.output_dir={args.run}"]))
         try:

@@ -13,8 +13,8 @@ from typing import Optional
 
 from medsam3_core.errors import MedSam3Error
 
-from . import distributed as dist
-from .config import apply_overrides, load_config
+from training.engine import distributed as dist
+from training.config import apply_overrides, load_config
 
 __all__ = ["build_parser", "main"]
 
@@ -50,7 +50,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
-        from .engine import Trainer
+        from training.engine.trainer import Trainer
 
         trainer = Trainer(cfg)
         try:

@@ -24,7 +24,7 @@ from medsam3_core.errors import InputError
 from medsam3_core.io.geometry import Volume
 from medsam3_core.io.reading import read_volume
 
-from .samples import Case
+from training.data.samples import Case
 
 __all__ = ["nnunet_cases", "folder2d_cases", "jsonl_cases", "split_cases", "read_label_to_text"]
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from medsam3_core.io.geometry import Volume
 
-from .samples import Case
+from training.data.samples import Case
 
 __all__ = ["phantom_cases", "mni_brain_cases", "PHANTOM_SHAPE"]
 

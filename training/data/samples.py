@@ -27,9 +27,9 @@ from medsam3_core.errors import InputError
 from medsam3_core.io.geometry import Volume
 from medsam3_core.engine.preprocess import IntensityNormalizer, Letterbox, slice_stack, to_model_input
 
-from ..boxes import masks_to_boxes
-from ..criterion import Target
-from .augment import augment_pair
+from training.losses.boxes import masks_to_boxes
+from training.losses.criterion import Target
+from training.data.augment import augment_pair
 
 __all__ = ["Case", "SliceRef", "PromptSample", "PromptDataset", "collate", "instances_of"]
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from medsam3_core.errors import InputError
 
-from ..config import SOURCE_KINDS, DataConfig, SourceConfig
-from .manifests import folder2d_cases, jsonl_cases, nnunet_cases, split_cases
-from .phantom_source import mni_brain_cases, phantom_cases
-from .samples import Case, PromptDataset
+from training.config import SOURCE_KINDS, DataConfig, SourceConfig
+from training.data.manifests import folder2d_cases, jsonl_cases, nnunet_cases, split_cases
+from training.data.phantom_source import mni_brain_cases, phantom_cases
+from training.data.samples import Case, PromptDataset
 
 __all__ = ["cases_for", "build_datasets", "parse_source", "datasets_for"]
 

@@ -35,7 +35,7 @@ def merged(model, trainable: torch.nn.Module) -> Iterator:
     if not hasattr(trainable, "merge_and_unload"):
         yield model
         return
-    from .modelling import TrainModel
+    from training.engine.modelling import TrainModel
 
     root, peft_model = copy.deepcopy((model.root, trainable))  # one deepcopy: the copies share the detector
     plain = peft_model.merge_and_unload()

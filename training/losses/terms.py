@@ -1,6 +1,6 @@
 """Loss terms of SAM3's set prediction, as plain functions of tensors (no matching, no weighting).
 
-Each function returns a *sum* over its items; :mod:`training.criterion` applies the paper's weights and divides by
+Each function returns a *sum* over its items; :mod:`training.losses.criterion` applies the paper's weights and divides by
 the batch's matched-instance count, so that a batch with many instances does not simply weigh more.
 
 * :func:`sigmoid_focal_loss` — Lin et al. (2017): ``−α_t (1 − p_t)^γ log p_t`` element-wise, with an optional extra
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .boxes import pairwise_giou, xyxy_to_cxcywh
+from training.losses.boxes import pairwise_giou, xyxy_to_cxcywh
 
 __all__ = ["sigmoid_focal_loss", "presence_loss", "box_l1_loss", "giou_loss", "mask_focal_loss", "dice_loss"]
 

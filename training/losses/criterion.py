@@ -25,10 +25,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import distributed
-from .losses import box_l1_loss, dice_loss, giou_loss, mask_focal_loss, presence_loss, sigmoid_focal_loss
-from .matcher import HungarianMatcher, Match, OneToManyMatcher
-from .outputs import DetectorOutputs
+from training.engine import distributed
+from training.losses.terms import box_l1_loss, dice_loss, giou_loss, mask_focal_loss, presence_loss, sigmoid_focal_loss
+from training.losses.matcher import HungarianMatcher, Match, OneToManyMatcher
+from training.engine.outputs import DetectorOutputs
 
 __all__ = ["LossConfig", "Target", "SetCriterion"]
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .boxes import pairwise_giou, pairwise_iou, xyxy_to_cxcywh
+from training.losses.boxes import pairwise_giou, pairwise_iou, xyxy_to_cxcywh
 
 __all__ = ["Match", "HungarianMatcher", "OneToManyMatcher", "focal_class_cost"]
 

@@ -1,8 +1,8 @@
 """Train SAM3's memory tracker on short slice clips, with the detector frozen.
 
-    python -m training.tracker_train --model demo --out runs/tracker --steps 3000
+    python -m training.tracker.train --model demo --out runs/tracker --steps 3000
 
-Each step takes one clip (:mod:`training.clips`: ``T`` consecutive slices, objects present on the first) and does
+Each step takes one clip (:mod:`training.tracker.clips`: ``T`` consecutive slices, objects present on the first) and does
 what the volume engine does in track mode, with gradients: the detector's ViT encodes the slices (frozen, under
 ``no_grad``), :class:`~medsam3_core.engine.tracker.MemoryTracker` seeds every object from its ground-truth mask on the first
 slice, then propagates it slice by slice and remembers its own prediction (teacher-free, as at inference; with
@@ -50,11 +50,11 @@ from medsam3_core.metrics import dice as mask_dice
 from medsam3_core.model.bundle import DEMO_MODEL_DIR, Sam3Bundle, load_model, resolve_model_spec
 from medsam3_core.engine.tracker import MemoryTracker
 
-from .clips import Clip, ClipDataset, ClipSampler, clip_datasets
-from .config import load_config
-from .losses import sigmoid_focal_loss
-from .modelling import TrainModel, _xavier, export_weights, update_model_meta
-from .optim import lr_factor
+from training.tracker.clips import Clip, ClipDataset, ClipSampler, clip_datasets
+from training.config import load_config
+from training.losses.terms import sigmoid_focal_loss
+from training.engine.modelling import TrainModel, _xavier, export_weights, update_model_meta
+from training.optim import lr_factor
 
 __all__ = [
     "TrackerLossWeights",
@@ -347,7 +347,7 @@ def train_tracker(cfg: TrackerTrainConfig, log=print) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"trained_by": "training.tracker_train", "settings": asdict(cfg)}
+    record = {"trained_by": "training.tracker.train", "settings": asdict(cfg)}
     history: dict = {"loss": [], "val": []}
     best = -1.0
     start = time.monotonic()
@@ -426,7 +426,7 @@ def install_demo_tracker(model_dir: Path, target: Path = DEMO_MODEL_DIR, provena
 
 def main(argv: Optional[list[str]] = None) -> int:
     defaults = TrackerTrainConfig()
-    p = argparse.ArgumentParser(prog="python -m training.tracker_train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.tracker.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=defaults.model, help="model folder with a tracker, or 'demo' (default)")
     p.add_argument("--out", default=defaults.out, help="output folder: best/, final/, history.json")
     p.add_argument("--data", default=defaults.data,

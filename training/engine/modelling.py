@@ -35,7 +35,7 @@ from medsam3_core.model.bundle import (
     tiny_video_config,
 )
 
-from .config import ModelConfig
+from training.config import ModelConfig
 
 __all__ = [
     "TrainModel",

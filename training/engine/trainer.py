@@ -11,7 +11,7 @@ conventions ``score_threshold``), which inference uses unless the user gives one
 score are exported to ``<output_dir>/best`` and the final ones to ``<output_dir>/final``, both weights-only folders
 that ``medsam3_core.model.bundle.load_model`` reads.
 
-Input conventions follow the weights (``training.modelling``): a checkpoint trained by Meta is fine-tuned on
+Input conventions follow the weights (``training.engine.modelling``): a checkpoint trained by Meta is fine-tuned on
 stretched slices with the geometry CLS token appended to every prompt, and exported saying so.
 
 Unused parameters: with text-only prompts the geometry encoder, the 4th FPN level, one pixel-decoder stage and the
@@ -33,18 +33,18 @@ from medsam3_core.io.atomic import atomic_path
 from medsam3_core.model.bundle import Sam3Bundle, select_device
 from medsam3_core.model.tokenizer import bundled_tokenizer, tokenize
 
-from . import distributed as dist
-from .checkpoint import TrainState, load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .criterion import SetCriterion
-from .data.samples import collate
-from .data.sampler import BalancedSampler
-from .data.sources import build_datasets
-from .evaluate import CALIBRATION_THRESHOLDS, dataset_means, distributed_sweep, format_table, pick_threshold
-from .lora import apply_lora, merged
-from .modelling import PromptedForward, build_model, enable_activation_checkpointing, export_weights
-from .optim import build_optimizer, build_param_groups
-from .outputs import AuxCapture
+from training.engine import distributed as dist
+from training.engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from training.config import TrainConfig
+from training.losses.criterion import SetCriterion
+from training.data.samples import collate
+from training.data.sampler import BalancedSampler
+from training.data.sources import build_datasets
+from training.evaluate import CALIBRATION_THRESHOLDS, dataset_means, distributed_sweep, format_table, pick_threshold
+from training.engine.lora import apply_lora, merged
+from training.engine.modelling import PromptedForward, build_model, enable_activation_checkpointing, export_weights
+from training.optim import build_optimizer, build_param_groups
+from training.engine.outputs import AuxCapture
 
 __all__ = ["Trainer"]
 

@@ -1,6 +1,6 @@
 """Does the tracker help? 3D Dice of whole-volume inference in ``track`` vs ``detect`` mode on held-out phantoms.
 
-    python -m training.tracker_eval --model runs/tracker/best --threshold 0.3 --threshold 0.5
+    python -m training.tracker.compare --model runs/tracker/best --threshold 0.3 --threshold 0.5
 
 Held-out phantoms are the ones DEMO_MODEL.md scores the detector on (24 randomised abdomens, seeds 90 000–90 023,
 never seen in training), segmented as whole volumes by the inference engine (:class:`medsam3_core.engine.volume_engine
@@ -27,9 +27,9 @@ from medsam3_core.model.bundle import DEMO_MODEL_DIR, load_model
 from medsam3_core.phantom import LABELS
 from medsam3_core.segmenter import SegmentOptions
 
-from .data.phantom_source import phantom_cases
-from .evaluate import format_table
-from .make_demo_model import score_demo_scan
+from training.data.phantom_source import phantom_cases
+from training.evaluate import format_table
+from training.make_demo_model import score_demo_scan
 
 __all__ = ["heldout_volume_dice", "main"]
 
@@ -72,7 +72,7 @@ def format_dice(table: dict[tuple[str, float], dict[str, float]]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.tracker_eval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.tracker.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="demo", help="model folder (default: the bundled demo model)")
     p.add_argument("--threshold", type=float, action="append", help="score threshold(s) (default 0.5)")
     p.add_argument("--cases", type=int, default=24, help="held-out phantoms (default 24)")

@@ -37,11 +37,11 @@ from scipy import ndimage
 from medsam3_core.errors import InputError
 from medsam3_core.engine.preprocess import Letterbox, to_model_input
 
-from .config import DataConfig
-from .data.augment import augment_pair
-from .data.manifests import split_cases
-from .data.samples import Case, _CaseCache
-from .data.sources import cases_for
+from training.config import DataConfig
+from training.data.augment import augment_pair
+from training.data.manifests import split_cases
+from training.data.samples import Case, _CaseCache
+from training.data.sources import cases_for
 
 __all__ = ["Clip", "ClipRef", "ClipDataset", "ClipSampler", "clip_datasets"]
 
