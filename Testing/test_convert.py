@@ -16,7 +16,12 @@ from transformers import Sam3Config, Sam3VideoConfig, Sam3VideoModel
 
 from medsam3_core.model import convert
 from medsam3_core.model.checkpoints import target_shapes
-from medsam3_core.model.convert import DROPPED_NATIVE, convert_checkpoint, native_to_transformers, transformers_to_native
+from medsam3_core.model.convert import (
+    DROPPED_NATIVE,
+    convert_checkpoint,
+    native_to_transformers,
+    transformers_to_native,
+)
 from medsam3_core.errors import CheckpointError
 from medsam3_core.model.bundle import load_model, random_video_model
 from medsam3_core.model.tokenizer import bundled_tokenizer, tokenize

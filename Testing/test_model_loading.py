@@ -218,7 +218,8 @@ def test_input_conventions_default_to_metas_and_follow_the_folder(tiny_video, tm
     meta_style = save_model(tiny_video, tmp_path / "meta")
     bundle = load_model(str(meta_style), device="cpu")
     assert (bundle.keep_aspect, bundle.geometry_cls) == (False, True)
-    ours = save_model(tiny_video, tmp_path / "ours", extra={"conventions": {"keep_aspect": True, "geometry_cls": False}})
+    conventions = {"keep_aspect": True, "geometry_cls": False}
+    ours = save_model(tiny_video, tmp_path / "ours", extra={"conventions": conventions})
     bundle = load_model(str(ours), device="cpu")
     assert (bundle.keep_aspect, bundle.geometry_cls) == (True, False)
 

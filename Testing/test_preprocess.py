@@ -6,7 +6,14 @@ import torch
 
 from medsam3_core.errors import InputError
 from medsam3_core.io.geometry import Volume
-from medsam3_core.engine.preprocess import CT_WINDOWS, IntensityNormalizer, Letterbox, slice_stack, to_model_input, unstack
+from medsam3_core.engine.preprocess import (
+    CT_WINDOWS,
+    IntensityNormalizer,
+    Letterbox,
+    slice_stack,
+    to_model_input,
+    unstack,
+)
 
 # -- intensity ---------------------------------------------------------------------------------------------------
 

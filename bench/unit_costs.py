@@ -2,13 +2,13 @@
 
 The engine's work per slice is ``E + H(P) + K · objects``: ``E`` the once-per-slice encoding (ViT, detector FPN,
 tracker neck), ``H(P)`` the detector heads for ``P`` prompts (per (slice, prompt) pair, with the prompt-independent
-part shared, ``medsam3_core/engine/heads.py``), ``K`` the tracker per object (memory attention, mask decoder, memory encoder).
-The ``full`` benchmark of ``bench_engine.py`` runs 2 slices, where no object has more than one remembered slice; on a
-long volume every bank is full (the conditioning memory plus ``memory_size - 1`` recent slices), and the memory
-attention, which attends to all of them, is the tracker's dominant cost. This script measures ``E``, ``H(1)``,
-``H(5)`` and ``K`` with full banks on one slice (CPU seconds, one torch thread), and prints the ratio
-``(E + H(5) + K · o5) / (E + H(1) + K · o1)`` for the benchmark's setting (3 objects per prompt) and for one
-object per prompt (a trained model, one organ per prompt).
+part shared, ``medsam3_core/engine/heads.py``), ``K`` the tracker per object (memory attention, mask decoder, memory
+encoder). The ``full`` benchmark of ``bench_engine.py`` runs 2 slices, where no object has more than one remembered
+slice; on a long volume every bank is full (the conditioning memory plus ``memory_size - 1`` recent slices), and the
+memory attention, which attends to all of them, is the tracker's dominant cost. This script measures ``E``, ``H(1)``,
+``H(5)`` and ``K`` with full banks on one slice (CPU seconds, one torch thread), and prints the ratio ``(E + H(5) + K ·
+o5) / (E + H(1) + K · o1)`` for the benchmark's setting (3 objects per prompt) and for one object per prompt (a trained
+model, one organ per prompt).
 
 Run from the repository root: ``python bench/unit_costs.py --config full`` (a few minutes), or ``--config small``.
 """

@@ -382,7 +382,7 @@ def demo_label_names() -> dict[int, str]:
 
 def write_demo_assets(folder: Optional[Path] = None) -> DemoPaths:
     """(Re)generate the deterministic demo scan: canonical phantom, 48×160×160, 2.2×2.2×5 mm, oblique, flipped."""
-    from medsam3_core.io.reading import write_volume  # io is heavier (SimpleITK, pydicom); the phantom itself needs neither
+    from medsam3_core.io.reading import write_volume  # io pulls in SimpleITK and pydicom; the phantom needs neither
 
     paths = demo_paths() if folder is None else DemoPaths(*(Path(folder) / p.name for p in demo_paths()))
     ct, labels, names = make_abdomen_phantom(0, DEMO_SHAPE, DEMO_SPACING, DEMO_DIRECTION, randomize=False)

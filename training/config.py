@@ -218,8 +218,8 @@ def _demo() -> TrainConfig:
     5e-4 trained a model of this size stably; 1e-3 diverged for a 10 M model). Validation counts every instance
     above the threshold (``eval_instances="all"``), as volume inference paints them: "kidney" is two instances.
     Loss: Table 2's weights plus a mask-Dice matching cost (5, as in FEASIBILITY.md), because a random network's
-    early boxes are noise. The tiny model is Xavier-initialised (training.engine.modelling) — with transformers' std-0.02
-    init no score depended on the prompt for 750 steps (DEMO_MODEL.md).
+    early boxes are noise. The tiny model is Xavier-initialised (training.engine.modelling) — with transformers'
+    std-0.02 init no score depended on the prompt for 750 steps (DEMO_MODEL.md).
     """
     return TrainConfig(
         name="demo",

@@ -13,8 +13,8 @@ The same scoring (:func:`score_label_maps`) serves two inputs: a model run on a 
 
 **Calibration.** A model's detection scores need not be centred on 0.5 (the tiny demo model's aorta scores ≈ 0.35
 everywhere), so a training export states the score threshold it works best at (``medsam3.json`` conventions
-``score_threshold``, read by ``medsam3_core.model.bundle``). :func:`sweep_thresholds` runs the network once and scores the
-same detections at every threshold of a grid; :func:`pick_threshold` takes the one with the best selection score
+``score_threshold``, read by ``medsam3_core.model.bundle``). :func:`sweep_thresholds` runs the network once and scores
+the same detections at every threshold of a grid; :func:`pick_threshold` takes the one with the best selection score
 (:func:`dataset_means`). Without ``--threshold``, ``--model`` is scored at the model's own recommendation.
 
 **Several processes.** Every function that runs the model takes a ``shard = (rank, world_size)``: each process

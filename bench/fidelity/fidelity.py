@@ -289,8 +289,8 @@ def write_results(results: dict) -> None:
         "",
         "Produced by `bench/fidelity/fidelity.py` (not CI), float32 on a shared 2-core CPU. Meta's full-size SAM3",
         f"models are built with random weights (seed {SEED}; the two text-encoder tensors Meta leaves uninitialised",
-        "get N(0, 0.02) values), converted with `medsam3_core.model.convert`, and both implementations run on identical",
-        "inputs. Goal: every difference < 1e-3.",
+        "get N(0, 0.02) values), converted with `medsam3_core.model.convert`, and both implementations run on",
+        "identical inputs. Goal: every difference < 1e-3.",
         "",
     ]
     det = results.get("detector")
@@ -299,8 +299,9 @@ def write_results(results: dict) -> None:
         lines += [
             "## Detector (image model): one 1008×1008 image, one text prompt",
             "",
-            f"Prompt {det['prompt']!r}; weights loaded through `medsam3_core.model.checkpoints.instantiate` (the path every",
-            "real checkpoint takes); transformers tokenised with our bundled CLIP tokenizer, Meta with its own.",
+            f"Prompt {det['prompt']!r}; weights loaded through `medsam3_core.model.checkpoints.instantiate`",
+            "(the path every real checkpoint takes); transformers tokenised with our bundled CLIP tokenizer,",
+            "Meta with its own.",
             "Meta's model always runs its geometry encoder and appends its CLS token to the text prompt;",
             "transformers' `Sam3Model` skips that encoder for text-only prompts. Column *text only* is transformers",
             "as is; column *+ geometry CLS* appends the token with `medsam3_core.model.bundle.append_geometry_cls`.",

@@ -1,8 +1,9 @@
 """``python -m medsam3_core.volume infer INPUT PROMPT [PROMPT ...]`` — segment a scan by text from the command line.
 
-This module is only argument parsing and presentation: reading goes through :mod:`medsam3_core.io.reading`, inference through
-the :class:`~medsam3_core.segmenter.Segmenter` interface (local engine or remote server, chosen by ``--server``), and
-writing through :mod:`medsam3_core.io.export`, so the server and the Slicer module share every step with the CLI.
+This module is only argument parsing and presentation: reading goes through :mod:`medsam3_core.io.reading`, inference
+through the :class:`~medsam3_core.segmenter.Segmenter` interface (local engine or remote server, chosen by
+``--server``), and writing through :mod:`medsam3_core.io.export`, so the server and the Slicer module share every step
+with the CLI.
 
 Exit codes: 0 success, 2 user error (one line on stderr, nothing written), 3 cancelled (Ctrl-C; nothing written).
 ``--progress json`` prints one JSON object per line on stdout for programs that drive the CLI (the Slicer module).
@@ -139,8 +140,9 @@ def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: 
 
     progress("write", 0.0)
     extra = {
-        "input": {"path": str(volume.metadata.get("source", args.input)), "shape": list(volume.shape), "spacing": list(volume.spacing),
-                  "origin": list(volume.origin), "direction": volume.direction.tolist(), "modality": volume.modality},
+        "input": {"path": str(volume.metadata.get("source", args.input)), "shape": list(volume.shape),
+                  "spacing": list(volume.spacing), "origin": list(volume.origin),
+                  "direction": volume.direction.tolist(), "modality": volume.modality},
         "prompts": [r.to_dict() for r in resolutions],
         "input_warnings": list(volume.metadata.get("warnings", [])),
     }

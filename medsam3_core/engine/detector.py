@@ -158,8 +158,8 @@ class Detector:
         (``heads.EMPTY_MASK_LOGIT``) without running the mask head: pass the threshold you will apply.
 
         Pair ``n`` is slice ``n // P`` with prompt ``n % P``. The prompt-independent part of the heads runs once per
-        slice (:mod:`~medsam3_core.engine.heads`); ``last_hidden_state`` is never read (only the FPN levels), and at 1008²
-        it is the largest tensor of the encoding.
+        slice (:mod:`~medsam3_core.engine.heads`); ``last_hidden_state`` is never read (only the FPN levels), and at
+        1008² it is the largest tensor of the encoding.
         """
         num_slices = int(vision.fpn_hidden_states[0].shape[0])
         num_prompts = len(text)

@@ -12,12 +12,13 @@ Two modes (``SegmentOptions.mode``):
     1. **Detection pass** as above, but detections are *kept* compactly (at most ``max_objects`` per prompt per slice,
        as 8-bit probability maps on the model's low-res grid — a fraction of the size of the output label map), only
        those detections' masks are computed (:mod:`~medsam3_core.engine.heads`), and each slice's tracker features are
-       spilled to a temporary file (:mod:`~medsam3_core.engine.feature_store`), so the sweeps never run the ViT or the neck again.
+       spilled to a temporary file (:mod:`~medsam3_core.engine.feature_store`), so the sweeps never run the ViT or the
+       neck again.
     2. **Forward sweep** from the lowest seed slice upwards. Each prompt's objects start on its most confident
-       detection's slice (the seed); the memory tracker (:mod:`~medsam3_core.engine.tracker`) propagates all live objects of
-       all prompts in one batched call per slice; :func:`~medsam3_core.engine.fusion.fuse_slice` merges them with that
-       slice's detections, starts new objects from unmatched confident detections and ends objects that stay absent
-       (rule in :mod:`~medsam3_core.engine.fusion`); fused masks go back into each object's memory bank.
+       detection's slice (the seed); the memory tracker (:mod:`~medsam3_core.engine.tracker`) propagates all live
+       objects of all prompts in one batched call per slice; :func:`~medsam3_core.engine.fusion.fuse_slice` merges them
+       with that slice's detections, starts new objects from unmatched confident detections and ends objects that stay
+       absent (rule in :mod:`~medsam3_core.engine.fusion`); fused masks go back into each object's memory bank.
     3. **Backward sweep** from the highest seed downwards: every object (seeded or started on the way up) is propagated
        below its first slice from the same conditioning memory. Below its prompt's seed the slice's detections are
        fused as on the way up; between the seed and the object's first slice they were already fused on the way up,
@@ -576,8 +577,8 @@ class _Sweep:
 
 class _FeatureSpill:
     """Each slice's tracker features (the tracker neck on the ViT output), computed in the detection pass and kept in
-    a :class:`~medsam3_core.engine.feature_store.SliceSpill` until the sweeps need them. The top level's position encoding depends
-    only on the grid, so one copy is kept in memory for all slices."""
+    a :class:`~medsam3_core.engine.feature_store.SliceSpill` until the sweeps need them. The top level's position
+    encoding depends only on the grid, so one copy is kept in memory for all slices."""
 
     def __init__(self, run: _Run, tracker: MemoryTracker) -> None:
         self.run, self.tracker = run, tracker

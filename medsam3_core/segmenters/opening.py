@@ -1,8 +1,8 @@
 """Opening inputs and segmenters by the names users type — shared by the CLI, the viewer and the server.
 
 ``open_input("demo")`` is the bundled phantom (a CT, although NIfTI carries no modality), anything else goes to
-:func:`medsam3_core.io.reading.read_volume`. ``open_segmenter`` returns the local engine or, with ``server``, the HTTP client;
-both implement :class:`~medsam3_core.segmenter.Segmenter`, so callers never care which one they got.
+:func:`medsam3_core.io.reading.read_volume`. ``open_segmenter`` returns the local engine or, with ``server``, the HTTP
+client; both implement :class:`~medsam3_core.segmenter.Segmenter`, so callers never care which one they got.
 """
 
 from __future__ import annotations

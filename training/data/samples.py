@@ -1,8 +1,8 @@
 """From cases (an image or volume plus its label map and label→text dictionary) to prompt samples.
 
 A *case* is one patient scan or one 2D picture. Volumes are cut into 2D slices along the axial axis chosen from the
-geometry (the inference core does the same, :func:`medsam3_core.engine.preprocess.slice_stack`), normalised with the same
-per-volume :class:`~medsam3_core.engine.preprocess.IntensityNormalizer`, resized with the same
+geometry (the inference core does the same, :func:`medsam3_core.engine.preprocess.slice_stack`), normalised with the
+same per-volume :class:`~medsam3_core.engine.preprocess.IntensityNormalizer`, resized with the same
 :class:`~medsam3_core.engine.preprocess.Letterbox` (letterbox or stretch, the weights' convention) and scaled with
 :func:`~medsam3_core.engine.preprocess.to_model_input` — so the network is trained on exactly the inputs it will see at
 inference.

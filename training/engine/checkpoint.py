@@ -3,8 +3,8 @@
 ``last.pt`` (every ``checkpoint_every`` optimiser steps, at each epoch end and when a step budget stops the run)
 holds model and optimiser state, the scheduler, the step/epoch/sampler position, the best validation score and the
 torch RNG states. It is for resuming only; models for use are exported separately as weights-only folders
-(:func:`training.engine.modelling.export_weights`). Files are loaded with ``torch.load(weights_only=True)``: a checkpoint
-can never execute code.
+(:func:`training.engine.modelling.export_weights`). Files are loaded with ``torch.load(weights_only=True)``: a
+checkpoint can never execute code.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Loss terms of SAM3's set prediction, as plain functions of tensors (no matching, no weighting).
 
-Each function returns a *sum* over its items; :mod:`training.losses.criterion` applies the paper's weights and divides by
-the batch's matched-instance count, so that a batch with many instances does not simply weigh more.
+Each function returns a *sum* over its items; :mod:`training.losses.criterion` applies the paper's weights and divides
+by the batch's matched-instance count, so that a batch with many instances does not simply weigh more.
 
 * :func:`sigmoid_focal_loss` — Lin et al. (2017): ``−α_t (1 − p_t)^γ log p_t`` element-wise, with an optional extra
   weight on positive targets (the paper's "positive weight 10" for query classification: among 200 queries only a

@@ -1,7 +1,7 @@
 """Short slice clips from 3D volumes, to train the memory tracker the way inference uses it.
 
-At inference (:mod:`medsam3_core.engine.volume_engine`, track mode) an object is seeded from a mask on one slice and propagated
-slice by slice, upwards and downwards, through its memory bank. A training *clip* is the same situation in
+At inference (:mod:`medsam3_core.engine.volume_engine`, track mode) an object is seeded from a mask on one slice and
+propagated slice by slice, upwards and downwards, through its memory bank. A training *clip* is the same situation in
 miniature: ``T`` consecutive slices of one case in one direction (up or down, drawn at random), starting on a slice
 where the prompted concept is present, with one ground-truth mask per object and slice.
 
@@ -17,7 +17,8 @@ where the prompted concept is present, with one ground-truth mask per object and
 * **Same data, same split, same preprocessing** as the detector's training (:mod:`training.data`): cases come from
   :func:`training.data.sources.cases_for`, are split 85/15 by case with :func:`training.data.manifests.split_cases`
   (seed 42), and are sliced, windowed, letterboxed and scaled by the inference core's own
-  :mod:`medsam3_core.engine.preprocess` through the same case cache. Augmentation (:func:`training.data.augment.augment_pair`)
+  :mod:`medsam3_core.engine.preprocess` through the same case cache. Augmentation
+  (:func:`training.data.augment.augment_pair`)
   draws one geometric and photometric transform per clip and applies it to every slice of the clip, so the anatomy
   still moves between slices only as it does in the volume.
 

@@ -2,10 +2,10 @@
 
     python -m training.tracker.train --model demo --out runs/tracker --steps 3000
 
-Each step takes one clip (:mod:`training.tracker.clips`: ``T`` consecutive slices, objects present on the first) and does
-what the volume engine does in track mode, with gradients: the detector's ViT encodes the slices (frozen, under
-``no_grad``), :class:`~medsam3_core.engine.tracker.MemoryTracker` seeds every object from its ground-truth mask on the first
-slice, then propagates it slice by slice and remembers its own prediction (teacher-free, as at inference; with
+Each step takes one clip (:mod:`training.tracker.clips`: ``T`` consecutive slices, objects present on the first) and
+does what the volume engine does in track mode, with gradients: the detector's ViT encodes the slices (frozen, under
+``no_grad``), :class:`~medsam3_core.engine.tracker.MemoryTracker` seeds every object from its ground-truth mask on the
+first slice, then propagates it slice by slice and remembers its own prediction (teacher-free, as at inference; with
 probability ``--gt-memory`` the ground truth is remembered instead, as when a detection corrects the tracker). The
 same tracker code runs at inference, so what is trained is exactly what is used.
 
