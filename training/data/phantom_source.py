@@ -51,16 +51,8 @@ def _mni() -> tuple[Volume, np.ndarray]:
 
     t1 = load_mni152_template(resolution=2)
     mask = load_mni152_brain_mask(resolution=2)
-    affine = np.asarray(t1.affine, dtype=float)
-    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    volume = Volume(
-        array=np.ascontiguousarray(np.asarray(t1.get_fdata(), dtype=np.float32).transpose(2, 1, 0)),
-        spacing=tuple(spacing),
-        origin=tuple(ras_to_lps @ affine[:3, 3]),
-        direction=ras_to_lps @ (affine[:3, :3] / spacing),
-        modality="MR",
-    )
+    array = np.ascontiguousarray(np.asarray(t1.get_fdata(), dtype=np.float32).transpose(2, 1, 0))
+    volume = Volume.from_ijk_to_ras(array, np.asarray(t1.affine, dtype=float), modality="MR")  # NIfTI affine: RAS
     labels = (np.asarray(mask.get_fdata()) > 0.5).astype(np.int32).transpose(2, 1, 0)
     return volume, np.ascontiguousarray(labels)
 
