@@ -14,7 +14,8 @@ from training.config import DataConfig, SourceConfig, load_config
 from training.data.manifests import split_cases
 from training.data.samples import Case
 from training.data.sources import cases_for
-from training.tracker.train import clip_loss, freeze_detector, install_demo_tracker, main, tracker_parameters
+from training.losses.tracker import clip_loss
+from training.tracker.train import freeze_detector, install_demo_tracker, main, tracker_parameters
 
 
 def _nnunet(root, n=8):

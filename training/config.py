@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from medsam3_core.errors import MedSam3Error
+from medsam3_core.errors import InputError, MedSam3Error
 
 from training.losses.criterion import LossConfig
 from training.optim import OptimConfig
@@ -27,6 +27,7 @@ __all__ = [
     "TrainConfig",
     "PRESETS",
     "load_config",
+    "parse_source",
     "apply_overrides",
 ]
 
@@ -291,7 +292,20 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str], sources: Optional[li
             raise ConfigError(f"override {item!r}: no such setting {key!r}")
         data[section][name] = value
     if sources:
-        from training.data.sources import parse_source
-
         data["data"]["sources"] = [asdict(parse_source(s)) for s in sources]
     return TrainConfig.from_dict(data)
+
+
+def parse_source(text: str) -> SourceConfig:
+    """``kind:path[::name]``; for synthetic kinds the path is ``CASES[@SEED]`` (e.g. ``phantom:20@9000``)."""
+    kind, sep, rest = text.partition(":")
+    if not sep or kind not in SOURCE_KINDS:
+        raise InputError(f"data source {text!r} must look like kind:path with kind in {', '.join(SOURCE_KINDS)}")
+    path, _, name = rest.partition("::")
+    if kind in ("phantom", "mni_brain"):
+        count, _, seed = path.partition("@")
+        try:
+            return SourceConfig(kind=kind, name=name or kind, cases=int(count), seed=int(seed or 0))
+        except ValueError:
+            raise InputError(f"data source {text!r}: synthetic kinds take CASES[@SEED], e.g. {kind}:20@9000") from None
+    return SourceConfig(kind=kind, path=path, name=name or Path(path).name)

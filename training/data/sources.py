@@ -6,12 +6,12 @@ from pathlib import Path
 
 from medsam3_core.errors import InputError
 
-from training.config import SOURCE_KINDS, DataConfig, SourceConfig
+from training.config import SOURCE_KINDS, DataConfig, SourceConfig, parse_source
 from training.data.manifests import folder2d_cases, jsonl_cases, nnunet_cases, split_cases
 from training.data.phantom_source import mni_brain_cases, phantom_cases
 from training.data.samples import Case, PromptDataset
 
-__all__ = ["cases_for", "build_datasets", "parse_source", "datasets_for"]
+__all__ = ["cases_for", "build_datasets", "datasets_for"]
 
 
 def cases_for(src: SourceConfig) -> list[Case]:
@@ -52,21 +52,6 @@ def build_datasets(
         if len(train[-1]) == 0:
             raise InputError(f"data source {src.name or src.kind} has no labelled slices in its training split")
     return train, val, weights
-
-
-def parse_source(text: str) -> SourceConfig:
-    """``kind:path[::name]``; for synthetic kinds the path is ``CASES[@SEED]`` (e.g. ``phantom:20@9000``)."""
-    kind, sep, rest = text.partition(":")
-    if not sep or kind not in SOURCE_KINDS:
-        raise InputError(f"data source {text!r} must look like kind:path with kind in {', '.join(SOURCE_KINDS)}")
-    path, _, name = rest.partition("::")
-    if kind in ("phantom", "mni_brain"):
-        count, _, seed = path.partition("@")
-        try:
-            return SourceConfig(kind=kind, name=name or kind, cases=int(count), seed=int(seed or 0))
-        except ValueError:
-            raise InputError(f"data source {text!r}: synthetic kinds take CASES[@SEED], e.g. {kind}:20@9000") from None
-    return SourceConfig(kind=kind, path=path, name=name or Path(path).name)
 
 
 def datasets_for(specs: list[str], image_size: int, split: str = "val") -> list[PromptDataset]:

@@ -35,7 +35,8 @@ __all__ = ["LossConfig", "Target", "SetCriterion"]
 
 @dataclass
 class LossConfig:
-    """Loss and matcher hyper-parameters; defaults are the paper's (Table 2)."""
+    """Loss and matcher hyper-parameters, the one place loss weights live; detector defaults are the paper's
+    (Table 2), tracker defaults SAM2's."""
 
     match_cls: float = 2.0
     match_box: float = 5.0
@@ -60,6 +61,11 @@ class LossConfig:
     dice_weight: float = 30.0
     seg_presence_weight: float = 1.0
     aux_layers: bool = True
+    # Tracker training (training.losses.tracker), SAM2's weights: mask focal, mask Dice, IoU prediction, object score.
+    tracker_focal_weight: float = 20.0
+    tracker_dice_weight: float = 1.0
+    tracker_iou_weight: float = 1.0
+    tracker_score_weight: float = 1.0
 
 
 @dataclass

@@ -23,6 +23,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from training.losses.boxes import pairwise_giou, pairwise_iou, xyxy_to_cxcywh
+from training.losses.terms import soft_dice
 
 __all__ = ["Match", "HungarianMatcher", "OneToManyMatcher", "focal_class_cost"]
 
@@ -87,8 +88,7 @@ class HungarianMatcher:
         if self.w_mask > 0 and masks is not None and gt_masks is not None:
             p = masks.float().flatten(1).sigmoid()
             t = gt_masks.float().flatten(1)
-            dice = (2 * p @ t.T + 1) / (p.sum(1)[:, None] + t.sum(1)[None, :] + 1)
-            cost = cost + self.w_mask * (1 - dice)
+            cost = cost + self.w_mask * (1 - soft_dice(p, t, pairwise=True))
         return cost
 
     @torch.no_grad()

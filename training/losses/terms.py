@@ -9,6 +9,8 @@ by the batch's matched-instance count, so that a batch with many instances does 
 * :func:`presence_loss` — binary cross-entropy of the per-prompt presence logit ("is the concept in the image?").
 * :func:`box_l1_loss` / :func:`giou_loss` — on matched pairs only (``1[j≠∅]`` in the paper).
 * :func:`mask_focal_loss` / :func:`dice_loss` — per matched mask, averaged over pixels / as 1 − Dice.
+* :func:`soft_dice` — the one soft Dice coefficient of the training stack (the losses above, the matcher's mask
+  cost and the tracker loss all use it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import torch.nn.functional as F
 
 from training.losses.boxes import pairwise_giou, xyxy_to_cxcywh
 
-__all__ = ["sigmoid_focal_loss", "presence_loss", "box_l1_loss", "giou_loss", "mask_focal_loss", "dice_loss"]
+__all__ = [
+    "sigmoid_focal_loss", "presence_loss", "box_l1_loss", "giou_loss", "mask_focal_loss", "dice_loss", "soft_dice",
+]
 
 
 def sigmoid_focal_loss(
@@ -68,6 +72,18 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0) 
     """Summed ``1 − (2|P∩T| + s)/(|P| + |T| + s)`` of matched masks ``(M, h, w)`` with soft ``P = σ(logits)``."""
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
-    p = logits.float().sigmoid().flatten(1)
-    t = targets.float().flatten(1)
-    return (1 - (2 * (p * t).sum(1) + smooth) / (p.sum(1) + t.sum(1) + smooth)).sum()
+    return (1 - soft_dice(logits.float().sigmoid().flatten(1), targets.float().flatten(1), smooth)).sum()
+
+
+def soft_dice(probs: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0, pairwise: bool = False) -> torch.Tensor:
+    """Soft Dice ``(2|P∩T| + s)/(|P| + |T| + s)`` of probability maps and (possibly soft) targets, flattened over
+    the last axis.
+
+    ``probs (..., N)`` and ``targets (..., N)`` pair up item by item and give ``(...)``; with ``pairwise``,
+    ``probs (M, N)`` and ``targets (G, N)`` give every pair ``(M, G)`` through one matrix product (the matcher's
+    cost, where broadcasting would hold an ``M × G × N`` tensor). The smoothing ``s`` makes two empty masks agree.
+    """
+    if pairwise:
+        inter = probs @ targets.T
+        return (2 * inter + smooth) / (probs.sum(-1)[:, None] + targets.sum(-1)[None, :] + smooth)
+    return (2 * (probs * targets).sum(-1) + smooth) / (probs.sum(-1) + targets.sum(-1) + smooth)
