@@ -5,8 +5,8 @@ tracker (``Sam3TrackerVideoModel`` plus the ``tracker_neck`` that turns the shar
 features), the tokenizer, device and dtype. The detector and tracker share one ViT, as in ``Sam3VideoModel``: a
 slice is encoded once and both heads read it.
 
-``tiny_*_config`` build small random-init configurations for tests and the CPU demo (facts and constraints in
-SAM3_NOTES §2 and §4: H must be a multiple of 8 and larger than the tracker's 64-channel memory).
+``tiny_*_config`` (from :mod:`medsam3_core.model.tiny_config`) build small random-init configurations for tests, the
+benchmarks and the CPU demo.
 
 :func:`load_model` turns whatever the user names (``demo``, a release name such as ``medsam3-3d``, a transformers
 folder, a native or Medical SAM3 ``.pt``, a safetensors file) into a bundle; reading and checking the files is
@@ -27,7 +27,6 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    Sam3Config,
     Sam3Model,
     Sam3VideoConfig,
     Sam3VideoModel,
@@ -40,6 +39,7 @@ from medsam3_core.model.download import RELEASES, not_downloaded_message, releas
 from medsam3_core.errors import DeviceError, ModelError
 from medsam3_core.progress import ProgressCallback, report
 from medsam3_core.model.tokenizer import bundled_tokenizer, load_tokenizer
+from medsam3_core.model.tiny_config import tiny_detector_config, tiny_video_config
 
 __all__ = [
     "Sam3Bundle",
@@ -132,81 +132,6 @@ def select_device(name: str = "auto") -> tuple[torch.device, torch.dtype]:
     if name != "cpu":
         raise DeviceError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.")
     return torch.device("cpu"), torch.float32
-
-
-def tiny_detector_config(
-    image_size: int = 112,
-    hidden: int = 128,
-    patch_size: int = 14,
-    vit_hidden: int = 64,
-    vit_layers: int = 2,
-    num_queries: int = 20,
-    text_hidden: int = 32,
-) -> Sam3Config:
-    """A small ``Sam3Config`` with the real CLIP vocabulary (49 408 tokens) so the real tokenizer applies."""
-    grid = image_size // patch_size
-    return Sam3Config(
-        vision_config=dict(
-            backbone_config=dict(
-                model_type="sam3_vit_model",
-                hidden_size=vit_hidden,
-                intermediate_size=2 * vit_hidden,
-                num_hidden_layers=vit_layers,
-                num_attention_heads=2,
-                image_size=image_size,
-                patch_size=patch_size,
-                window_size=4,
-                global_attn_indexes=[vit_layers - 1],
-                pretrain_image_size=image_size,
-            ),
-            fpn_hidden_size=hidden,
-            backbone_feature_sizes=[[4 * grid, 4 * grid], [2 * grid, 2 * grid], [grid, grid]],
-        ),
-        text_config=dict(
-            model_type="clip_text_model",
-            vocab_size=49408,
-            hidden_size=text_hidden,
-            intermediate_size=2 * text_hidden,
-            projection_dim=text_hidden,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=32,
-        ),
-        geometry_encoder_config=dict(hidden_size=hidden, num_layers=1, num_attention_heads=2, intermediate_size=64),
-        detr_encoder_config=dict(hidden_size=hidden, num_layers=1, num_attention_heads=2, intermediate_size=128),
-        detr_decoder_config=dict(
-            hidden_size=hidden, num_layers=2, num_queries=num_queries, num_attention_heads=2, intermediate_size=128
-        ),
-        mask_decoder_config=dict(hidden_size=hidden, num_attention_heads=2),
-    )
-
-
-def tiny_video_config(detector: Optional[Sam3Config] = None, num_maskmem: int = 7) -> Sam3VideoConfig:
-    """A ``Sam3VideoConfig`` (detector + memory tracker) around a tiny detector config."""
-    det = detector or tiny_detector_config()
-    hidden = det.vision_config.fpn_hidden_size
-    size = det.vision_config.backbone_config.image_size
-    cfg = Sam3VideoConfig(
-        detector_config=det.to_dict(),
-        tracker_config=dict(
-            model_type="sam3_tracker_video",
-            vision_config=det.vision_config.to_dict(),
-            prompt_encoder_config=dict(hidden_size=hidden, image_size=size, mask_input_channels=16),
-            mask_decoder_config=dict(hidden_size=hidden, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=hidden),
-            num_maskmem=num_maskmem,
-            memory_attention_hidden_size=hidden,
-            memory_attention_num_layers=1,
-            memory_attention_feed_forward_hidden_size=64,
-            memory_encoder_hidden_size=hidden,
-            memory_encoder_output_channels=64,
-            mask_downsampler_embed_dim=hidden,
-            memory_fuser_embed_dim=hidden,
-            memory_fuser_intermediate_dim=64,
-        ),
-        low_res_mask_size=4 * size // det.vision_config.backbone_config.patch_size,
-    )
-    cfg.image_size = size
-    return cfg
 
 
 def bundle_from_video_model(
