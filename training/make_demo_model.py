@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from medsam3_core.model.bundle import DEMO_MODEL_DIR, load_model
+from medsam3_core.model.card import update_card
 from medsam3_core.phantom import demo_label_names, demo_paths
 
 from training.config import apply_overrides, load_config
@@ -43,7 +44,6 @@ from training.evaluate import (
     summarize,
     write_report,
 )
-from training.engine.modelling import update_model_meta
 
 __all__ = ["evaluate_heldout", "score_demo_scan", "calibrate", "write_score_threshold", "install", "main"]
 
@@ -101,11 +101,7 @@ def write_score_threshold(model_dir: Path, threshold: float) -> Path:
     """Set ``conventions.score_threshold`` in ``model_dir/medsam3.json``, leaving every other key as it is (re-read
     right before it is replaced, so an edit of another key made meanwhile, e.g. a tracker being installed into the
     same folder, is kept)."""
-
-    def edit(meta: dict) -> None:
-        meta.setdefault("conventions", {})["score_threshold"] = round(float(threshold), 4)
-
-    return update_model_meta(model_dir, edit)
+    return update_card(model_dir, {"score_threshold": round(float(threshold), 4)})
 
 
 def install(model_dir: Path, target: Path = DEMO_MODEL_DIR) -> Path:

@@ -16,7 +16,6 @@ folder, a native or Medical SAM3 ``.pt``, a safetensors file) into a bundle; rea
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from medsam3_core.model.convert import config_for_checkpoint, native_to_transfor
 from medsam3_core.model.download import RELEASES, not_downloaded_message, release_dir
 from medsam3_core.errors import DeviceError, ModelError
 from medsam3_core.progress import ProgressCallback, report
+from medsam3_core.model.card import DEFAULT_SCORE_THRESHOLD, read_card
 from medsam3_core.model.tokenizer import bundled_tokenizer, load_tokenizer
 from medsam3_core.model.tiny_config import tiny_detector_config, tiny_video_config
 
@@ -65,8 +65,6 @@ log = logging.getLogger(__name__)
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 #: ``Sam3Bundle.source`` of the stand-in used while no trained demo model ships.
 DEMO_RANDOM_SOURCE = "untrained random demo model (masks are meaningless)"
-#: Detection score threshold of weights that recommend none (SAM3's own post-processing default).
-DEFAULT_SCORE_THRESHOLD = 0.5
 
 
 @dataclass
@@ -86,7 +84,7 @@ class Sam3Bundle:
         geometry_cls: append the geometry encoder's CLS token to text prompts, as Meta's SAM3 always does
             (:func:`append_geometry_cls`); ``False`` for models trained without it.
         score_threshold: the detection score threshold the model recommends (calibrated on its validation split
-            by the training export, ``medsam3.json`` conventions). Runs that name no threshold use it. 0.5 when the
+            by the training export, :mod:`medsam3_core.model.card`). Runs that name no threshold use it. 0.5 when the
             weights state none (Meta's SAM3): scores need not be centred on 0.5 (the small demo model's are not).
     """
 
@@ -338,7 +336,7 @@ def load_model(
         return bundle
     if path.is_dir() and not (path / "config.json").is_file():
         path = _checkpoint_in_folder(path)
-    conventions = _input_conventions(path)  # before the weights: a bad medsam3.json fails at once
+    conventions = read_card(path).conventions  # before the weights: a bad model card fails at once
     if path.is_dir():
         model, tokenizer = checkpoints.load_folder(path, dtype), load_tokenizer(path)
         source = "demo model" if path == DEMO_MODEL_DIR else str(path)
@@ -349,45 +347,10 @@ def load_model(
         source = str(path)
     report(progress, "load", 0.9)
     bundle = _bundle(model, device, source, tokenizer)
-    bundle.keep_aspect, bundle.geometry_cls = conventions["keep_aspect"], conventions["geometry_cls"]
-    bundle.score_threshold = conventions["score_threshold"]
-    if not conventions["tracker_trained"]:  # random tracker weights would corrupt the fused masks
+    bundle.keep_aspect, bundle.geometry_cls = conventions.keep_aspect, conventions.geometry_cls
+    bundle.score_threshold = conventions.score_threshold
+    if not conventions.tracker_trained:  # random tracker weights would corrupt the fused masks
         bundle.tracker = bundle.tracker_neck = None
         bundle.source += " (its tracker is untrained: detection only)"
     report(progress, "load", 1.0)
     return bundle
-
-
-#: Input conventions of weights that do not state their own: Meta's SAM3 stretches images to a square and appends
-#: the geometry CLS token to text prompts; Medical SAM3 fine-tunes with Meta's pipeline, so it does the same.
-META_CONVENTIONS = {"keep_aspect": False, "geometry_cls": True, "tracker_trained": True}
-
-
-def _input_conventions(path: Path) -> dict[str, Union[bool, float]]:
-    """``keep_aspect``, ``geometry_cls``, ``tracker_trained`` and ``score_threshold`` from a model folder's
-    ``medsam3.json`` ``"conventions"``, else Meta's (and :data:`DEFAULT_SCORE_THRESHOLD`).
-
-    Raises:
-        ModelError: a stated ``score_threshold`` that is not a number strictly between 0 and 1 (at 0 every query
-            would count, at 1 none).
-    """
-    folder = path if path.is_dir() else path.parent
-    conventions: dict[str, Union[bool, float]] = {**META_CONVENTIONS, "score_threshold": DEFAULT_SCORE_THRESHOLD}
-    meta_file = folder / "medsam3.json"
-    stated: dict = {}
-    if meta_file.is_file():
-        try:
-            stated = json.loads(meta_file.read_text(encoding="utf-8")).get("conventions") or {}
-        except (OSError, ValueError, AttributeError):
-            stated = {}
-        stated = stated if isinstance(stated, dict) else {}
-        conventions.update({k: bool(v) for k, v in stated.items() if k in META_CONVENTIONS})
-    threshold = stated.get("score_threshold")
-    if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
-            raise ModelError(
-                f"{meta_file}: conventions.score_threshold must be a number between 0 and 1 (exclusive), "
-                f"got {threshold!r}; fix or remove it (without it the model runs at {DEFAULT_SCORE_THRESHOLD})."
-            )
-        conventions["score_threshold"] = float(threshold)
-    return conventions

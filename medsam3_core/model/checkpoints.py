@@ -29,6 +29,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, Sam3Model, Sam3VideoModel
 from transformers.utils import logging as hf_logging
 
+from medsam3_core.model.card import write_card
 from medsam3_core.errors import CheckpointError
 
 __all__ = [
@@ -324,8 +325,8 @@ def save_model(
     """Write a weights-only transformers folder (``config.json`` + safetensors [+ tokenizer]) atomically.
 
     The folder is assembled beside ``out_dir`` and renamed into place only when complete, so an interrupted save
-    never leaves a folder that half-loads. ``extra`` is written to ``medsam3.json`` (provenance: source file,
-    conversion report …). Returns ``out_dir``.
+    never leaves a folder that half-loads. ``extra`` is written as the model card ``medsam3.json``
+    (:mod:`medsam3_core.model.card`: conventions, provenance, conversion report …). Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -336,7 +337,7 @@ def save_model(
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
         if extra:
-            (tmp / "medsam3.json").write_text(json.dumps(dict(extra), indent=2, default=str), encoding="utf-8")
+            write_card(tmp, extra)  # checked as a model card first
         _share_like_umask(tmp)
         _replace_dir(tmp, out_dir)
     except BaseException:

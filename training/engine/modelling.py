@@ -16,16 +16,14 @@ model must be fed. A random tiny model is ours: letterbox, no CLS token.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel, Sam3Model, Sam3VideoConfig, Sam3VideoModel
 
-from medsam3_core.io.atomic import atomic_path
 from medsam3_core.model.checkpoints import read_config, save_model
 from medsam3_core.model.bundle import (
     append_geometry_cls,
@@ -43,7 +41,6 @@ __all__ = [
     "build_model",
     "enable_activation_checkpointing",
     "export_weights",
-    "update_model_meta",
 ]
 
 
@@ -180,19 +177,3 @@ def export_weights(
             owner, _, attr = name.rpartition(".")
             clone.get_submodule(owner).register_buffer(attr, buffer.detach().to("cpu"), persistent=False)
     return save_model(clone, out_dir, extra=extra)
-
-
-def update_model_meta(model_dir: Union[str, Path], edit: Callable[[dict], None]) -> Path:
-    """Apply ``edit`` to ``model_dir/medsam3.json`` in place (an empty dict when there is none) and write it back.
-
-    The file is read right before it is replaced (atomically, keeping its permissions; a new one is readable by
-    everyone, like the package's copy), so keys another tool changed meanwhile are kept.
-    """
-    path = Path(model_dir) / "medsam3.json"
-    meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    edit(meta)
-    mode = path.stat().st_mode & 0o777 if path.is_file() else 0o644
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        tmp.chmod(mode)  # a temporary file is private
-    return path

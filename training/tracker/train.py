@@ -41,13 +41,14 @@ from medsam3_core.model import checkpoints
 from medsam3_core.io.atomic import atomic_path
 from medsam3_core.errors import ModelError
 from medsam3_core.metrics import dice as mask_dice
+from medsam3_core.model.card import ModelCard, read_card, update_card
 from medsam3_core.model.bundle import DEMO_MODEL_DIR, Sam3Bundle, load_model, resolve_model_spec
 from medsam3_core.engine.tracker import MemoryTracker
 
 from training.tracker.clips import ClipDataset, ClipSampler, clip_datasets
 from training.config import load_config
 from training.losses.tracker import clip_loss
-from training.engine.modelling import TrainModel, _xavier, export_weights, update_model_meta
+from training.engine.modelling import TrainModel, _xavier, export_weights
 from training.optim import lr_factor
 
 __all__ = [
@@ -182,21 +183,9 @@ class TrackerTrainConfig:
     threads: int = 1
 
 
-def _source_meta(path: Path) -> dict:
-    meta_file = path / "medsam3.json"
-    if not meta_file.is_file():
-        return {}
-    try:
-        return json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _export(video: Sam3VideoModel, bundle: Sam3Bundle, out: Path, meta: dict, record: dict) -> Path:
-    extra = dict(meta)
-    extra["conventions"] = {**(meta.get("conventions") or {}), "tracker_trained": True}
-    extra["tracker_training"] = record
-    return export_weights(TrainModel(video, bundle.detector, bundle.source), out, torch.float16, extra=extra)
+def _export(video: Sam3VideoModel, bundle: Sam3Bundle, out: Path, card: ModelCard, record: dict) -> Path:
+    card = card.with_conventions(tracker_trained=True).with_records(tracker_training=record)
+    return export_weights(TrainModel(video, bundle.detector, bundle.source), out, torch.float16, extra=card.to_dict())
 
 
 def train_tracker(cfg: TrackerTrainConfig, log=print) -> dict:
@@ -206,8 +195,8 @@ def train_tracker(cfg: TrackerTrainConfig, log=print) -> dict:
     torch.manual_seed(cfg.seed)
     path = resolve_model_spec(cfg.model)
     video, bundle = load_video_bundle(cfg.model, device="cpu")
-    meta = _source_meta(path)
-    untrained = not bool((meta.get("conventions") or {}).get("tracker_trained", True))
+    card = read_card(path)
+    untrained = not card.conventions.tracker_trained
     reinit = cfg.reinit == "xavier" or (cfg.reinit == "auto" and untrained)
     if reinit:
         reinit_xavier(bundle.tracker)
@@ -239,7 +228,7 @@ def train_tracker(cfg: TrackerTrainConfig, log=print) -> dict:
         log(f"step {step}: val " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
         if result.get("dice", 0.0) > best:
             best = result["dice"]
-            _export(video, bundle, out / "best", meta, {**record, "step": step, "validation": result})
+            _export(video, bundle, out / "best", card, {**record, "step": step, "validation": result})
 
     validate(0)
     step = 0
@@ -266,7 +255,7 @@ def train_tracker(cfg: TrackerTrainConfig, log=print) -> dict:
         if out_of_time:
             log(f"time budget of {cfg.max_minutes:g} min reached at step {step}")
             break
-    _export(video, bundle, out / "final", meta, {**record, "step": step})
+    _export(video, bundle, out / "final", card, {**record, "step": step})
     (out / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
     return history
 
@@ -289,17 +278,12 @@ def install_demo_tracker(model_dir: Path, target: Path = DEMO_MODEL_DIR, provena
     changed = [k for k in old if not k.startswith(tracker_prefixes) and not torch.equal(old[k], new[k])]
     if changed:
         raise ModelError(f"detector weights differ from the installed demo model: {changed[:3]}")
-    record = provenance or _source_meta(model_dir).get("tracker_training", {})
+    record = provenance or read_card(model_dir).other.get("tracker_training", {})
     for name in ("model.safetensors", "config.json"):
         with atomic_path(target / name) as tmp:
             tmp.write_bytes((model_dir / name).read_bytes())
             tmp.chmod(0o644)  # a temporary file is private; the package's copy must stay readable by everyone
-
-    def edit(meta: dict) -> None:
-        meta.setdefault("conventions", {})["tracker_trained"] = True
-        meta["tracker_training"] = record
-
-    update_model_meta(target, edit)
+    update_card(target, {"tracker_trained": True}, tracker_training=record)
     return target
 
 
