@@ -86,7 +86,7 @@ def _npz(**arrays) -> bytes:
         (lambda h: h["options"].update(cleanup=1), "'cleanup' has the wrong type"),
         (lambda h: h["options"].update(threshold=True), "'threshold' has the wrong type"),
         (lambda h: h["options"].update(threshold=2.0), "between 0 and 1"),
-        (lambda h: h["options"].update(mode="fast"), "--mode"),
+        (lambda h: h["options"].update(mode="fast"), "mode must be one of"),
         (lambda h: h["options"].update(window=[1, 2, 3]), "centre, width"),
         (lambda h: h["options"].update(batch_size=1000), "limited to 64"),
         (lambda h: h["options"].update(output="/tmp/x"), "Unknown option"),

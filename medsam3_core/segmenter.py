@@ -8,11 +8,12 @@ switch between local and remote inference by configuration only. Results are pla
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Protocol, Sequence, Union
+from typing import Any, Optional, Protocol, Sequence
 
-from medsam3_core.errors import InputError
+from medsam3_core.errors import SettingError
 from medsam3_core.io.geometry import Volume
 from medsam3_core.progress import CancelToken, ProgressCallback
+from medsam3_core.windows import Window, normalize_window
 
 __all__ = [
     "SegmentOptions",
@@ -29,7 +30,6 @@ MODES = ("track", "detect")
 SLICE_AXES = ("axial", "coronal", "sagittal")
 #: Where a run's score threshold came from: the model's recommendation (none given) or the user.
 THRESHOLD_SOURCES = ("model", "user")
-Window = Union[None, str, tuple[float, float]]
 
 
 @dataclass
@@ -41,7 +41,8 @@ class SegmentOptions:
             ``None`` (the default) means the model's recommended threshold (``Sam3Bundle.score_threshold``,
             0.5 for weights that state none), filled in by the segmenter before the run.
         window: ``None``/``"auto"`` (DICOM window, else modality default), a CT preset name
-            (``soft-tissue``, ``lung``, ``bone``, ``brain``) or ``(centre, width)``.
+            (``soft-tissue``, ``lung``, ``bone``, ``brain``), ``"centre,width"`` or ``(centre, width)``; stored as
+            ``None``, the preset name or ``(centre, width)`` (:func:`medsam3_core.windows.normalize_window`).
         slice_axis: anatomical axis the volume is sliced along.
         mode: ``"track"`` (detector + memory tracker, fused) or ``"detect"`` (detector on every slice only).
         batch_size: slices encoded per forward pass; also the cancellation granularity.
@@ -60,16 +61,21 @@ class SegmentOptions:
     confidence_map: bool = False
 
     def __post_init__(self) -> None:
+        """Check every setting and bring the window to its one form (the only place either happens); errors name
+        the setting in ``field`` and in plain words, for every front-end to show in its own terms."""
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise InputError(f"--threshold must be between 0 and 1, got {self.threshold}.")
+            raise SettingError(f"The threshold must be between 0 and 1, got {self.threshold}.", field="threshold")
         if self.slice_axis not in SLICE_AXES:
-            raise InputError(f"--slice-axis must be one of {', '.join(SLICE_AXES)}, got {self.slice_axis!r}.")
+            raise SettingError(
+                f"The slice axis must be one of {', '.join(SLICE_AXES)}, got {self.slice_axis!r}.", field="slice_axis"
+            )
         if self.mode not in MODES:
-            raise InputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
+            raise SettingError(f"The mode must be one of {', '.join(MODES)}, got {self.mode!r}.", field="mode")
         if self.batch_size < 1:
-            raise InputError("--batch-size must be at least 1.")
+            raise SettingError("The batch size must be at least 1.", field="batch_size")
         if self.memory_size < 1:
-            raise InputError("--memory-size must be at least 1.")
+            raise SettingError("The memory size must be at least 1.", field="memory_size")
+        self.window = normalize_window(self.window)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -67,14 +67,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress and no summary")
 
 
-def _window_option(text: Optional[str]) -> Any:
-    """``--window`` as ``SegmentOptions.window``, checked by the core's own parser before any work starts."""
-    if text is None or text.strip().lower() in ("", "auto"):
-        return None
-    from medsam3_core.engine.preprocess import CT_WINDOWS, parse_window
+#: The option of each setting a core error can name (``MedSam3Error.field``), so the user reads the flag to change.
+FLAGS = {"threshold": "--threshold", "window": "--window", "slice_axis": "--slice-axis", "mode": "--mode",
+         "batch_size": "--batch-size", "memory_size": "--memory-size"}
 
-    centre_width = parse_window(text)
-    return text.strip().lower() if text.strip().lower() in CT_WINDOWS else centre_width
+
+def user_message(err: MedSam3Error) -> str:
+    """The core's message, plus the command-line option to change when the error is about one setting."""
+    flag = FLAGS.get(getattr(err, "field", None) or "")
+    return f"{err} (option {flag})" if flag else str(err)
 
 
 class _Progress:
@@ -116,7 +117,7 @@ def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: 
     from medsam3_core.prompts import duplicate_concepts, resolve_prompts
 
     options = SegmentOptions(
-        threshold=args.threshold, window=_window_option(args.window), slice_axis=args.slice_axis, mode=args.mode,
+        threshold=args.threshold, window=args.window, slice_axis=args.slice_axis, mode=args.mode,
         batch_size=args.batch_size, cleanup=args.cleanup, memory_size=args.memory_size,
         confidence_map=args.confidence_map,
     )
@@ -208,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return _fail(args, progress, "Interrupted; nothing was written.", EXIT_CANCELLED)
     except MedSam3Error as err:
-        return _fail(args, progress, str(err), EXIT_USER_ERROR)
+        return _fail(args, progress, user_message(err), EXIT_USER_ERROR)
     finally:
         signal.signal(signal.SIGINT, previous)
         progress.close()

@@ -19,7 +19,6 @@ slices without caring how the volume was acquired.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 
 from medsam3_core.errors import InputError
 from medsam3_core.io.geometry import Volume
+from medsam3_core.windows import CT_WINDOWS, Window, parse_window, window_name
 
 __all__ = [
     "CT_WINDOWS",
@@ -42,14 +42,6 @@ __all__ = [
     "unstack",
 ]
 
-#: CT window presets, ``name -> (centre, width)`` in Hounsfield units.
-CT_WINDOWS: dict[str, tuple[float, float]] = {
-    "soft-tissue": (40.0, 400.0),
-    "lung": (-600.0, 1500.0),
-    "bone": (400.0, 1800.0),
-    "brain": (40.0, 80.0),
-}
-
 #: Robust intensity range for modalities without a physical scale (MR, PET, ultrasound, unknown grey).
 PERCENTILES: tuple[float, float] = (0.5, 99.5)
 
@@ -57,7 +49,6 @@ PERCENTILES: tuple[float, float] = (0.5, 99.5)
 # exact np.percentile takes seconds and the estimate differs by far less than one grey level of the output.
 _PERCENTILE_SAMPLE = 8_000_000
 
-Window = Union[None, str, tuple[float, float]]
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
@@ -86,7 +77,7 @@ class IntensityNormalizer:
         """
         if window is not None and not (isinstance(window, str) and window.strip().lower() in ("", "auto")):
             centre, width = parse_window(window)
-            return cls._from_window(centre, width, f"window {_window_name(window)} (C={centre:g}, W={width:g})")
+            return cls._from_window(centre, width, f"window {window_name(window)} (C={centre:g}, W={width:g})")
         dicom = _dicom_window(volume.metadata.get("window"))
         if dicom is not None:
             return cls._from_window(*dicom, f"DICOM window (C={dicom[0]:g}, W={dicom[1]:g})")
@@ -116,36 +107,6 @@ class IntensityNormalizer:
         out *= np.float32(1.0 / span)
         np.clip(out, 0.0, 1.0, out=out)
         return np.nan_to_num(out, copy=False, nan=0.0)
-
-
-def _window_name(window: Window) -> str:
-    text = window.strip().lower() if isinstance(window, str) else ""
-    return text if text in CT_WINDOWS else "override"
-
-
-def parse_window(window: Any) -> tuple[float, float]:
-    """``(centre, width)`` from a preset name, ``"C,W"`` text or a pair of numbers."""
-    if isinstance(window, str):
-        text = window.strip().lower()
-        if text in CT_WINDOWS:
-            return CT_WINDOWS[text]
-        parts = [p for p in re.split(r"[,\s]+", text) if p]
-        if len(parts) != 2:
-            raise InputError(
-                f"Unknown window {window!r}; use one of {', '.join(CT_WINDOWS)}, or 'centre,width' such as '40,400'."
-            )
-        try:
-            centre, width = float(parts[0]), float(parts[1])
-        except ValueError:
-            raise InputError(f"Window {window!r} is not two numbers 'centre,width' such as '40,400'.") from None
-    else:
-        try:
-            centre, width = (float(v) for v in window)
-        except (TypeError, ValueError):
-            raise InputError(f"Window must be a preset name or (centre, width), got {window!r}.") from None
-    if not (math.isfinite(centre) and math.isfinite(width)) or width <= 0:
-        raise InputError(f"Window width must be a positive number, got centre={centre:g}, width={width:g}.")
-    return centre, width
 
 
 def _dicom_window(value: Any) -> Optional[tuple[float, float]]:

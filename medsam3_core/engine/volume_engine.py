@@ -49,7 +49,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ from medsam3_core.io.geometry import Volume
 from medsam3_core.model.bundle import Sam3Bundle
 from medsam3_core.engine.postprocess import MASK_THRESHOLD, fill_holes, instances_for, largest_component
 from medsam3_core.engine.preprocess import IntensityNormalizer, slice_stack, to_model_input, unstack
+from medsam3_core.plan import ModelLimits, RunPlan, plan_run
 from medsam3_core.progress import CancelToken, ProgressCallback, report
 from medsam3_core.segmenter import SegmentOptions
 from medsam3_core.engine.feature_store import SliceSpill
@@ -185,20 +186,24 @@ class VolumeEngine:
     def run(
         self,
         volume: Volume,
-        concepts: Sequence[str],
+        plan: Union[RunPlan, Sequence[str]],
         options: Optional[SegmentOptions] = None,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
     ) -> EngineResult:
-        """Segment ``volume`` for each concept (label ``k + 1`` = ``concepts[k]``).
+        """Segment ``volume`` as ``plan`` says (label ``k + 1`` = ``plan.concepts[k]``).
+
+        The plan's settings are used as they are (:mod:`medsam3_core.plan` resolved them); given concepts and
+        options instead, the plan is made here by the same rule.
 
         Raises:
             PromptError: no or empty concepts. ModelError: track mode on a checkpoint without tracker.
             Cancelled: ``cancel`` was set (checked before every batch).
         """
-        options = options or SegmentOptions()
+        if not isinstance(plan, RunPlan):
+            plan = plan_run(plan, options, ModelLimits.of(self.bundle))
         cancel = cancel or CancelToken()
-        run = _Run(self, volume, concepts, options, progress, cancel)
+        run = _Run(self, volume, plan, progress, cancel)
         return run.execute()
 
 
@@ -209,12 +214,12 @@ class _Run:
         self,
         engine: VolumeEngine,
         volume: Volume,
-        concepts: Sequence[str],
-        options: SegmentOptions,
+        plan: RunPlan,
         progress: Optional[ProgressCallback],
         cancel: CancelToken,
     ) -> None:
-        self.engine, self.options, self.progress, self.cancel = engine, options, progress, cancel
+        self.engine, self.options, self.progress, self.cancel = engine, plan.options, progress, cancel
+        concepts, options = plan.concepts, plan.options
         self.bundle = engine.bundle
         self.timings: dict[str, float] = defaultdict(float)
         t0 = engine.clock()
@@ -225,10 +230,10 @@ class _Run:
         if self.stack.shape[0] == 0 or min(self.stack.shape[1:3]) == 0:
             raise InputError(f"The volume has an empty dimension {volume.shape}; nothing to segment.")
         self.num_slices = int(self.stack.shape[0])
-        self.normalize = IntensityNormalizer.for_volume(volume, options.window)
+        self.normalize = IntensityNormalizer.for_volume(volume, plan.window)
         self.letterbox = engine.detector.letterbox(self.stack.shape[1], self.stack.shape[2])
         self.canvas = _Canvas((self.num_slices, int(self.stack.shape[1]), int(self.stack.shape[2])))
-        self.threshold = self.bundle.threshold(options.threshold)
+        self.threshold = plan.threshold
         self.rule = engine.rule or FusionRule(spawn_score=self.threshold, keep_score=self.threshold)
 
     # -- top level -------------------------------------------------------------------------------------------------

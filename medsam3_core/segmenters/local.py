@@ -12,10 +12,10 @@ import threading
 from typing import Optional, Sequence, Union
 
 from medsam3_core.engine.volume_engine import EngineResult, VolumeEngine
-from medsam3_core.errors import PromptError
 from medsam3_core.io.geometry import Volume
 from medsam3_core.model.bundle import Sam3Bundle
 from medsam3_core.engine.postprocess import volume_ml
+from medsam3_core.plan import ModelLimits, RunPlan, plan_run
 from medsam3_core.progress import CancelToken, ProgressCallback
 from medsam3_core.segmenter import ObjectInfo, SegmentationResult, SegmentInfo, SegmentOptions
 
@@ -52,56 +52,22 @@ class LocalSegmenter:
     ) -> SegmentationResult:
         """Label ``k + 1`` = ``prompts[k]``; ``concepts[k]`` (default: the prompt) is the text the model reads.
 
+        Every setting is resolved once here, into a :class:`~medsam3_core.plan.RunPlan` the engine follows.
+
         Raises:
             PromptError: no prompts, an empty one, or ``concepts`` of another length.
             Cancelled: ``cancel`` was set; nothing is returned.
         """
-        prompts = [str(p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
-        concepts = list(prompts if concepts is None else concepts)
-        if len(concepts) != len(prompts):
-            raise PromptError(f"Got {len(prompts)} prompts but {len(concepts)} concepts; give one concept per prompt.")
-        options = options or SegmentOptions()
-        effective, warnings = self._effective_options(options)
+        plan = plan_run(prompts, options, ModelLimits.of(self.bundle), concepts)
         with self._lock:
-            result = self.engine.run(volume, concepts, effective, progress=progress, cancel=cancel)
-        source = "model" if options.threshold is None else "user"
-        return self._to_result(volume, prompts, concepts, result, effective, warnings, source)
+            result = self.engine.run(volume, plan, progress=progress, cancel=cancel)
+        return self._to_result(volume, plan, result)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
-    def _effective_options(self, options: SegmentOptions) -> tuple[SegmentOptions, list[str]]:
-        """What the run will use: the model's recommended threshold when none is given (resolved here so the
-        report states the number), and what the checkpoint can do: detect mode without a tracker, memory bank at
-        most ``num_maskmem``."""
-        warnings: list[str] = []
-        changes: dict = {}
-        if options.threshold is None:
-            changes["threshold"] = self.bundle.threshold(None)
-        if options.mode == "track" and not self.bundle.has_tracker:
-            warnings.append("The model has no (trained) tracker: ran --mode detect instead of track.")
-            changes["mode"] = "detect"
-        elif options.mode == "track":
-            limit = int(self.bundle.tracker.num_maskmem)
-            if options.memory_size > limit:
-                warnings.append(
-                    f"--memory-size {options.memory_size} exceeds the checkpoint's {limit} memory frames; used {limit}."
-                )
-                changes["memory_size"] = limit
-        if not changes:
-            return options, warnings
-        return SegmentOptions.from_dict({**options.to_dict(), **changes}), warnings
-
-    def _to_result(
-        self,
-        volume: Volume,
-        prompts: list[str],
-        concepts: list[str],
-        result: EngineResult,
-        options: SegmentOptions,
-        warnings: list[str],
-        threshold_source: str,
-    ) -> SegmentationResult:
+    def _to_result(self, volume: Volume, plan: RunPlan, result: EngineResult) -> SegmentationResult:
+        options, threshold_source, warnings = plan.options, plan.threshold_source, list(plan.warnings)
         segments = []
-        for p, (prompt, concept) in enumerate(zip(prompts, concepts)):
+        for p, (prompt, concept) in enumerate(zip(plan.prompts, plan.concepts)):
             objects = [
                 ObjectInfo(o.object_id, p + 1, round(o.score, 4), o.voxels, o.slice_range,
                            {k: round(v, 4) for k, v in o.slice_scores.items()})

@@ -1,0 +1,123 @@
+"""The run plan: every setting of one segmentation run, resolved once, before the engine starts.
+
+A user states *wishes* (:class:`~medsam3_core.segmenter.SegmentOptions`: "the model's threshold", "track mode",
+"7 memory frames"); what a run can do also depends on the model (its recommended threshold, whether it has a
+trained tracker, how many memory frames its checkpoint holds). :func:`plan_run` settles each of these in one place
+and records why (``threshold_source``, ``warnings``), so the engine reads a :class:`RunPlan` and never re-derives a
+setting, and the report states exactly what ran. It is built at the edge that owns the model: the local segmenter,
+which the CLI, the viewer, the HTTP server and the Python API all go through.
+
+The module is plain Python (no torch), so front-ends can import it before torch is available.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+from medsam3_core.errors import PromptError
+from medsam3_core.segmenter import SegmentOptions
+from medsam3_core.windows import Window
+
+__all__ = ["ModelLimits", "RunPlan", "plan_run"]
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a loaded model brings to a run.
+
+    Attributes:
+        score_threshold: the threshold the model recommends (its card's, else 0.5).
+        tracker_frames: memory frames of its tracker (the checkpoint's ``num_maskmem``), ``None`` without a
+            (trained) tracker.
+    """
+
+    score_threshold: float
+    tracker_frames: Optional[int]
+
+    @classmethod
+    def of(cls, bundle) -> "ModelLimits":
+        """The limits of a :class:`~medsam3_core.model.bundle.Sam3Bundle`."""
+        frames = int(bundle.tracker.num_maskmem) if bundle.has_tracker else None
+        return cls(float(bundle.score_threshold), frames)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run, fully resolved.
+
+    Attributes:
+        prompts: what the user typed, one label each (label ``k + 1`` = ``prompts[k]``).
+        concepts: the text the model reads for each prompt (e.g. the canonical concept of a synonym).
+        options: the options that run, threshold filled in and mode/memory size fitted to the model (reported).
+        threshold_source: ``"model"`` (the model's recommendation) or ``"user"``.
+        warnings: what was changed from the user's wishes, in words for any front-end.
+    """
+
+    prompts: tuple[str, ...]
+    concepts: tuple[str, ...]
+    options: SegmentOptions
+    threshold_source: str
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def threshold(self) -> float:
+        return float(self.options.threshold)
+
+    @property
+    def mode(self) -> str:
+        return self.options.mode
+
+    @property
+    def memory_size(self) -> int:
+        return self.options.memory_size
+
+    @property
+    def window(self) -> Window:
+        """``None`` (automatic), a preset name or ``(centre, width)``, checked when the options were made."""
+        return self.options.window
+
+    @property
+    def slice_axis(self) -> str:
+        return self.options.slice_axis
+
+
+def plan_run(
+    prompts: Union[str, Sequence[str]],
+    options: Optional[SegmentOptions],
+    model: ModelLimits,
+    concepts: Optional[Sequence[str]] = None,
+) -> RunPlan:
+    """Resolve one run: the model's threshold when none is given, detect mode for a model without a tracker, the
+    memory bank at most the checkpoint's frames.
+
+    Raises:
+        PromptError: ``concepts`` of another length than ``prompts`` (empty prompts are refused by the engine,
+            which encodes them).
+    """
+    prompts = [str(p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
+    concepts = [str(c) for c in (prompts if concepts is None else concepts)]
+    if len(concepts) != len(prompts):
+        raise PromptError(f"Got {len(prompts)} prompts but {len(concepts)} concepts; give one concept per prompt.")
+    options = options or SegmentOptions()
+    warnings: list[str] = []
+    changes: dict = {}
+    if options.threshold is None:
+        changes["threshold"] = model.score_threshold
+    if options.mode == "track" and model.tracker_frames is None:
+        warnings.append("The model has no (trained) tracker, so the run used detect mode instead of track mode.")
+        changes["mode"] = "detect"
+    elif options.mode == "track" and options.memory_size > model.tracker_frames:
+        warnings.append(
+            f"The memory size {options.memory_size} exceeds the checkpoint's {model.tracker_frames} memory frames; "
+            f"used {model.tracker_frames}."
+        )
+        changes["memory_size"] = model.tracker_frames
+    return RunPlan(
+        prompts=tuple(prompts),
+        concepts=tuple(concepts),
+        options=dataclasses.replace(options, **changes),
+        threshold_source="model" if options.threshold is None else "user",
+        warnings=tuple(warnings),
+    )
