@@ -4,7 +4,8 @@ SAM3 sees a square ``S×S`` RGB image in ``[-1, 1]`` (``S`` = 1008 for the relea
 neither RGB, nor square, nor in ``[0, 255]``, so three steps happen here (the HF image processor cannot be used: it
 needs torchvision, see SAM3_NOTES §0):
 
-1. :class:`IntensityNormalizer` maps raw values to ``[0, 1]`` with a window chosen **once per volume**, so every
+1. :class:`~medsam3_core.windows.IntensityNormalizer` (in :mod:`medsam3_core.windows`, torch-free, which the
+   viewer and the overlay writer share) maps raw values to ``[0, 1]`` with a window chosen **once per volume**, so every
    slice of a scan is scaled identically (a per-slice min–max would make the same tissue look different on every
    slice and confuse both detector and tracker).
 2. :class:`Letterbox` resizes with the aspect ratio preserved and pads bottom/right to the square; its
@@ -18,9 +19,7 @@ slices without caring how the volume was acquired.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 
 from medsam3_core.errors import InputError
 from medsam3_core.io.geometry import Volume
-from medsam3_core.windows import CT_WINDOWS, Window, parse_window, window_name
+from medsam3_core.windows import CT_WINDOWS, PERCENTILES, IntensityNormalizer, Window, parse_window
 
 __all__ = [
     "CT_WINDOWS",
@@ -42,105 +41,7 @@ __all__ = [
     "unstack",
 ]
 
-#: Robust intensity range for modalities without a physical scale (MR, PET, ultrasound, unknown grey).
-PERCENTILES: tuple[float, float] = (0.5, 99.5)
-
-# Above this many voxels the percentiles are estimated from an evenly strided subsample; on a 512×512×600 CT the
-# exact np.percentile takes seconds and the estimate differs by far less than one grey level of the output.
-_PERCENTILE_SAMPLE = 8_000_000
-
 ArrayLike = Union[np.ndarray, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class IntensityNormalizer:
-    """Maps raw intensities linearly to ``[0, 1]``: ``clip((x - low) / (high - low), 0, 1)``.
-
-    Build it with :meth:`for_volume`, which picks ``low``/``high`` once for the whole volume. ``description`` says
-    in words which rule was applied; reports show it so a user can tell why a segmentation looks as it does.
-    """
-
-    low: float
-    high: float
-    description: str
-
-    @classmethod
-    def for_volume(cls, volume: Volume, window: Window = None) -> "IntensityNormalizer":
-        """Choose the intensity range for ``volume``.
-
-        Precedence: an explicit ``window`` (``(centre, width)``, ``"C,W"`` or a :data:`CT_WINDOWS` preset name) >
-        the DICOM window in ``volume.metadata["window"]`` > the modality default (CT: soft-tissue window; 8-bit RGB:
-        ``/255``; anything else: the 0.5th–99.5th percentiles of the whole volume).
-
-        Raises:
-            InputError: unknown preset name, malformed ``"C,W"`` text, or a width that is not positive.
-        """
-        if window is not None and not (isinstance(window, str) and window.strip().lower() in ("", "auto")):
-            centre, width = parse_window(window)
-            return cls._from_window(centre, width, f"window {window_name(window)} (C={centre:g}, W={width:g})")
-        dicom = _dicom_window(volume.metadata.get("window"))
-        if dicom is not None:
-            return cls._from_window(*dicom, f"DICOM window (C={dicom[0]:g}, W={dicom[1]:g})")
-        modality = (volume.modality or "").upper()
-        if modality == "CT" and not volume.is_rgb:
-            centre, width = CT_WINDOWS["soft-tissue"]
-            return cls._from_window(centre, width, f"CT soft-tissue window (C={centre:g}, W={width:g})")
-        if volume.is_rgb and volume.array.dtype == np.uint8:
-            return cls(0.0, 255.0, "8-bit colour, scaled by 1/255")
-        low, high = _robust_range(volume.array)
-        return cls(low, high, f"percentiles {PERCENTILES[0]:g}-{PERCENTILES[1]:g} of the volume ({low:g} to {high:g})")
-
-    @classmethod
-    def _from_window(cls, centre: float, width: float, description: str) -> "IntensityNormalizer":
-        return cls(centre - width / 2.0, centre + width / 2.0, description)
-
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        """``values`` (any shape) as float32 in ``[0, 1]``.
-
-        A constant volume maps to zeros, and NaN (some NIfTI files mark "outside the scan" with it) to 0, i.e.
-        black, like the letterbox padding: a NaN reaching the ViT would turn every output into NaN.
-        """
-        span = self.high - self.low
-        out = np.asarray(values, dtype=np.float32) - np.float32(self.low)
-        if span <= 0:
-            return np.zeros_like(out)
-        out *= np.float32(1.0 / span)
-        np.clip(out, 0.0, 1.0, out=out)
-        return np.nan_to_num(out, copy=False, nan=0.0)
-
-
-def _dicom_window(value: Any) -> Optional[tuple[float, float]]:
-    """The first ``(centre, width)`` of a DICOM window as a reader may store it, or ``None`` if absent/unusable.
-
-    Accepted forms: ``(c, w)``, ``[(c1, w1), (c2, w2), …]`` (multi-valued WindowCenter/Width; the first is the
-    default view) and ``{"center": c, "width": w}``. An unusable header window is ignored rather than fatal, since the
-    modality default still gives a sensible image.
-    """
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        value = (value.get("center", value.get("centre")), value.get("width"))
-    try:
-        pair = list(value)
-        if pair and isinstance(pair[0], (list, tuple, np.ndarray)):
-            pair = list(pair[0])
-        centre, width = float(pair[0]), float(pair[1])
-    except (TypeError, ValueError, IndexError):
-        return None
-    if not (math.isfinite(centre) and math.isfinite(width)) or width <= 0:
-        return None
-    return centre, width
-
-
-def _robust_range(array: np.ndarray) -> tuple[float, float]:
-    flat = np.asarray(array).reshape(-1)
-    if flat.size > _PERCENTILE_SAMPLE:
-        flat = flat[:: math.ceil(flat.size / _PERCENTILE_SAMPLE)]
-    flat = flat[np.isfinite(flat)] if np.issubdtype(flat.dtype, np.floating) else flat
-    if flat.size == 0:
-        raise InputError("The image has no finite intensity values.")
-    low, high = np.percentile(flat, PERCENTILES)
-    return float(low), float(high)
 
 
 class Letterbox:

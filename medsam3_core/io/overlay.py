@@ -17,7 +17,7 @@ from medsam3_core.io.atomic import atomic_path
 from medsam3_core.io.colors import label_colormap, segment_color_float
 from medsam3_core.errors import InputError
 from medsam3_core.io.geometry import Volume
-from medsam3_core.engine.preprocess import IntensityNormalizer, Window
+from medsam3_core.windows import IntensityNormalizer, Window
 from medsam3_core.segmenter import SegmentInfo
 from medsam3_core.io.planes import Plane, plane_for
 

@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QSlider, QVBoxLayou
 
 from medsam3_core.io.geometry import Volume
 from medsam3_core.io.overlay import blend
-from medsam3_core.engine.preprocess import IntensityNormalizer
+from medsam3_core.windows import IntensityNormalizer
 from medsam3_core.io.planes import Plane, plane_for
 
 __all__ = ["SliceView", "to_qimage"]

@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 
 from medsam3_core.errors import MedSam3Error, PromptError
 from medsam3_core.io.geometry import Volume
-from medsam3_core.engine.preprocess import CT_WINDOWS, IntensityNormalizer, Window
+from medsam3_core.windows import CT_WINDOWS, IntensityNormalizer, Window
 from medsam3_core.prompts import PromptResolution, duplicate_concepts, resolve_prompts
 from medsam3_core.segmenter import MODES, SegmentationResult, Segmenter, SegmentOptions
 from medsam3_core.viewer.legend import SegmentLegend

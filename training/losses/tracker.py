@@ -12,7 +12,7 @@ the object absent.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -22,7 +22,9 @@ from medsam3_core.engine.tracker import MemoryTracker
 from medsam3_core.model.bundle import Sam3Bundle
 from training.losses.criterion import LossConfig
 from training.losses.terms import sigmoid_focal_loss, soft_dice
-from training.tracker.clips import Clip
+
+if TYPE_CHECKING:  # the clip type only; training.tracker builds on the losses, not the other way round
+    from training.tracker.clips import Clip
 
 __all__ = ["clip_loss"]
 
