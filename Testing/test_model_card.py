@@ -75,7 +75,7 @@ def test_a_malformed_card_is_an_error_naming_file_and_field(tmp_path, text, fiel
 
 
 def test_loading_a_model_with_a_malformed_card_fails_before_the_weights(tmp_path):
-    """Today's silent fallback would run the demo at 0.5, with its untrained tracker and stretched inputs."""
+    """Ignoring the card would run the demo at 0.5, with its untrained tracker and stretched inputs."""
     from medsam3_core.model.bundle import load_model
 
     (tmp_path / "config.json").write_text("{}")

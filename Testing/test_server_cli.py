@@ -1,6 +1,6 @@
 """``medsam3 serve``: unsafe settings are refused in one line, and the real command serves the CLI's ``--server``.
 
-The end-to-end test is the issue's acceptance check: ``python -m medsam3_core.server`` (= ``medsam3 serve``) on a
+The end-to-end test runs the real server: ``python -m medsam3_core.server`` (= ``medsam3 serve``) on a
 free loopback port plus ``python -m medsam3_core.volume infer scan.nii.gz … --server URL`` writes the same label map
 as local inference.
 """

@@ -189,7 +189,7 @@ def test_dicom_input_saves_a_dicom_seg(qtbot, phantom, tmp_path):
 
 
 def test_viewer_segments_the_demo_with_the_demo_model_and_saves(qtbot, tmp_path):
-    """The issue's acceptance test: bundled demo scan + demo model, Segment, wait, save."""
+    """End to end: bundled demo scan + demo model, Segment, wait, save."""
     from medsam3_core.phantom import demo_paths
     from medsam3_core.viewer.cli import segmenter_factory
 

@@ -2,15 +2,15 @@
 
 Prints ratios measured in one run (timed tests would be flaky on shared CPUs; ratios within one run are not):
 
-* ``speed``  — 1 prompt vs 5 prompts with the engine, and the stock pipeline with 1 prompt, 5 prompts in one session,
-  and 5 separate sessions (the naive way), alternating repeats, medians.
+* ``speed``  — 1 prompt vs 5 prompts with the engine, and the stock pipeline with 1 prompt, 5 prompts in one
+  inference session, and 5 prompts one at a time (the naive way), alternating repeats, medians.
 * ``memory`` — one run in *this* process, printing its peak RSS (``ru_maxrss``) as JSON; ``all`` starts one fresh
   subprocess per (implementation, slice count) so peaks do not contaminate each other.
 * ``full``   — 1 vs 5 prompts with the full-size (1008², ViT-L) configuration on a few slices.
 * ``device`` — the GPU variant: full size in bfloat16 on a 300×512² volume with 5 prompts (goal < 15 s on one H100).
 * ``all``    — speed for tiny and small, memory for 100 and 400 slices (tiny), optionally ``--full``.
 
-Engine settings mirror the stock ones of /work/shared/BASELINE.md: threshold 0 and at most 3 objects per prompt, and
+Engine settings mirror the stock pipeline's (``bench/stock.py``): threshold 0 and at most 3 objects per prompt, and
 objects never end, so both track 3 objects per prompt on every slice (printed as ``objects/slice``).
 
 Run from the repository root: ``python bench/bench_engine.py all`` (one torch thread; see bench/RESULTS.md).
@@ -92,8 +92,8 @@ def speed(config: str, slices: int, repeats: int) -> dict:
         "engine, 1 prompt": lambda: engine(volume, PROMPTS[:1]),
         "engine, 5 prompts": lambda: engine(volume, PROMPTS),
         "stock, 1 prompt": lambda: run_stock(video, frames, PROMPTS[:1]),
-        "stock, 5 prompts one session": lambda: run_stock(video, frames, PROMPTS),
-        "stock, 5 separate sessions": lambda: [run_stock(video, frames, [p]) for p in PROMPTS][-1],
+        "stock, 5 prompts together": lambda: run_stock(video, frames, PROMPTS),
+        "stock, 5 prompts one at a time": lambda: [run_stock(video, frames, [p]) for p in PROMPTS][-1],
     }
     for fn in setups.values():
         fn()  # warm-up
@@ -111,10 +111,12 @@ def speed(config: str, slices: int, repeats: int) -> dict:
     med = {name: r["median_cpu_s"] for name, r in rows.items()}
     ratios = {
         "engine 5 prompts / engine 1 prompt": med["engine, 5 prompts"] / med["engine, 1 prompt"],
-        "stock 5 prompts one session / stock 1 prompt": med["stock, 5 prompts one session"] / med["stock, 1 prompt"],
-        "stock 5 separate sessions / engine 5 prompts": med["stock, 5 separate sessions"] / med["engine, 5 prompts"],
-        "stock 5 prompts one session / engine 5 prompts": (
-            med["stock, 5 prompts one session"] / med["engine, 5 prompts"]
+        "stock 5 prompts together / stock 1 prompt": med["stock, 5 prompts together"] / med["stock, 1 prompt"],
+        "stock 5 prompts one at a time / engine 5 prompts": (
+            med["stock, 5 prompts one at a time"] / med["engine, 5 prompts"]
+        ),
+        "stock 5 prompts together / engine 5 prompts": (
+            med["stock, 5 prompts together"] / med["engine, 5 prompts"]
         ),
         "stock 1 prompt / engine 1 prompt": med["stock, 1 prompt"] / med["engine, 1 prompt"],
     }

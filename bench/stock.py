@@ -1,5 +1,5 @@
 """The stock transformers pipeline the engine is measured against: ``Sam3VideoModel.propagate_in_video_iterator``
-over the whole volume as a video, as in /work/shared/BASELINE.md (random weights, every query above 0, at most 3
+over the whole volume as a video (random weights, every query above 0, at most 3
 objects per prompt)."""
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class ModelConfig:
     """``init`` is ``tiny`` (random tiny SAM3 built from the fields below) or anything ``load_model`` accepts.
 
     ``tracker`` (tiny only) adds the memory tracker, untrained, so the export runs in track mode; it needs
-    ``hidden`` > 64 (SAM3_NOTES §4).
+    ``hidden`` > 64 (the memory encoder projects ``hidden`` down to 64 channels).
     """
 
     init: str = "tiny"
@@ -215,10 +215,10 @@ def _demo() -> TrainConfig:
 
     Architecture: 112² input, patch 14 (8×8 tokens, 32×32 masks), ViT 128×4, H = 128 (the memory tracker needs
     H > 64), CLIP text 32 wide (the 49 408-token embedding dominates the file size), 20 queries. Learning rates
-    are ~2–10× the paper's because the network starts from random weights, not from SAM3 (SHARED FEASIBILITY.md:
-    5e-4 trained a model of this size stably; 1e-3 diverged for a 10 M model). Validation counts every instance
+    are ~2–10× the paper's because the network starts from random weights, not from SAM3 (in trial runs 5e-4
+    trained a model of this size stably; 1e-3 diverged for a 10 M model). Validation counts every instance
     above the threshold (``eval_instances="all"``), as volume inference paints them: "kidney" is two instances.
-    Loss: Table 2's weights plus a mask-Dice matching cost (5, as in FEASIBILITY.md), because a random network's
+    Loss: Table 2's weights plus a mask-Dice matching cost (weight 5), because a random network's
     early boxes are noise. The tiny model is Xavier-initialised (training.engine.modelling) — with transformers'
     std-0.02 init no score depended on the prompt for 750 steps (DEMO_MODEL.md).
     """

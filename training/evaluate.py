@@ -1,6 +1,7 @@
 """Evaluation with the paper's protocol, and the ``python -m training.evaluate`` command.
 
-Protocol (PAPER.md): every image is queried with every concept of its dataset, text only; per prompt the
+Protocol (the Medical SAM3 paper's, arXiv 2601.10880): every image is queried with every concept of its dataset, text
+only; per prompt the
 **highest-confidence** instance above the score threshold is kept; overlaps between prompts are resolved by
 pixel-wise maximum confidence into one label map; Dice and IoU are computed per (image, concept) and averaged per
 dataset. Unlike the public evaluation code, pairs whose ground truth is empty are **counted** (empty prediction →

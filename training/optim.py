@@ -1,6 +1,6 @@
 """Optimiser of the paper: per-module learning rates, layer-wise LR decay in the ViT, AdamW, warm-up + 1/√t.
 
-Groups (by ``Sam3Model`` parameter name, SAM3_NOTES §5):
+Groups (by ``Sam3Model`` parameter name, as transformers names SAM3's modules):
 
 ============================  ==========================================================================  =======
 group                         parameters                                                                  paper lr

@@ -17,7 +17,7 @@ Runs in the separate environment made by ``setup_venv.sh`` (Meta's ``sam3`` whee
 Random weights are as good as trained ones for this purpose (every layer participates, the tensors are generic),
 and need no download. Costs on a 2-core CPU: ≈4.5 GB RAM per model and ≈1 min per full-size forward.
 
-Usage: ``/work/venv_sam3/bin/python bench/fidelity/fidelity.py [--threads 2] [--parts manifest detector tracker]``
+Usage: ``.venv_sam3/bin/python bench/fidelity/fidelity.py [--threads 2] [--parts manifest detector tracker]``
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ IMAGE_SIZE = 1008
 
 
 def patch_native_for_cpu() -> None:
-    """Make Meta's code CPU-safe: two constructors hard-code ``device="cuda"`` (SAM3_NOTES §7), and the geometry
+    """Make Meta's code CPU-safe: two constructors hard-code ``device="cuda"``, and the geometry
     encoder pins host memory (which needs a CUDA driver) even for an empty box prompt."""
     import sam3.model.decoder as decoder
     import sam3.model.position_encoding as position_encoding

@@ -1,6 +1,6 @@
 """Text-prompted SAM3 detection on batches of slices: one ViT pass per slice, one head call for all prompts.
 
-The ViT is ~95 % of SAM3's compute (SAM3_NOTES §6: 41.5 s of 45 s per 1008² slice on CPU), so a slice must be
+The ViT is ~95 % of SAM3's compute (measured on CPU: 41.5 s of 45 s per 1008² slice), so a slice must be
 encoded once however many prompts are asked. :class:`Detector` therefore splits SAM3's forward into
 :meth:`~Detector.encode_text` (cached per prompt string for the whole run), :meth:`~Detector.encode_images` (the
 ViT + FPN; the engine also hands its ``last_hidden_state`` to the tracker neck) and :meth:`~Detector.detect`, which

@@ -2,7 +2,7 @@
 
 SAM3 sees a square ``S×S`` RGB image in ``[-1, 1]`` (``S`` = 1008 for the released weights). Medical slices are
 neither RGB, nor square, nor in ``[0, 255]``, so three steps happen here (the HF image processor cannot be used: it
-needs torchvision, see SAM3_NOTES §0):
+needs torchvision, which is not a dependency):
 
 1. :class:`~medsam3_core.windows.IntensityNormalizer` (in :mod:`medsam3_core.windows`, torch-free, which the
    viewer and the overlay writer share) maps raw values to ``[0, 1]`` with a window chosen **once per volume**, so every

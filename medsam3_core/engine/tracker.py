@@ -1,11 +1,10 @@
 """Memory-bank propagation of objects across slices on transformers' ``Sam3TrackerVideoModel``, with bounded memory.
 
-Why not ``Sam3TrackerVideoModel.forward`` / ``propagate_in_video_iterator``? They keep every frame and every
-object's per-frame outputs in the inference session (memory grows with the number of slices), run the memory
-attention and SAM mask decoder once per object at batch 1, and run under ``inference_mode`` (SAM3_NOTES §4,
-BASELINE §2). This module drives the same submodules (``memory_attention``, ``prompt_encoder`` + ``mask_decoder``,
-``memory_encoder`` via ``_encode_new_memory``, seeding a mask as ``_use_mask_as_output`` does) with the same
-maths, but
+Why not ``Sam3TrackerVideoModel.forward`` / ``propagate_in_video_iterator``? They keep every frame and every object's
+per-frame outputs in the inference session (memory grows with the number of slices), run the memory attention and SAM
+mask decoder once per object at batch 1, and run under ``inference_mode`` (the stock pipeline's behaviour, measured in
+``bench/``). This module drives the same submodules (``memory_attention``, ``prompt_encoder`` + ``mask_decoder``,
+``memory_encoder`` via ``_encode_new_memory``, seeding a mask as ``_use_mask_as_output`` does) with the same maths, but
 
 * each object keeps a **bounded** memory bank: its conditioning memory (the seed slice) plus a ring of the
   ``memory_size - 1`` most recent slices and a ring of recent object pointers, so memory does not grow with the

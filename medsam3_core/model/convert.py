@@ -3,7 +3,7 @@
 Meta's ``sam3.pt`` and Medical SAM3's trainer checkpoints name parameters after Meta's modules (``detector.*`` and
 ``tracker.*``); transformers' ``Sam3VideoModel`` / ``Sam3Model`` use other module names and split some tensors
 differently. The mapping is one table of :class:`Rule` s — pairs of name templates, read in both directions — plus
-four tensor reshapes, each a fact about the two implementations (SAM3_NOTES §7):
+four tensor reshapes, each a fact about the two implementations (found by comparing their state dicts):
 
 - fused attention projections (``attn.qkv``, ``in_proj_weight``) are split into ``q_proj/k_proj/v_proj``;
 - the ViT position embedding drops its class-token row (577 → 576 positions);

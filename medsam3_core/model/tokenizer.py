@@ -3,7 +3,7 @@
 SAM3 tokenises prompts with OpenAI CLIP's byte-level BPE (49 408 tokens, context 32). transformers maps ``sam3`` to
 ``CLIPTokenizer`` but ships no vocabulary, and we may never download one at run time, so the merges file
 (``assets/bpe_simple_vocab_16e6.txt.gz``, MIT, from the ``open_clip_torch`` wheel) ships with the package and the
-vocabulary is rebuilt from it exactly as CLIP does (ids verified identical to Meta's tokenizer, SAM3_NOTES §2).
+vocabulary is rebuilt from it exactly as CLIP does (its ids were checked against Meta's tokenizer and agree).
 A checkpoint directory that carries its own ``tokenizer.json`` wins over the bundled one.
 """
 

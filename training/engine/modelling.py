@@ -4,7 +4,7 @@ Training runs through ``Sam3Model`` (the detector). When the starting point is a
 (``Sam3VideoModel``: the tiny demo, SAM3, Medical SAM3 3D) the whole model is kept as ``root`` so the export is
 again a complete detector+tracker folder that ``medsam3_core.model.bundle.load_model`` reads with the same loader; the
 tracker weights are carried over unchanged (the transformers tracker runs under ``inference_mode`` and is not
-trained here, SAM3_NOTES §4).
+trained here).
 
 Weights loaded from a checkpoint keep the input conventions they were trained with (``Sam3Bundle.keep_aspect`` /
 ``geometry_cls``: Meta's SAM3 stretches images and appends the geometry encoder's CLS token to every prompt; our
@@ -146,8 +146,8 @@ def _xavier(model: torch.nn.Module) -> torch.nn.Module:
 def enable_activation_checkpointing(detector: Sam3Model) -> int:
     """Recompute each ViT block in the backward pass instead of storing its activations; returns the block count.
 
-    transformers refuses ``gradient_checkpointing_enable()`` for Sam3 (SAM3_NOTES §5), but its ViT blocks are
-    ``GradientCheckpointingLayer``s, which honour the per-layer switch set here.
+    transformers refuses ``gradient_checkpointing_enable()`` for Sam3 (its model class does not declare support), but
+    its ViT blocks are ``GradientCheckpointingLayer``s, which honour the per-layer switch set here.
     """
     layers = detector.vision_encoder.backbone.layers
     for layer in layers:

@@ -1,8 +1,8 @@
 """Per-decoder-layer outputs of ``Sam3Model`` for deep supervision.
 
-transformers' ``Sam3Model.forward`` computes classification logits, boxes and presence for every DETR decoder layer
-but returns only the last layer's. Forward hooks on ``detr_decoder`` and ``dot_product_scoring`` capture the
-per-layer tensors during the normal forward (SAM3_NOTES §5: verified identical to the returned last layer), so the
+transformers' ``Sam3Model.forward`` computes classification logits, boxes and presence for every DETR decoder layer but
+returns only the last layer's. Forward hooks on ``detr_decoder`` and ``dot_product_scoring`` capture the per-layer
+tensors during the normal forward (the hooked last layer is identical to the returned one; a test checks it), so the
 auxiliary losses need no second pass and no change to the model. Masks exist for the last layer only.
 """
 

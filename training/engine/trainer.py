@@ -15,7 +15,7 @@ Input conventions follow the weights (``training.engine.modelling``): a checkpoi
 stretched slices with the geometry CLS token appended to every prompt, and exported saying so.
 
 Unused parameters: with text-only prompts the geometry encoder, the 4th FPN level, one pixel-decoder stage and the
-CLIP's own text projection receive no gradient (SAM3_NOTES §5), hence ``find_unused_parameters`` by default.
+CLIP's own text projection receive no gradient, hence ``find_unused_parameters`` by default.
 """
 
 from __future__ import annotations
