@@ -268,7 +268,7 @@ def _checkpoint_in_folder(folder: Path) -> Path:
     if len(files) != 1:
         found = ", ".join(p.name for p in files) or "no checkpoint files"
         raise ModelError(
-            f"{folder} is not a model folder (no config.json) and holds {found}; point --model at one checkpoint "
+            f"{folder} is not a model folder (no config.json) and holds {found}; name one checkpoint "
             "file or convert it with 'medsam3 convert'."
         )
     return files[0]
