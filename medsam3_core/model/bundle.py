@@ -105,8 +105,8 @@ class Sam3Bundle:
         return self.tracker is not None and self.tracker_neck is not None
 
     def threshold(self, requested: Optional[float]) -> float:
-        """The score threshold a run uses: ``requested``, or this model's recommended one when it is ``None`` (the
-        rule every entry point follows: CLI, server, viewer, 2D API, engine)."""
+        """The score threshold a run uses: ``requested``, or this model's recommended one when it is ``None`` (the 2D
+        API's rule; volume runs settle it once in :func:`medsam3_core.plan.plan_run`, by the same rule)."""
         return self.score_threshold if requested is None else float(requested)
 
 
