@@ -169,7 +169,7 @@ def test_unknown_names_and_paths_are_model_errors(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_gpu_is_a_device_error_before_any_loading(tmp_path):
-    with pytest.raises(DeviceError, match="--device cpu"):
+    with pytest.raises(DeviceError, match="choose the CPU device"):
         load_model(tmp_path / "not even checked", device="cuda")
 
 

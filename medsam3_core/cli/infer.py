@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 #: The option of each setting a core error can name (``MedSam3Error.field``), so the user reads the flag to change.
 FLAGS = {"threshold": "--threshold", "window": "--window", "slice_axis": "--slice-axis", "mode": "--mode",
-         "batch_size": "--batch-size", "memory_size": "--memory-size"}
+         "batch_size": "--batch-size", "memory_size": "--memory-size", "device": "--device"}
 
 
 def user_message(err: MedSam3Error) -> str:

@@ -132,13 +132,14 @@ class MemoryTracker:
 
     def __init__(self, bundle: Sam3Bundle, memory_size: int, num_slices: int) -> None:
         if not bundle.has_tracker:
-            raise ModelError("This checkpoint has no tracker; run with --mode detect.")
+            raise ModelError("This checkpoint has no tracker; run in detect mode.", field="mode")
         self.model = bundle.tracker
         self.neck = bundle.tracker_neck
         self.dtype = bundle.dtype
         num_maskmem = int(self.model.num_maskmem)
         if not 1 <= memory_size <= num_maskmem:
-            raise ModelError(f"--memory-size must be between 1 and the checkpoint's {num_maskmem} memory frames.")
+            raise ModelError(f"The memory size must be between 1 and the checkpoint's {num_maskmem} memory frames.",
+                             field="memory_size")
         self.memory_size = memory_size
         self.pointer_span = max(1, min(int(num_slices), int(self.model.config.max_object_pointers_in_encoder)))
         self._multimask = self.model._use_multimask(False, None)

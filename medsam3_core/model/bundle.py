@@ -121,14 +121,15 @@ def select_device(name: str = "auto") -> tuple[torch.device, torch.dtype]:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise DeviceError(
-                "CUDA was requested but no CUDA GPU is available to this PyTorch; use --device cpu, or install a "
-                "CUDA build of PyTorch."
+                "CUDA was requested but no CUDA GPU is available to this PyTorch; choose the CPU device, or install "
+                "a CUDA build of PyTorch.",
+                field="device",
             )
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         return torch.device(name), torch.bfloat16
     if name != "cpu":
-        raise DeviceError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.")
+        raise DeviceError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.", field="device")
     return torch.device("cpu"), torch.float32
 
 
