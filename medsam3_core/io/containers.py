@@ -1,0 +1,56 @@
+"""Where the voxels of a single-file NRRD or MetaImage start, and whether they are deflate-compressed.
+
+Both formats put a short text header in front of the voxel data. Knowing where the data start lets the reader compare
+the bytes actually present with what the header claims (:func:`medsam3_core.io.validation.check_data_fits`) before
+ITK allocates the whole image; ITK itself only notices a short file after allocating.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["attached_data"]
+
+_HEADER_LIMIT = 1 << 16  # headers are a few hundred bytes; more means this is not a header we understand
+
+
+def attached_data(path: Path) -> Optional[tuple[int, bool]]:
+    """``(offset of the voxel data, deflate-compressed?)`` for a ``.nrrd``/``.mha`` holding its own data.
+
+    ``None`` when the data live in another file, use another compression (bzip2 has no useful ratio bound) or the
+    header cannot be parsed here; the caller then leaves the checks to ITK.
+    """
+    with open(path, "rb") as f:
+        head = f.read(_HEADER_LIMIT)
+    suffix = path.suffix.lower()
+    if suffix == ".nrrd":
+        end = head.find(b"\n\n")
+        if not head.startswith(b"NRRD") or end < 0:
+            return None
+        fields = _fields(head[:end], b":")
+        if b"data file" in fields or b"datafile" in fields:
+            return None
+        encoding = fields.get(b"encoding", b"raw").lower()
+        if encoding not in (b"raw", b"gzip", b"gz"):
+            return None
+        return end + 2, encoding != b"raw"
+    if suffix == ".mha":
+        key = head.find(b"ElementDataFile")
+        line_end = head.find(b"\n", key)
+        if key < 0 or line_end < 0:
+            return None
+        fields = _fields(head[:line_end], b"=")
+        if fields.get(b"ElementDataFile", b"").upper() != b"LOCAL":
+            return None
+        return line_end + 1, fields.get(b"CompressedData", b"False").lower() == b"true"
+    return None
+
+
+def _fields(header: bytes, separator: bytes) -> dict[bytes, bytes]:
+    out = {}
+    for line in header.splitlines():
+        name, sep, value = line.partition(separator)
+        if sep:
+            out[name.strip().strip(b"=")] = value.strip().strip(b"=").strip()
+    return out
