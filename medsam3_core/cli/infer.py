@@ -232,7 +232,9 @@ def _fail(args: argparse.Namespace, progress: _Progress, message: str, code: int
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medsam3_core.volume", description=__doc__.splitlines()[0])
+    from medsam3_core.cli.parsing import OneLineErrorParser
+
+    parser = OneLineErrorParser(prog="python -m medsam3_core.volume", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_arguments(sub.add_parser("infer", help="segment a scan or image by text prompts"))
     return run(parser.parse_args(argv))

@@ -175,10 +175,11 @@ def read_dicom_series(
     volume.metadata["source"] = str(folder)
     volume.metadata["series_count"] = len(series)
     if chosen_by_size and len(series) > 1:
+        chosen = _series_info(series_uid, series[series_uid])
         others = sorted((_series_info(u, h) for u, h in series.items() if u != series_uid), key=lambda s: -s.images)
         volume.metadata["warnings"].append(
-            f"The folder holds {len(series)} series; read the largest, {_series_info(series_uid, series[series_uid]).describe()}, "
-            f"and not {'; '.join(s.describe() for s in others)}. Choose another with --series UID."
+            f"The folder holds {len(series)} series; read the largest, {chosen.describe()}, and not "
+            f"{'; '.join(s.describe() for s in others)}. Choose another with --series UID."
         )
     return volume
 

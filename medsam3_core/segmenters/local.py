@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Union
 from medsam3_core.engine.volume_engine import EngineResult, VolumeEngine
 from medsam3_core.errors import PromptError
 from medsam3_core.io.geometry import Volume
+from medsam3_core.io.validation import check_slice_size
 from medsam3_core.model.bundle import Sam3Bundle
 from medsam3_core.engine.postprocess import volume_ml
 from medsam3_core.progress import CancelToken, ProgressCallback
@@ -54,6 +55,7 @@ class LocalSegmenter:
 
         Raises:
             PromptError: no prompts, an empty one, or ``concepts`` of another length.
+            InputError: slices smaller than the engine can resize (e.g. a 1 x 1 picture).
             Cancelled: ``cancel`` was set; nothing is returned.
         """
         prompts = [str(p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
@@ -61,6 +63,7 @@ class LocalSegmenter:
         if len(concepts) != len(prompts):
             raise PromptError(f"Got {len(prompts)} prompts but {len(concepts)} concepts; give one concept per prompt.")
         options = options or SegmentOptions()
+        check_slice_size(volume.shape, volume.axis_for(options.slice_axis))  # a 1 x 1 slice holds nothing to find
         effective, warnings = self._effective_options(options)
         with self._lock:
             result = self.engine.run(volume, concepts, effective, progress=progress, cancel=cancel)
