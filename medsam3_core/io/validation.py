@@ -36,7 +36,7 @@ __all__ = [
 DEFAULT_MAX_VOXELS = 2**30  # about 1.07e9 voxels: a 1024 × 1024 × 1024 volume, 2 GB as int16
 MAX_IMAGE_PIXELS = 2**26  # 8192 × 8192 pixels for a 2D picture
 DEFLATE_MAX_RATIO = 1032  # deflate's best case: one 258-byte match per ~2 bits, plus block overhead
-MIN_SLICE_PIXELS = 8  # smaller slices carry no anatomy the model could recognise
+MIN_SLICE_PIXELS = 4  # smaller slices carry no anatomy (and a 3-pixel side makes RGB channel order ambiguous)
 
 
 def check_regular_path(path: Path) -> os.stat_result:
