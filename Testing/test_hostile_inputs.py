@@ -66,6 +66,15 @@ def _truncated_nii(tmp: Path) -> Path:
     return _cut(tmp / "whole.nii", tmp / "short.nii", 0.8)
 
 
+def _truncated(suffix: str, compressed: bool):
+    def build(tmp: Path) -> Path:
+        image = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 1000, SHAPE).astype(np.int16))
+        sitk.WriteImage(image, str(tmp / f"whole{suffix}"), useCompression=compressed)
+        return _cut(tmp / f"whole{suffix}", tmp / f"cut{suffix}", 0.6)
+
+    return build
+
+
 def _truncated_demo(tmp: Path) -> Path:
     return _cut(demo_paths().ct, tmp / "demo_copy.nii.gz", 0.6)
 
@@ -138,6 +147,10 @@ CLI_REFUSALS = {
     "truncated .nii.gz": (_truncated_gz, "truncated"),
     "uncompressed .nii cut short": (_truncated_nii, "truncated"),
     "truncated copy of the demo scan": (_truncated_demo, "truncated"),
+    "truncated raw NRRD": (_truncated(".nrrd", False), "truncated"),
+    "truncated gzip NRRD": (_truncated(".nrrd", True), "damaged"),
+    "truncated raw MHA": (_truncated(".mha", False), "truncated"),
+    "truncated compressed MHA": (_truncated(".mha", True), "truncated"),
     "header claims 1 GB (.nii)": (lambda t: _lying_nifti(t, GIB, False), "truncated or its header is wrong"),
     "header claims 1 GB (.nii.gz)": (lambda t: _lying_nifti(t, GIB, True), "truncated or its header is wrong"),
     "header claims 4 GB": (lambda t: _lying_nifti(t, 4 * GIB, True), "more than the limit"),

@@ -10,13 +10,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["attached_data"]
+from medsam3_core.io.validation import check_data_fits
+
+__all__ = ["attached_data", "check_attached_data"]
 
 _HEADER_LIMIT = 1 << 16  # headers are a few hundred bytes; more means this is not a header we understand
 
 
-def attached_data(path: Path) -> Optional[tuple[int, bool]]:
-    """``(offset of the voxel data, deflate-compressed?)`` for a ``.nrrd``/``.mha`` holding its own data.
+def check_attached_data(path: Path, claimed: int) -> None:
+    """Refuse a ``.nrrd``/``.mha`` too short for the ``claimed`` bytes of voxels (or, for a compressed MetaImage,
+    for the compressed size its header states); files this module cannot parse are left to ITK."""
+    layout = attached_data(path)
+    if layout is None:
+        return
+    offset, compressed, stored = layout
+    available = path.stat().st_size - offset
+    if stored is not None:
+        check_data_fits(path.name, available, stored, compressed=False)
+    check_data_fits(path.name, available, claimed, compressed=compressed)
+
+
+def attached_data(path: Path) -> Optional[tuple[int, bool, Optional[int]]]:
+    """``(offset of the voxel data, deflate-compressed?, compressed size if stated)`` for a ``.nrrd``/``.mha`` holding
+    its own data.
 
     ``None`` when the data live in another file, use another compression (bzip2 has no useful ratio bound) or the
     header cannot be parsed here; the caller then leaves the checks to ITK.
@@ -34,7 +50,7 @@ def attached_data(path: Path) -> Optional[tuple[int, bool]]:
         encoding = fields.get(b"encoding", b"raw").lower()
         if encoding not in (b"raw", b"gzip", b"gz"):
             return None
-        return end + 2, encoding != b"raw"
+        return end + 2, encoding != b"raw", None
     if suffix == ".mha":
         key = head.find(b"ElementDataFile")
         line_end = head.find(b"\n", key)
@@ -43,7 +59,9 @@ def attached_data(path: Path) -> Optional[tuple[int, bool]]:
         fields = _fields(head[:line_end], b"=")
         if fields.get(b"ElementDataFile", b"").upper() != b"LOCAL":
             return None
-        return line_end + 1, fields.get(b"CompressedData", b"False").lower() == b"true"
+        compressed = fields.get(b"CompressedData", b"False").lower() == b"true"
+        stored = fields.get(b"CompressedDataSize", b"")
+        return line_end + 1, compressed, int(stored) if compressed and stored.isdigit() else None
     return None
 
 

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from medsam3_core.io import dicom, nifti
 from medsam3_core.io.atomic import atomic_path
-from medsam3_core.io.containers import attached_data
+from medsam3_core.io.containers import check_attached_data
 from medsam3_core.errors import InputError
 from medsam3_core.io.geometry import Volume
 from medsam3_core.io.outputs import check_format_holds
@@ -153,8 +153,8 @@ def _read_checked(path: Path, fmt: str, frame: Optional[int], max_voxels: Option
             metadata: dict[str, Any] = {"source": str(path), "format": fmt, "nifti_version": 2}
             if array.ndim == 4:
                 frame = _check_frame(frame, array.shape[0])
+                metadata.update(frames=int(array.shape[0]), frame=frame)
                 array = array[frame]
-                metadata.update(frames=int(len(array)), frame=frame)
             if array.ndim == 2:
                 metadata["dimension"] = 2
             return Volume(array, tuple(spacing), tuple(origin), direction, None, metadata)
@@ -167,11 +167,9 @@ def _check_claimed_size(path: Path, fmt: str, reader: sitk.ImageFileReader, max_
     components = reader.GetNumberOfComponents()
     picture = fmt == "image2d"
     check_voxel_count(list(size[:3]), max_voxels, path.name, picture=picture)
-    layout = attached_data(path) if fmt in ("nrrd", "metaimage") else None
-    if layout is not None:
+    if fmt in ("nrrd", "metaimage"):
         itemsize = sitk.GetArrayViewFromImage(sitk.Image([1, 1], reader.GetPixelID())).itemsize
-        claimed = int(np.prod(size, dtype=object)) * components * itemsize
-        check_data_fits(path.name, path.stat().st_size - layout[0], claimed, compressed=layout[1])
+        check_attached_data(path, int(np.prod(size, dtype=object)) * components * itemsize)
     elif picture and path.suffix.lower() == ".png":
         check_data_fits(path.name, path.stat().st_size, int(np.prod(size, dtype=object)), compressed=True)
 

@@ -28,6 +28,7 @@ __all__ = [
     "DEFLATE_MAX_RATIO",
     "MIN_SLICE_PIXELS",
     "check_regular_path",
+    "is_regular_file",
     "check_voxel_count",
     "check_data_fits",
     "check_slice_size",

@@ -31,11 +31,14 @@ def short_write_error(name: str, detail: str) -> InputError:
 def verify_written_volume(path: Path, image: sitk.Image, name: str) -> None:
     """Read ``path`` back and require exactly ``image``'s voxels and geometry (PNG: voxels only)."""
     from medsam3_core.io import nifti
+    from medsam3_core.io.containers import check_attached_data
 
     path = Path(path)
     try:
         if path.name.lower().endswith((".nii", ".nii.gz")):
             nifti.check_complete(path, nifti.inspect_nifti(path))
+        elif path.suffix.lower() in (".nrrd", ".mha"):
+            check_attached_data(path, sitk.GetArrayViewFromImage(image).nbytes)
         written = sitk.ReadImage(str(path))
     except (InputError, RuntimeError, OSError) as err:
         raise short_write_error(name, str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__)
