@@ -265,6 +265,21 @@ def test_two_d_nifti_gives_two_d_label_map(tmp_path):
     assert written.GetDimension() == 2 and written.GetSize() == (512, 512)
 
 
+def test_two_d_nifti_in_two_d_label_map_out_end_to_end(tmp_path, monkeypatch, random_bundle):
+    from medsam3_core.segmenters.local import LocalSegmenter
+
+    monkeypatch.setattr(opening, "open_segmenter", lambda *args, **kwargs: LocalSegmenter(random_bundle))
+    values = (np.random.default_rng(0).random((512, 512)) * 400 - 100).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(tmp_path / "slice.nii.gz"))
+    out = tmp_path / "out"
+    code = main(["infer", str(tmp_path / "slice.nii.gz"), "liver", "-o", str(out), "--mode", "detect",
+                 "--progress", "none", "--quiet", "--per-segment", "--threshold", "0"])
+    assert code == 0
+    for name in ("labels.nii.gz", "masks/liver.nii.gz"):
+        written = sitk.ReadImage(str(out / name))
+        assert written.GetDimension() == 2 and written.GetSize() == (512, 512)
+
+
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
 def test_sheared_grid_is_kept_exactly_in_nrrd_and_mha(tmp_path, suffix):
     volume = read_volume(_sheared_nrrd(tmp_path, suffix))

@@ -165,7 +165,7 @@ def _check_claimed_size(path: Path, fmt: str, reader: sitk.ImageFileReader, max_
     """Refuse, from the header alone, an image larger than allowed or larger than the file can hold."""
     size = reader.GetSize()
     components = reader.GetNumberOfComponents()
-    picture = fmt == "image2d"
+    picture = fmt == "image2d" and (len(size) == 2 or size[2] == 1)  # a multi-page TIFF is a volume
     check_voxel_count(list(size[:3]), max_voxels, path.name, picture=picture)
     if fmt in ("nrrd", "metaimage"):
         itemsize = sitk.GetArrayViewFromImage(sitk.Image([1, 1], reader.GetPixelID())).itemsize
