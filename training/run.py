@@ -50,8 +50,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
+        from medsam3_core.io.outputs import check_output_folder
         from training.engine.trainer import Trainer
 
+        check_output_folder(cfg.output_dir, "training output folder")  # before the model and data are loaded
         trainer = Trainer(cfg)
         try:
             results = trainer.fit()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from medsam3_core.errors import Cancelled, InputError, MedSam3Error
+from medsam3_core.errors import Cancelled, MedSam3Error
 from medsam3_core.progress import CancelToken
 from medsam3_core.segmenter import MODES, SLICE_AXES, SegmentOptions
 
@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", default=None, help="override the modality hint (CT, MR, ...)")
     parser.add_argument("--series", default=None, metavar="UID", help="DICOM SeriesInstanceUID to read")
     parser.add_argument("--frame", type=int, default=None, help="frame index of a 4D input")
+    parser.add_argument("--max-voxels", type=int, default=None, metavar="N",
+                        help="refuse inputs whose header claims more voxels (default: 2**30)")
     parser.add_argument("--format", choices=OUTPUT_FORMATS, default="nii.gz",
                         help="label map format (png for 2D images only; default: nii.gz)")
     parser.add_argument("--per-segment", action="store_true", help="also write one binary mask per prompt")
@@ -114,6 +116,7 @@ def emit(event: dict[str, Any]) -> None:
 def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: _Progress) -> dict[str, Any]:
     from medsam3_core.segmenters.opening import open_input, open_segmenter
     from medsam3_core.io.export import write_outputs
+    from medsam3_core.io.outputs import check_format_holds, check_output_targets
     from medsam3_core.prompts import duplicate_concepts, resolve_prompts
 
     options = SegmentOptions(
@@ -122,14 +125,16 @@ def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: 
         confidence_map=args.confidence_map,
     )
     resolutions = resolve_prompts(args.prompts, args.synonyms)
-    if args.dicom_seg and not str(args.dicom_seg).lower().endswith(".dcm"):
-        raise InputError("--dicom-seg must name a .dcm file.")
+    check_output_targets(args.output, dicom_seg=args.dicom_seg, png=args.png)  # before any model is loaded
     t0 = time.perf_counter()
     volume = open_input(args.input, series_uid=args.series, modality=args.modality, frame=args.frame,
-                        progress=progress, cancel=cancel)
+                        progress=progress, cancel=cancel, max_voxels=args.max_voxels)
     read_s = time.perf_counter() - t0
-    if args.dicom_seg and "dicom_files" not in volume.metadata:
-        raise InputError("--dicom-seg needs a DICOM series as input.")
+    check_format_holds(volume, args.format)
+    if args.dicom_seg:
+        from medsam3_core.io.dicom_seg import check_seg_source
+
+        check_seg_source(volume)
 
     segmenter = open_segmenter(args.model, args.device, args.server, args.api_key, progress)
     result = segmenter.segment(volume, [r.raw for r in resolutions], options, progress=progress, cancel=cancel,
@@ -230,7 +235,9 @@ def _fail(args: argparse.Namespace, progress: _Progress, message: str, code: int
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medsam3_core.volume", description=__doc__.splitlines()[0])
+    from medsam3_core.cli.parsing import OneLineErrorParser
+
+    parser = OneLineErrorParser(prog="python -m medsam3_core.volume", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_arguments(sub.add_parser("infer", help="segment a scan or image by text prompts"))
     return run(parser.parse_args(argv))

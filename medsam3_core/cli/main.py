@@ -12,6 +12,8 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
+from medsam3_core.cli.parsing import OneLineErrorParser
+
 __all__ = ["SUBCOMMANDS", "main"]
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -26,7 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def _top_parser() -> argparse.ArgumentParser:
     from medsam3_core import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="medsam3",
         description="Medical SAM3: text-prompted segmentation of medical images and volumes.",
         epilog="Run 'medsam3 COMMAND --help' for the options of a command.",
@@ -51,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: 'medsam3 {name}' needs an optional dependency that is not installed ({err.name}); "
               f"install it with: pip install 'medsam3[all]'", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"medsam3 {name}", description=help_text)
+    parser = OneLineErrorParser(prog=f"medsam3 {name}", description=help_text)
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(rest)) or 0)
 

@@ -24,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 
 from medsam3_core.errors import InputError
 from medsam3_core.io.geometry import Volume
+from medsam3_core.io.validation import check_voxel_count, is_regular_file
 from medsam3_core.progress import CancelToken, ProgressCallback, report
 
 __all__ = ["SeriesInfo", "list_series", "read_dicom_series", "read_dicom_file_series"]
@@ -37,6 +38,7 @@ _NON_IMAGE_SOP_CLASSES = {
 }
 _SCAN_SHARE = 0.2  # part of the "load" progress spent reading headers; decoding pixels takes the rest
 _GAP_TOLERANCE = 0.05  # relative deviation from the median slice distance reported as a gap / irregularity
+_SPACING_TOLERANCE = 1e-3  # relative difference of PixelSpacing between slices still taken as the same
 
 
 @dataclass(frozen=True)
@@ -72,13 +74,15 @@ class _Slice:
 
 # ---------------------------------------------------------------------------------------------------------------- scan
 def _walk(folder: Path, recursive: bool) -> Iterable[Path]:
+    """Regular files only: opening a FIFO or a device found in the folder would block or never end."""
     if not recursive:
-        yield from sorted(p for p in folder.iterdir() if p.is_file())
+        yield from sorted(p for p in folder.iterdir() if is_regular_file(p))
         return
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
-            yield Path(root) / name
+            if is_regular_file(Path(root) / name):
+                yield Path(root) / name
 
 
 def _scan(
@@ -136,6 +140,7 @@ def read_dicom_series(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     empty_hint: str = "",
+    max_voxels: Optional[int] = None,
 ) -> Volume:
     """Load one series from a folder of DICOM files as a :class:`Volume`.
 
@@ -144,6 +149,7 @@ def read_dicom_series(
         series_uid: the SeriesInstanceUID to load; default the series with most images.
         frame: for series with several images per position (time points, echoes), which one to take.
         empty_hint: appended to the error when the folder holds no DICOM image (the caller knows what else is there).
+        max_voxels: refuse a series with more voxels than this before decoding its pixels (see ``read_volume``).
 
     Raises:
         InputError: no DICOM images, unknown ``series_uid`` (the message lists the available ones), undecodable
@@ -157,16 +163,24 @@ def read_dicom_series(
             f"No DICOM images found in {folder} ({n_files} files checked, including subfolders)."
             + (empty_hint or " Point to a folder of DICOM files or to an image file (.nii.gz, .nrrd, .mha, .png …).")
         )
-    if series_uid is None:
+    chosen_by_size = series_uid is None
+    if chosen_by_size:
         series_uid = max(series, key=lambda uid: (_series_info(uid, series[uid]).images, uid))
     elif series_uid not in series:
         available = sorted((_series_info(u, h) for u, h in series.items()), key=lambda s: -s.images)
         raise InputError(
             f"Series {series_uid} is not in {folder}. Available: " + "; ".join(s.describe() for s in available)
         )
-    volume = _build_volume(series[series_uid], frame, progress, cancel)
+    volume = _build_volume(series[series_uid], frame, progress, cancel, max_voxels)
     volume.metadata["source"] = str(folder)
     volume.metadata["series_count"] = len(series)
+    if chosen_by_size and len(series) > 1:
+        chosen = _series_info(series_uid, series[series_uid])
+        others = sorted((_series_info(u, h) for u, h in series.items() if u != series_uid), key=lambda s: -s.images)
+        volume.metadata["warnings"].append(
+            f"The folder holds {len(series)} series; read the largest, {chosen.describe()}, and not "
+            f"{'; '.join(s.describe() for s in others)}. Choose another with --series UID."
+        )
     return volume
 
 
@@ -177,6 +191,7 @@ def read_dicom_file_series(
     frame: Optional[int] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    max_voxels: Optional[int] = None,
 ) -> Volume:
     """Load the series one DICOM file belongs to, from the files beside it (what users expect when they pick one)."""
     path = Path(path)
@@ -188,7 +203,8 @@ def read_dicom_file_series(
     if series_uid and own_uid and series_uid != own_uid:
         raise InputError(f"{path.name} belongs to series {own_uid}, not {series_uid}; pass its folder instead.")
     volume = read_dicom_series(
-        path.parent, series_uid=own_uid or None, frame=frame, recursive=False, progress=progress, cancel=cancel
+        path.parent, series_uid=own_uid or None, frame=frame, recursive=False, progress=progress, cancel=cancel,
+        max_voxels=max_voxels,
     )
     volume.metadata["source"] = str(path)
     return volume
@@ -288,6 +304,7 @@ def _build_volume(
     frame: Optional[int],
     progress: Optional[ProgressCallback],
     cancel: Optional[CancelToken],
+    max_voxels: Optional[int] = None,
 ) -> Volume:
     ds0 = headers[0][1]
     slices, warnings = _main_stack(headers)
@@ -297,6 +314,9 @@ def _build_volume(
     else:
         slices, frames_meta, direction, dk, gaps = _order_in_space(slices, frame, ds0, warnings)
         origin = slices[0].position
+    _check_same_pixel_spacing(slices)
+    claimed = (len(slices), int(ds0.Rows), int(ds0.Columns), int(ds0.get("SamplesPerPixel", 1) or 1))
+    check_voxel_count(claimed, max_voxels, f"the DICOM series {ds0.get('SeriesInstanceUID', '')}".strip())
 
     array = _read_pixels(slices, progress, cancel)
     if array.ndim == 4 and array.shape[0] > 1:
@@ -378,6 +398,22 @@ def _order_in_space(
                 "the volume is placed along the slice normal."
             )
     return slices, frames_meta, np.column_stack([row_cos, col_cos, normal]), dk, gaps
+
+
+def _check_same_pixel_spacing(slices: list[_Slice]) -> None:
+    """One volume has one in-plane spacing; slices that disagree would be stacked at the wrong size.
+
+    Resampling them onto one grid would change the voxels the label map refers to (and its DICOM SEG could no longer
+    reference the source images frame by frame), so such a series is refused rather than silently mis-measured.
+    """
+    first = np.asarray(slices[0].pixel_spacing)
+    for n, s in enumerate(slices[1:], start=1):
+        if not np.allclose(s.pixel_spacing, first, rtol=_SPACING_TOLERANCE, atol=0):
+            raise InputError(
+                f"Slices of this series have different PixelSpacing ({first[0]:g} x {first[1]:g} mm on slice 0, "
+                f"{s.pixel_spacing[0]:g} x {s.pixel_spacing[1]:g} mm on slice {n}); resample the series to one "
+                "spacing first or choose another series with --series."
+            )
 
 
 def _invert(array: np.ndarray, window: Optional[tuple[float, float]]) -> tuple[np.ndarray, Any]:
@@ -471,13 +507,17 @@ def _decode(path: Path) -> tuple[np.ndarray, bool]:
     optional plugins, so those fall back to SimpleITK's GDCM reader, which applies RescaleSlope/Intercept itself.
     """
     ds = pydicom.dcmread(path)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         return np.asarray(ds.pixel_array), False
     except Exception as err:  # pydicom raises RuntimeError/NotImplementedError/ValueError for codec problems
+        if syntax is None or not syntax.is_compressed:
+            # Uncompressed data that pydicom refuses are damaged (e.g. shorter than Rows x Columns); GDCM would
+            # return them padded with whatever memory held, so there is no fallback here.
+            raise InputError(f"Cannot read the pixels of {path.name}: {err}.") from None
         try:
             pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
         except RuntimeError:
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
             name = getattr(syntax, "name", "unknown transfer syntax")
             raise InputError(
                 f"Cannot decode the pixels of {path.name} ({name}): {err}. Install pylibjpeg, pylibjpeg-libjpeg "

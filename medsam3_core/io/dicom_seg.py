@@ -23,10 +23,21 @@ from medsam3_core.io.geometry import Volume
 from medsam3_core.prompts import LOCAL_SCHEME, Code, coded_concept, load_synonyms
 from medsam3_core.segmenter import SegmentInfo
 
-__all__ = ["write_dicom_seg", "ALGORITHM_NAME"]
+__all__ = ["write_dicom_seg", "check_seg_source", "ALGORITHM_NAME"]
 
 ALGORITHM_NAME = "Medical SAM3"
 _MANUFACTURER = "Medical SAM3 for 3D Slicer"
+
+
+def check_seg_source(source: Volume) -> None:
+    """Refuse, right after reading and before any model runs, an input a DICOM SEG cannot be written for."""
+    if "dicom_files" not in source.metadata:
+        raise InputError("--dicom-seg needs a DICOM series as input.")
+    if not source.metadata.get("frame_of_reference_uid"):
+        raise InputError(
+            "The DICOM series has no FrameOfReferenceUID (0020,0052), which a DICOM SEG needs to lie on the images; "
+            "add it to the series or leave out --dicom-seg."
+        )
 
 
 def _source_datasets(source: Volume) -> list[Any]:
@@ -53,7 +64,28 @@ def _source_datasets(source: Volume) -> list[Any]:
             raise InputError(
                 f"Source image {ds.filename} is {ds.Rows}x{ds.Columns}, not {rows}x{cols} like the rest of the series."
             )
+        _complete_geometry(ds, source)
     return datasets
+
+
+def _complete_geometry(ds: Any, source: Volume) -> None:
+    """Fill in or refuse the geometry attributes a SEG copies from its source images.
+
+    * FrameOfReferenceUID (0020,0052) ties the SEG's frame positions to the patient. A new UID would declare a new,
+      unrelated coordinate system (the standard gives no spatial relation between two frames of reference), so
+      the segmentation would no longer be known to lie on the images; highdicom requires it too. A series without
+      it is refused with a message naming the attribute.
+    * SliceThickness is often absent in series written by research tools. The SEG's pixel measures need one; the
+      distance between slice positions (what the reader measured as the spacing along k) is used then, which is the
+      thickness of contiguous slices.
+    """
+    if not str(ds.get("FrameOfReferenceUID", "")).strip():
+        raise InputError(
+            f"The source image {Path(ds.filename).name} has no FrameOfReferenceUID (0020,0052), which a DICOM SEG "
+            "needs to lie on the images; add it to the series or write labels.nii.gz only."
+        )
+    if not ds.get("SliceThickness"):
+        ds.SliceThickness = f"{source.spacing[2]:.6g}"
 
 
 def _coded(code: Code) -> Any:
@@ -153,7 +185,23 @@ def write_dicom_seg(
     path = Path(path)
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
+        _verify_seg(tmp, seg, path.name)
     return path
+
+
+def _verify_seg(tmp: Path, seg: Any, name: str) -> None:
+    """Read the written SEG back: it must parse and carry all of its frames' pixel data."""
+    import pydicom
+
+    from medsam3_core.io.verify import short_write_error
+
+    try:
+        written = pydicom.dcmread(tmp)
+        complete = len(written.PixelData) == len(seg.PixelData)
+    except Exception as err:  # pydicom raises many types for a cut-off file
+        raise short_write_error(name, str(err) or type(err).__name__) from None
+    if not complete:
+        raise short_write_error(name, "pixel data cut short")
 
 
 def _declare_local_scheme(seg: Any) -> None:

@@ -13,15 +13,16 @@ import math
 import os
 import re
 import unicodedata
-import uuid
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 from medsam3_core.errors import InputError
+from medsam3_core.io.atomic import create_partial, remove_stale_partials
 from medsam3_core.io.geometry import Volume
 from medsam3_core.io.reading import write_volume
+from medsam3_core.io.verify import verify_written_size
 from medsam3_core.progress import CancelToken, ProgressCallback, report
 from medsam3_core.segmenter import SegmentationResult
 
@@ -137,19 +138,20 @@ def write_outputs(
     planned.append(("report", out_dir / "report.json", report_data))
 
     created_dirs = [d for d in (out_dir, out_dir / "masks") if not d.exists()]
+    for folder in (out_dir, out_dir / "masks"):
+        remove_stale_partials(folder)  # left by a run that was killed outright
     staged: list[tuple[Path, Path]] = []
-    token = uuid.uuid4().hex[:8]
     try:
         for n, (_, target, content) in enumerate(planned):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            suffix = "".join(target.suffixes)
-            tmp = target.with_name(f".{target.name[: -len(suffix)]}-{token}.partial{suffix}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = create_partial(target)
             staged.append((tmp, target))
             try:
                 _write_one(content, tmp)
             except InputError as err:  # name the file the user asked for, not our temporary
-                raise InputError(str(err).replace(str(tmp), str(target))) from None
+                raise InputError(str(err).replace(str(tmp), str(target)).replace(tmp.name, target.name)) from None
             report(progress, "write", (n + 1) / (len(planned) + 1))
         if cancel is not None:
             cancel.raise_if_cancelled()
@@ -169,11 +171,12 @@ def write_outputs(
 
 
 def _write_one(content: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(content, Volume):
         write_volume(content, path)
     else:
-        path.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        data = (json.dumps(content, indent=2, allow_nan=False) + "\n").encode("utf-8")
+        path.write_bytes(data)
+        verify_written_size(path, len(data), path.name)
 
 
 def _remove_if_empty(folder: Path) -> None:

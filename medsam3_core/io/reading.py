@@ -15,10 +15,14 @@ from typing import Any, Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
-from medsam3_core.io import dicom
+from medsam3_core.io import dicom, nifti
 from medsam3_core.io.atomic import atomic_path
+from medsam3_core.io.containers import check_attached_data
 from medsam3_core.errors import InputError
 from medsam3_core.io.geometry import Volume
+from medsam3_core.io.outputs import check_format_holds
+from medsam3_core.io.validation import check_data_fits, check_regular_path, check_voxel_count
+from medsam3_core.io.verify import verify_written_volume
 from medsam3_core.progress import CancelToken, ProgressCallback, report
 
 __all__ = [
@@ -53,6 +57,11 @@ WRITE_FORMATS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".png")
 
 _PathLike = Union[str, Path]
 
+# ITK reports recoverable oddities (e.g. a non-orthonormal direction it had to fix) as warnings printed straight to
+# stderr, where they interleave with our progress and one-line errors. The readers check what matters themselves and
+# report it as a warning of the result, so ITK's own printing is switched off.
+sitk.ProcessObject_SetGlobalWarningDisplay(False)
+
 
 def format_of(path: _PathLike) -> Optional[str]:
     """The suffix of ``path`` that names its format (``".nii.gz"``, ``".png"`` …), or ``None`` if unknown."""
@@ -81,6 +90,7 @@ def read_volume(
     frame: Optional[int] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    max_voxels: Optional[int] = None,
 ) -> Volume:
     """Load an image volume (or a 2D picture as a one-slice volume) with its geometry.
 
@@ -91,13 +101,17 @@ def read_volume(
         modality: ``"CT"``, ``"MR"`` … overriding what the file says (NIfTI/NRRD/MHA do not record it).
         frame: index of the time point / volume to take from 4D data; required for 4D input.
         progress, cancel: reported/checked while a DICOM series is read (the only slow reader).
+        max_voxels: refuse (from the header, before allocating) images claiming more voxels; default
+            :data:`~medsam3_core.io.validation.DEFAULT_MAX_VOXELS`.
 
     Raises:
-        InputError: missing path, unsupported or corrupt file, empty folder, 4D data without ``frame``.
+        InputError: missing path, unsupported, truncated or corrupt file, a header claiming more than ``max_voxels``,
+            a pipe or device, empty folder, 4D data without ``frame``.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"Input not found: {path}. Check the path (use 'demo' for the bundled demo scan).")
+    check_regular_path(path)
     if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
         raise InputError(f"Cannot read {path}: permission denied.")
     if path.is_dir():
@@ -105,13 +119,14 @@ def read_volume(
         more = " …" if len(images) > 3 else ""
         hint = f" The folder holds {', '.join(images[:3])}{more}: pass a file." if images else ""
         volume = dicom.read_dicom_series(
-            path, series_uid=series_uid, frame=frame, progress=progress, cancel=cancel, empty_hint=hint
+            path, series_uid=series_uid, frame=frame, progress=progress, cancel=cancel, empty_hint=hint,
+            max_voxels=max_voxels,
         )
     else:
         suffix = format_of(path)
         if suffix == ".dcm" or (suffix is None and _is_dicom_file(path)):
             volume = dicom.read_dicom_file_series(path, series_uid=series_uid, frame=frame, progress=progress,
-                                                  cancel=cancel)
+                                                  cancel=cancel, max_voxels=max_voxels)
         elif suffix is None:
             supported = ", ".join(sorted(set(READ_FORMATS)))
             raise InputError(
@@ -119,7 +134,7 @@ def read_volume(
             )
         else:
             report(progress, "load", 0.0)
-            volume = _read_with_sitk(path, READ_FORMATS[suffix], frame)
+            volume = _read_checked(path, READ_FORMATS[suffix], frame, max_voxels)
             report(progress, "load", 1.0)
     if modality:
         volume.modality = modality
@@ -127,11 +142,44 @@ def read_volume(
     return volume
 
 
-def _read_with_sitk(path: Path, fmt: str, frame: Optional[int]) -> Volume:
+def _read_checked(path: Path, fmt: str, frame: Optional[int], max_voxels: Optional[int]) -> Volume:
+    """Check what the header claims against the limit and the file, then read (NIfTI-2 through nibabel)."""
+    if fmt == "nifti":
+        header = nifti.inspect_nifti(path)
+        check_voxel_count(header.shape[:3], max_voxels, path.name)
+        nifti.check_complete(path, header)
+        if header.version == 2:
+            array, spacing, origin, direction = nifti.read_nifti2(path)
+            metadata: dict[str, Any] = {"source": str(path), "format": fmt, "nifti_version": 2}
+            if array.ndim == 4:
+                frame = _check_frame(frame, array.shape[0])
+                metadata.update(frames=int(array.shape[0]), frame=frame)
+                array = array[frame]
+            if array.ndim == 2:
+                metadata["dimension"] = 2
+            return Volume(array, tuple(spacing), tuple(origin), direction, None, metadata)
+    return _read_with_sitk(path, fmt, frame, max_voxels)
+
+
+def _check_claimed_size(path: Path, fmt: str, reader: sitk.ImageFileReader, max_voxels: Optional[int]) -> None:
+    """Refuse, from the header alone, an image larger than allowed or larger than the file can hold."""
+    size = reader.GetSize()
+    components = reader.GetNumberOfComponents()
+    picture = fmt == "image2d" and (len(size) == 2 or size[2] == 1)  # a multi-page TIFF is a volume
+    check_voxel_count(list(size[:3]), max_voxels, path.name, picture=picture)
+    if fmt in ("nrrd", "metaimage"):
+        itemsize = sitk.GetArrayViewFromImage(sitk.Image([1, 1], reader.GetPixelID())).itemsize
+        check_attached_data(path, int(np.prod(size, dtype=object)) * components * itemsize)
+    elif picture and path.suffix.lower() == ".png":
+        check_data_fits(path.name, path.stat().st_size, int(np.prod(size, dtype=object)), compressed=True)
+
+
+def _read_with_sitk(path: Path, fmt: str, frame: Optional[int], max_voxels: Optional[int]) -> Volume:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
+        _check_claimed_size(path, fmt, reader, max_voxels)
         size = reader.GetSize()
         if len(size) == 4:
             frame = _check_frame(frame, size[3])
@@ -186,6 +234,7 @@ def volume_from_sitk(
 
     if dim == 2:
         array = array[None]
+        meta["dimension"] = 2  # written back as a 2D image (see write_volume)
     elif dim == 3 and ncomp in (3, 4) and image.GetSize()[2] == 1:
         pass  # a colour picture stored as a one-slice volume: keep it RGB
     elif dim == 4 or (dim == 3 and ncomp > 1):
@@ -240,21 +289,29 @@ def write_volume(volume: Volume, path: _PathLike) -> Path:
     """Write ``volume`` to ``path`` (format from the suffix) atomically, keeping its geometry exactly.
 
     ``.nii.gz``/``.nii``/``.nrrd``/``.mha`` take any volume (compressed where the format allows); ``.png`` takes a
-    one-slice 8/16-bit grey image or 8-bit RGB (a 2D label map or picture; PNG has no geometry).
+    one-slice 8/16-bit grey image or 8-bit RGB (a 2D label map or picture; PNG has no geometry). A volume read from
+    a 2D file (``metadata["dimension"] == 2``) is written as a 2D image again, so 512 × 512 in gives 512 × 512 out.
+    The written file is read back and compared before it is renamed into place (ITK does not report every failed
+    write, e.g. a file-size limit), so a published file is always complete.
 
     Raises:
-        InputError: unsupported suffix, data the format cannot hold, or an unwritable destination.
+        InputError: unsupported suffix, data the format cannot hold, or an unwritable or short-written destination.
     """
     path = Path(path).expanduser()
     suffix = next((s for s in WRITE_FORMATS if path.name.lower().endswith(s)), None)
     if suffix is None:
         raise InputError(f"Cannot write {path.name}: use one of {', '.join(WRITE_FORMATS)}.")
+    if suffix in (".nii", ".nii.gz"):
+        check_format_holds(volume, suffix)
     image = volume_to_sitk(volume)
     if suffix == ".png":
         image = _png_image(volume, image)
+    elif volume.metadata.get("dimension") == 2 and volume.shape[0] == 1:
+        image = image[:, :, 0]
     try:
         with atomic_path(path) as tmp:
             sitk.WriteImage(image, str(tmp), useCompression=suffix != ".png")
+            verify_written_volume(tmp, image, path.name)
     except (RuntimeError, OSError) as err:
         raise InputError(f"Cannot write {path}: {_itk_reason(err)}. Check the folder exists and is writable.") from None
     return path

@@ -33,6 +33,7 @@ from transformers import PretrainedConfig, PreTrainedModel, Sam3Config, Sam3Vide
 from medsam3_core.model import checkpoints
 from medsam3_core.model.checkpoints import Layout
 from medsam3_core.errors import CheckpointError, MedSam3Error
+from medsam3_core.io.outputs import check_output_folder
 from medsam3_core.model.tokenizer import load_tokenizer
 
 __all__ = [
@@ -504,6 +505,7 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
+        check_output_folder(args.out_dir, "output folder")  # before minutes of loading a checkpoint
         report = convert_checkpoint(args.source, args.out_dir, lora=args.lora, dtype=getattr(torch, args.dtype))
     except KeyboardInterrupt:
         print("cancelled; nothing was written", file=sys.stderr)

@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Union
 
 from medsam3_core.engine.volume_engine import EngineResult, VolumeEngine
 from medsam3_core.io.geometry import Volume
+from medsam3_core.io.validation import check_slice_size
 from medsam3_core.model.bundle import Sam3Bundle
 from medsam3_core.engine.postprocess import volume_ml
 from medsam3_core.plan import ModelLimits, RunPlan, plan_run
@@ -56,9 +57,11 @@ class LocalSegmenter:
 
         Raises:
             PromptError: no prompts, an empty one, or ``concepts`` of another length.
+            InputError: slices smaller than the engine can resize (e.g. a 1 x 1 picture).
             Cancelled: ``cancel`` was set; nothing is returned.
         """
         plan = plan_run(prompts, options, ModelLimits.of(self.bundle), concepts)
+        check_slice_size(volume.shape, volume.axis_for(plan.slice_axis))  # a 1 x 1 slice holds nothing to find
         with self._lock:
             result = self.engine.run(volume, plan, progress=progress, cancel=cancel)
         return self._to_result(volume, plan, result)

@@ -27,15 +27,17 @@ def open_input(
     frame: Optional[int] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    max_voxels: Optional[int] = None,
 ) -> Volume:
-    """Read a file, a DICOM folder, or ``"demo"`` (the bundled CT phantom)."""
+    """Read a file, a DICOM folder, or ``"demo"`` (the bundled CT phantom); ``max_voxels`` as in ``read_volume``."""
     from medsam3_core.io.reading import read_volume
 
     if text == DEMO_INPUT:
         from medsam3_core.phantom import demo_paths
 
         text, modality = str(demo_paths().ct), modality or "CT"
-    return read_volume(text, series_uid=series_uid, modality=modality, frame=frame, progress=progress, cancel=cancel)
+    return read_volume(text, series_uid=series_uid, modality=modality, frame=frame, progress=progress, cancel=cancel,
+                       max_voxels=max_voxels)
 
 
 def open_segmenter(
