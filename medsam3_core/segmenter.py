@@ -21,11 +21,14 @@ __all__ = [
     "SegmentationResult",
     "Segmenter",
     "MODES",
+    "CLIP_FUSIONS",
     "SLICE_AXES",
     "THRESHOLD_SOURCES",
 ]
 
-MODES = ("track", "detect")
+MODES = ("track", "detect", "clips")
+#: How ``clips`` mode merges the clips that cover one slice (:mod:`medsam3_core.engine.clips`).
+CLIP_FUSIONS = ("pixel_score", "tracker_score", "detection_score")
 SLICE_AXES = ("axial", "coronal", "sagittal")
 #: Where a run's score threshold came from: the model's recommendation (none given) or the user.
 THRESHOLD_SOURCES = ("model", "user")
@@ -43,11 +46,17 @@ class SegmentOptions:
         window: ``None``/``"auto"`` (DICOM window, else modality default), a CT preset name
             (``soft-tissue``, ``lung``, ``bone``, ``brain``) or ``(centre, width)``.
         slice_axis: anatomical axis the volume is sliced along.
-        mode: ``"track"`` (detector + memory tracker, fused) or ``"detect"`` (detector on every slice only).
+        mode: ``"track"`` (detector + memory tracker, fused), ``"detect"`` (detector on every slice only),
+            ``"clips"`` (independent short clips through detector + tracker, merged; how the Medical SAM3 3D release
+            was trained and is run by its authors), or ``None``: the model's recommended mode
+            (``Sam3Bundle.recommended_mode``), resolved by the segmenter before the run.
         batch_size: slices encoded per forward pass; also the cancellation granularity.
         cleanup: keep the largest 3D connected component per object and fill holes.
         memory_size: memory-bank frames used by the tracker (≤ the checkpoint's ``num_maskmem``).
         confidence_map: also return a per-voxel confidence volume.
+        clip_length: slices per clip in ``clips`` mode; ``None`` = the model's (4 for the Medical SAM3 3D release).
+        clip_fusion: how ``clips`` mode merges overlapping clips: ``pixel_score`` (default), ``tracker_score`` or
+            ``detection_score`` (:mod:`medsam3_core.engine.clips`).
     """
 
     threshold: Optional[float] = None
@@ -58,18 +67,24 @@ class SegmentOptions:
     cleanup: bool = False
     memory_size: int = 7
     confidence_map: bool = False
+    clip_length: Optional[int] = None
+    clip_fusion: str = "pixel_score"
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise InputError(f"--threshold must be between 0 and 1, got {self.threshold}.")
         if self.slice_axis not in SLICE_AXES:
             raise InputError(f"--slice-axis must be one of {', '.join(SLICE_AXES)}, got {self.slice_axis!r}.")
-        if self.mode not in MODES:
+        if self.mode is not None and self.mode not in MODES:
             raise InputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
         if self.batch_size < 1:
             raise InputError("--batch-size must be at least 1.")
         if self.memory_size < 1:
             raise InputError("--memory-size must be at least 1.")
+        if self.clip_length is not None and (isinstance(self.clip_length, bool) or self.clip_length < 1):
+            raise InputError(f"--clip-length must be at least 1, got {self.clip_length}.")
+        if self.clip_fusion not in CLIP_FUSIONS:
+            raise InputError(f"--clip-fusion must be one of {', '.join(CLIP_FUSIONS)}, got {self.clip_fusion!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -39,6 +39,7 @@ from medsam3_core.model.convert import config_for_checkpoint, native_to_transfor
 from medsam3_core.model.download import RELEASES, not_downloaded_message, release_dir
 from medsam3_core.errors import DeviceError, ModelError
 from medsam3_core.progress import ProgressCallback, report
+from medsam3_core.segmenter import MODES
 from medsam3_core.model.tokenizer import bundled_tokenizer, load_tokenizer
 
 __all__ = [
@@ -88,6 +89,11 @@ class Sam3Bundle:
         score_threshold: the detection score threshold the model recommends (calibrated on its validation split
             by the training export, ``medsam3.json`` conventions). Runs that name no threshold use it. 0.5 when the
             weights state none (Meta's SAM3): scores need not be centred on 0.5 (the small demo model's are not).
+        recommended_mode, clip_length: the 3D mode the weights were trained for and, for ``clips``, the slices per
+            clip (``medsam3.json`` ``conventions``; the Medical SAM3 3D release states ``clips`` of 4). Runs that name
+            no mode use them.
+        vocabulary: the concepts the model was trained on when its folder ships them (``vocabulary.txt``, one per
+            line), else ``None``; prompts outside it get a warning (:mod:`medsam3_core.prompts`).
     """
 
     detector: Sam3Model
@@ -101,6 +107,9 @@ class Sam3Bundle:
     keep_aspect: bool = True
     geometry_cls: bool = False
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    recommended_mode: str = "track"
+    clip_length: int = 4
+    vocabulary: Optional[list[str]] = None
 
     @property
     def has_tracker(self) -> bool:
@@ -377,7 +386,7 @@ def _bundle(model: PreTrainedModel, device: str, source: str, tokenizer: PreTrai
         device=dev,
         dtype=dtype,
         image_size=int(detector.config.vision_config.backbone_config.image_size),
-        source=source,
+        source=source + " (image model only: the checkpoint has no tracker, so it runs in detect mode)",
     )
 
 
@@ -426,6 +435,8 @@ def load_model(
     bundle = _bundle(model, device, source, tokenizer)
     bundle.keep_aspect, bundle.geometry_cls = conventions["keep_aspect"], conventions["geometry_cls"]
     bundle.score_threshold = conventions["score_threshold"]
+    bundle.recommended_mode, bundle.clip_length = conventions["recommended_mode"], conventions["clip_length"]
+    bundle.vocabulary = read_vocabulary(path if path.is_dir() else path.parent)
     if not conventions["tracker_trained"]:  # random tracker weights would corrupt the fused masks
         bundle.tracker = bundle.tracker_neck = None
         bundle.source += " (its tracker is untrained: detection only)"
@@ -438,16 +449,46 @@ def load_model(
 META_CONVENTIONS = {"keep_aspect": False, "geometry_cls": True, "tracker_trained": True}
 
 
-def _input_conventions(path: Path) -> dict[str, Union[bool, float]]:
-    """``keep_aspect``, ``geometry_cls``, ``tracker_trained`` and ``score_threshold`` from a model folder's
-    ``medsam3.json`` ``"conventions"``, else Meta's (and :data:`DEFAULT_SCORE_THRESHOLD`).
+#: Where a model folder lists the concepts it was trained on, one per line.
+VOCABULARY_FILE = "vocabulary.txt"
+
+
+def read_vocabulary(folder: Path) -> Optional[list[str]]:
+    """The concepts listed in ``folder/vocabulary.txt`` (blank lines and ``#`` comments skipped), else ``None``."""
+    path = Path(folder) / VOCABULARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ModelError(f"Cannot read {path}: {err}; fix or remove it.") from err
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _run_conventions(stated: dict, meta_file: Path) -> dict[str, object]:
+    """``recommended_mode`` and ``clip_length`` as stated, else ``track`` and 4."""
+    mode, length = stated.get("recommended_mode", "track"), stated.get("clip_length", 4)
+    if mode not in MODES or isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ModelError(
+            f"{meta_file}: conventions.recommended_mode must be one of {', '.join(MODES)} and clip_length a positive "
+            f"integer, got {mode!r} and {length!r}; fix or remove them."
+        )
+    return {"recommended_mode": mode, "clip_length": length}
+
+
+def _input_conventions(path: Path) -> dict[str, Union[bool, float, str, int]]:
+    """``keep_aspect``, ``geometry_cls``, ``tracker_trained``, ``score_threshold``, ``recommended_mode`` and
+    ``clip_length`` from a model folder's ``medsam3.json`` ``"conventions"``, else Meta's (and
+    :data:`DEFAULT_SCORE_THRESHOLD`, ``track``).
 
     Raises:
         ModelError: a stated ``score_threshold`` that is not a number strictly between 0 and 1 (at 0 every query
-            would count, at 1 none).
+            would count, at 1 none), or an unknown recommended mode.
     """
     folder = path if path.is_dir() else path.parent
-    conventions: dict[str, Union[bool, float]] = {**META_CONVENTIONS, "score_threshold": DEFAULT_SCORE_THRESHOLD}
+    conventions: dict[str, Union[bool, float, str, int]] = {
+        **META_CONVENTIONS, "score_threshold": DEFAULT_SCORE_THRESHOLD, "recommended_mode": "track", "clip_length": 4
+    }
     meta_file = folder / "medsam3.json"
     stated: dict = {}
     if meta_file.is_file():
@@ -457,6 +498,7 @@ def _input_conventions(path: Path) -> dict[str, Union[bool, float]]:
             stated = {}
         stated = stated if isinstance(stated, dict) else {}
         conventions.update({k: bool(v) for k, v in stated.items() if k in META_CONVENTIONS})
+        conventions.update(_run_conventions(stated, meta_file))
     threshold = stated.get("score_threshold")
     if threshold is not None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import threading
 from typing import Optional, Sequence, Union
 
+from medsam3_core.engine.clips import run_clips
 from medsam3_core.engine.volume_engine import EngineResult, VolumeEngine
 from medsam3_core.errors import PromptError
 from medsam3_core.io.geometry import Volume
 from medsam3_core.model.bundle import Sam3Bundle
 from medsam3_core.engine.postprocess import volume_ml
 from medsam3_core.progress import CancelToken, ProgressCallback
+from medsam3_core.prompts import fit_to_vocabulary
 from medsam3_core.segmenter import ObjectInfo, SegmentationResult, SegmentInfo, SegmentOptions
 
 __all__ = ["LocalSegmenter"]
@@ -62,24 +64,35 @@ class LocalSegmenter:
             raise PromptError(f"Got {len(prompts)} prompts but {len(concepts)} concepts; give one concept per prompt.")
         options = options or SegmentOptions()
         effective, warnings = self._effective_options(options)
+        if self.bundle.vocabulary is not None:
+            concepts, off_vocabulary = fit_to_vocabulary(concepts, self.bundle.vocabulary)
+            warnings += off_vocabulary
         with self._lock:
-            result = self.engine.run(volume, concepts, effective, progress=progress, cancel=cancel)
+            if effective.mode == "clips":
+                result = run_clips(self.engine, volume, concepts, effective, progress=progress, cancel=cancel)
+            else:
+                result = self.engine.run(volume, concepts, effective, progress=progress, cancel=cancel)
         source = "model" if options.threshold is None else "user"
         return self._to_result(volume, prompts, concepts, result, effective, warnings, source)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _effective_options(self, options: SegmentOptions) -> tuple[SegmentOptions, list[str]]:
-        """What the run will use: the model's recommended threshold when none is given (resolved here so the
-        report states the number), and what the checkpoint can do: detect mode without a tracker, memory bank at
-        most ``num_maskmem``."""
+        """What the run will use: the model's recommended threshold, mode and clip length when none is given
+        (resolved here so the report states them), and what the checkpoint can do: detect mode without a tracker,
+        memory bank at most ``num_maskmem``."""
         warnings: list[str] = []
         changes: dict = {}
         if options.threshold is None:
             changes["threshold"] = self.bundle.threshold(None)
-        if options.mode == "track" and not self.bundle.has_tracker:
-            warnings.append("The model has no (trained) tracker: ran --mode detect instead of track.")
+        mode = options.mode or self.bundle.recommended_mode
+        if mode != options.mode:
+            changes["mode"] = mode
+        if mode == "clips" and options.clip_length is None:
+            changes["clip_length"] = self.bundle.clip_length
+        if mode in ("track", "clips") and not self.bundle.has_tracker:
+            warnings.append(f"The model has no (trained) tracker: ran --mode detect instead of {mode}.")
             changes["mode"] = "detect"
-        elif options.mode == "track":
+        elif mode in ("track", "clips"):
             limit = int(self.bundle.tracker.num_maskmem)
             if options.memory_size > limit:
                 warnings.append(
