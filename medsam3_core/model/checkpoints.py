@@ -163,10 +163,13 @@ def load_tensors_only(path: Union[str, Path]) -> object:
     except MemoryError as err:
         raise CheckpointError(f"Not enough memory to read {path.name}.") from err
     except Exception as err:  # torch raises many types (RuntimeError, UnpicklingError, EOFError …)
-        reason = _first_line(err)
         if "Unsupported global" in str(err) or "Unsupported operand" in str(err):
-            reason = "it contains Python objects besides tensors, and we never unpickle code"
-        elif "weights_only" in reason:  # torch's generic preamble; the cause is on its last line
+            raise CheckpointError(
+                f"Cannot read {path.name}: it contains Python objects besides tensors, and we never unpickle code; "
+                "save it as a plain state dict of tensors (or safetensors)."
+            ) from err
+        reason = _first_line(err)
+        if "weights_only" in reason:  # torch's generic preamble; the cause is on its last line
             reason = str(err).strip().splitlines()[-1].strip()
         raise CheckpointError(f"Cannot read checkpoint {path.name}: {reason[:200]}. Is the file complete?") from err
 
