@@ -31,21 +31,25 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from medsam3_core import checkpoints  # noqa: E402  (needs the repo on sys.path first)
+from medsam3_core.model import checkpoints  # noqa: E402  (needs the repo on sys.path first)
 from medsam3_core.model.convert import native_to_transformers  # noqa: E402
 from medsam3_core.model.bundle import append_geometry_cls  # noqa: E402
+from medsam3_core.model.image_size import with_image_size  # noqa: E402
 from medsam3_core.model.tokenizer import BPE_PATH, bundled_tokenizer, tokenize  # noqa: E402
 
 MANIFEST = REPO / "Testing" / "data" / "sam3_native_keys.json.gz"
 RESULTS = Path(__file__).with_name("RESULTS.md")
 RESULTS_JSON = Path(__file__).with_name("results.json")
 SEED = 1234
+#: SAM3's own input size; ``--image-size 504`` checks the size the Medical SAM3 3D release was trained at, where the
+#: 36 × 36 patch grid is not a multiple of the ViT's 24-patch window and the windowed layers pad.
 IMAGE_SIZE = 1008
 
 
@@ -92,10 +96,24 @@ def write_manifest() -> dict[str, int]:
     return {"tensors": len(keys), "parameters": sum(int(torch.Size(s).numel()) for s in keys.values())}
 
 
-def test_image() -> torch.Tensor:
-    """A deterministic 1×3×1008×1008 image in SAM3's input range [-1, 1]: gradients, a bright disc, noise."""
+def native_at_image_size(size: int) -> None:
+    """Build Meta's ViT for ``size`` px: its builder hard-codes 1008, and the ViT precomputes its global layers'
+    rotary tables for the size it is built with (the decoder's box-bias coordinates follow the features by
+    themselves)."""
+    import sam3.model_builder as builder
+    from sam3.model.vitdet import ViT
+
+    def vit_at_size(*args, **kwargs):
+        kwargs["img_size"] = size
+        return ViT(*args, **kwargs)
+
+    builder.ViT = vit_at_size
+
+
+def test_image(size: int = IMAGE_SIZE) -> torch.Tensor:
+    """A deterministic 1×3×size×size image in SAM3's input range [-1, 1]: gradients, a bright disc, noise."""
     gen = torch.Generator().manual_seed(SEED)
-    axis = torch.linspace(-1, 1, IMAGE_SIZE)
+    axis = torch.linspace(-1, 1, size)
     yy, xx = torch.meshgrid(axis, axis, indexing="ij")
     disc = ((xx - 0.2) ** 2 + (yy + 0.1) ** 2 < 0.15).float()
     base = torch.stack([0.5 * xx, 0.5 * yy, disc - 0.5])
@@ -154,12 +172,12 @@ def native_detector(prompt: str, pixels: torch.Tensor):
 
 
 def transformers_detector(state: dict, prompt: str, pixels: torch.Tensor):
-    """Our conversion of ``state`` in transformers' Sam3Model: outputs as transformers runs a text prompt, outputs
-    with Meta's geometry CLS token appended (:func:`medsam3_core.model.bundle.append_geometry_cls`), the conversion, and
-    the time of one full forward."""
+    """Our conversion of ``state`` in transformers' Sam3Model (built for the image's size, as ``medsam3 convert
+    --image-size`` does): outputs as transformers runs a text prompt, outputs with Meta's geometry CLS token appended
+    (:func:`medsam3_core.model.bundle.append_geometry_cls`), the conversion, and the time of one full forward."""
     from transformers import Sam3Config
 
-    config = Sam3Config()
+    config = with_image_size(Sam3Config(), int(pixels.shape[-1]))
     conversion = native_to_transformers(state, config)
     model = checkpoints.instantiate(config, conversion.state_dict, torch.float32, source="native image model")
     ids, mask = tokenize(bundled_tokenizer(), [prompt])
@@ -282,6 +300,46 @@ def _table(rows: list) -> list[str]:
     return lines + [f"| {n} | {shape} | {d:.3g} | {v:.3g} |" for n, shape, d, v in rows]
 
 
+def _detector_section(det: Optional[dict], size: int) -> list[str]:
+    """The markdown of one detector comparison (``size`` px), or nothing when it was not measured."""
+    if not det:
+        return []
+    worst = max(row[3] for row in det["rows"])
+    padding = []
+    if size % (14 * 24):
+        grid = size // 14
+        padded = -(-grid // 24) * 24
+        padding = [
+            f"At {size} px the ViT sees {grid} × {grid} patches, not a multiple of its 24-patch attention window: both",
+            f"implementations pad the windowed layers' input with zeros (after the layer norm) to {padded} × {padded}",
+            "and attend over the padded windows unmasked; the global layers' rotary positions are scaled by 24 / "
+            f"{grid} in both.",
+            "",
+        ]
+    return [
+        f"## Detector (image model): one {size}×{size} image, one text prompt",
+        "",
+        *padding,
+        f"Prompt {det['prompt']!r}; weights loaded through `medsam3_core.model.checkpoints.instantiate` (the path every",
+        "real checkpoint takes); transformers tokenised with our bundled CLIP tokenizer, Meta with its own.",
+        "Meta's model always runs its geometry encoder and appends its CLS token to the text prompt;",
+        "transformers' `Sam3Model` skips that encoder for text-only prompts. Column *text only* is transformers",
+        "as is; column *+ geometry CLS* appends the token with `medsam3_core.model.bundle.append_geometry_cls`.",
+        "",
+        "| output | shape | max abs diff, text only | max abs diff, + geometry CLS | max abs value |",
+        "|---|---|---|---|---|",
+        *[f"| {n} | {shape} | {a:.3g} | {b:.3g} | {v:.3g} |" for n, shape, a, b, v in det["rows"]],
+        "",
+        f"Largest difference with the CLS token **{worst:.3g}**. Native forward {det['native_s']:.0f} s, "
+        f"transformers forward {det['ours_s']:.0f} s ({det['threads']} threads, machine shared with other jobs).",
+        f"Conversion: {det['filled']} transformers tensors filled, {det['dropped']} native tensors dropped on "
+        f"purpose (RoPE tables, point-prompt projections), {det['unmapped']} unmapped.",
+        "(Boxes agree exactly either way: the box head's last layer starts at zero, so random-init boxes are the",
+        "reference boxes.)",
+        "",
+    ]
+
+
 def write_results(results: dict) -> None:
     """Render ``RESULTS.md`` from everything measured so far (parts may come from separate runs)."""
     lines = [
@@ -293,30 +351,8 @@ def write_results(results: dict) -> None:
         "inputs. Goal: every difference < 1e-3.",
         "",
     ]
-    det = results.get("detector")
-    if det:
-        worst = max(row[3] for row in det["rows"])
-        lines += [
-            "## Detector (image model): one 1008×1008 image, one text prompt",
-            "",
-            f"Prompt {det['prompt']!r}; weights loaded through `medsam3_core.model.checkpoints.instantiate` (the path every",
-            "real checkpoint takes); transformers tokenised with our bundled CLIP tokenizer, Meta with its own.",
-            "Meta's model always runs its geometry encoder and appends its CLS token to the text prompt;",
-            "transformers' `Sam3Model` skips that encoder for text-only prompts. Column *text only* is transformers",
-            "as is; column *+ geometry CLS* appends the token with `medsam3_core.model.bundle.append_geometry_cls`.",
-            "",
-            "| output | shape | max abs diff, text only | max abs diff, + geometry CLS | max abs value |",
-            "|---|---|---|---|---|",
-            *[f"| {n} | {shape} | {a:.3g} | {b:.3g} | {v:.3g} |" for n, shape, a, b, v in det["rows"]],
-            "",
-            f"Largest difference with the CLS token **{worst:.3g}**. Native forward {det['native_s']:.0f} s, "
-            f"transformers forward {det['ours_s']:.0f} s ({det['threads']} threads, machine shared with other jobs).",
-            f"Conversion: {det['filled']} transformers tensors filled, {det['dropped']} native tensors dropped on "
-            f"purpose (RoPE tables, point-prompt projections), {det['unmapped']} unmapped.",
-            "(Boxes agree exactly either way: the box head's last layer starts at zero, so random-init boxes are the",
-            "reference boxes.)",
-            "",
-        ]
+    for key in ("detector", "detector_504"):
+        lines += _detector_section(results.get(key), 504 if key.endswith("504") else 1008)
     trk = results.get("tracker")
     if trk:
         worst = max(row[2] for row in trk["rows"])
@@ -350,6 +386,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt", default="liver")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, choices=(IMAGE_SIZE, 504),
+                        help="detector input size: 1008 (SAM3) or 504 (the Medical SAM3 3D release)")
     parser.add_argument("--parts", nargs="+", choices=("manifest", "detector", "tracker"),
                         default=["manifest", "detector", "tracker"], help="what to (re)measure; the rest is kept")
     args = parser.parse_args()
@@ -362,12 +400,14 @@ def main() -> None:
         results["manifest"] = write_manifest()
         print(f"manifest: {results['manifest']}", flush=True)
     if "detector" in args.parts:
-        pixels = test_image()
+        if args.image_size != IMAGE_SIZE:
+            native_at_image_size(args.image_size)
+        pixels = test_image(args.image_size)
         native_out, state, native_s = native_detector(args.prompt, pixels)
         print(f"native forward {native_s:.1f} s", flush=True)
         plain_out, cls_out, conversion, ours_s = transformers_detector(state, args.prompt, pixels)
         print(f"transformers forward {ours_s:.1f} s", flush=True)
-        results["detector"] = {
+        results["detector" if args.image_size == IMAGE_SIZE else f"detector_{args.image_size}"] = {
             "prompt": args.prompt, "threads": args.threads, "rows": compare(native_out, plain_out, cls_out),
             "native_s": native_s, "ours_s": ours_s, "filled": len(conversion.state_dict),
             "dropped": len(conversion.dropped), "unmapped": len(conversion.unmapped),
@@ -376,7 +416,7 @@ def main() -> None:
     if "tracker" in args.parts:
         start = time.perf_counter()
         results["tracker"] = {"rows": tracker_step(), "seconds": time.perf_counter() - start}
-    for part in ("detector", "tracker"):
+    for part in ("detector", "detector_504", "tracker"):
         for row in results.get(part, {}).get("rows", []):
             print(part, *[f"{x:.3g}" if isinstance(x, float) else x for x in row], flush=True)
     results["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
