@@ -218,3 +218,69 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path):
     html.write_text("<html>Access denied</html>")
     with pytest.raises(CheckpointError, match="is not a checkpoint"):
         load_model(html, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def release_at_84(tiny_video, tmp_path_factory) -> Path:
+    """A 3D release converted the way ``medsam3 download medsam3-3d`` does: at its own (non-default) image size, naming
+    clips of 4 as its recommended mode, and shipping the list of concepts it was trained on."""
+    from medsam3_core.cli.main import main as medsam3
+
+    folder = tmp_path_factory.mktemp("release84")
+    source = _trainer_checkpoint(transformers_to_native(tiny_video.state_dict()), folder / "hub", tiny_video.config)
+    assert medsam3(["convert", str(source), str(folder / "model"), "--image-size", str(NON_DEFAULT_SIZE)]) == 0
+    meta = json.loads((folder / "model" / "medsam3.json").read_text())
+    meta["conventions"] = {"recommended_mode": "clips", "clip_length": 4}
+    (folder / "model" / "medsam3.json").write_text(json.dumps(meta))
+    (folder / "model" / "vocabulary.txt").write_text("# trained concepts\nliver\nkidneys\nspleen\n")
+    return folder / "model"
+
+
+def test_a_non_default_size_model_runs_end_to_end_through_the_cli(release_at_84, tmp_path):
+    """The image size is the model's: inference builds its input at 84 px (a 112-px input would not even run
+    through a ViT built for 84), in the model's recommended mode, and maps prompts onto its vocabulary."""
+    import nibabel as nib
+    import numpy as np
+
+    from medsam3_core.cli.main import main as medsam3
+    from medsam3_core.io.reading import read_volume
+    from medsam3_core.phantom import make_abdomen_phantom
+
+    ct = make_abdomen_phantom(seed=4, shape=(6, 40, 48))[0]
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.transpose(ct.array, (2, 1, 0)).astype(np.int16), np.diag([0.8, 0.8, 2.5, 1])), scan)
+    out = tmp_path / "out"
+    code = medsam3(["infer", str(scan), "renal", "banana", "--model", str(release_at_84), "--device", "cpu",
+                    "--progress", "none", "--threshold", "0.01", "-o", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["options"]["mode"] == "clips" and report["options"]["clip_length"] == 4
+    assert [s["concept"] for s in report["segments"]] == ["kidneys", "banana"]
+    assert any("'banana' is not among the 3 concepts" in w for w in report["warnings"])
+    assert read_volume(out / "labels.nii.gz").same_geometry(read_volume(scan))
+
+    from medsam3_core.model.bundle import load_model
+
+    assert load_model(release_at_84, device="cpu").image_size == NON_DEFAULT_SIZE
+
+
+def test_near_misses_name_the_nearest_known_concepts(release_at_84, tmp_path):
+    from medsam3_core.model.bundle import load_model
+    from medsam3_core.prompts import fit_to_vocabulary
+
+    vocabulary = load_model(release_at_84, device="cpu").vocabulary
+    assert vocabulary == ["liver", "kidneys", "spleen"]
+    concepts, warnings = fit_to_vocabulary(["Kidney", "the livers", "splen", "hepatic"], vocabulary)
+    assert concepts[:2] == ["kidneys", "liver"] and concepts[3] == "liver"  # folding, plural, synonym
+    assert concepts[2] == "splen" and warnings == [
+        "'splen' is not among the 3 concepts this model was trained on (nearest known: spleen); its result may be "
+        "unreliable."
+    ]
+
+
+def test_training_takes_the_models_image_size(release_at_84):
+    from training.config import ModelConfig
+    from training.engine.modelling import build_model
+
+    model = build_model(ModelConfig(init=str(release_at_84), image_size=112))
+    assert model.image_size == NON_DEFAULT_SIZE

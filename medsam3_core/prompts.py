@@ -339,7 +339,7 @@ def fit_to_vocabulary(
             out.append(hit)
             continue
         out.append(concept)
-        nearest = difflib.get_close_matches(fold(concept), [fold(v) for v in vocabulary], n=3, cutoff=0.4)
+        nearest = difflib.get_close_matches(fold(concept), [fold(v) for v in vocabulary], n=3, cutoff=0.6)
         names = [next(v for v in vocabulary if fold(v) == n) for n in nearest]
         hint = f"nearest known: {', '.join(names)}" if names else "see vocabulary.txt in the model folder"
         warnings.append(
