@@ -90,7 +90,8 @@ def test_gated_repository_says_how_to_get_access(monkeypatch, tmp_path):
 class FakeHub:
     """A stand-in for ``huggingface_hub.hf_hub_download`` as strict as the real one where it matters here.
 
-    Like the real client with ``local_dir``, it streams into ``local_dir/.cache/huggingface/download/<file>.incomplete``,
+    Like the real client with ``local_dir``, it streams into
+    ``local_dir/.cache/huggingface/download/<file>.incomplete``,
     resumes from that file's end on the next call, and moves it into place only when complete. ``cut_after`` bytes
     into a file it fails the way a dropped connection does (an ``OSError``), leaving the partial file behind.
     """
@@ -134,7 +135,8 @@ def tiny_hub(monkeypatch, tiny_release):
     """The Medical SAM3 releases pointed at tiny files with their true sizes and checksums, served by a FakeHub."""
     ckpt = (tiny_release / "ckpt.pt").read_bytes()
     adapter = (tiny_release / "adapter.pt").read_bytes()
-    hub = FakeHub({"ckpt.pt": ckpt, "adapter.pt": adapter}, {"config.json": (tiny_release / "config.json").read_bytes()})
+    config = (tiny_release / "config.json").read_bytes()
+    hub = FakeHub({"ckpt.pt": ckpt, "adapter.pt": adapter}, {"config.json": config})
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
     for name in ("medsam3-3d", "medsam3-3d-lora2d"):
         rel = RELEASES[name]

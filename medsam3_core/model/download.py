@@ -162,7 +162,9 @@ RELEASES: dict[str, Release] = {
             "Medical SAM3 3D with its 2D LoRA adapter merged in (downloads the 3D checkpoint + an 18 MB adapter)",
             _MEDSAM3_LICENCE,
             adapter=HubFile(
-                "checkpoint_3D_LoRA2D.pt", 18_553_261, "8fafe9b5e148786f9ff5344b798cc4471983567b5506c24bdeb93fa26d042092"
+                "checkpoint_3D_LoRA2D.pt",
+                18_553_261,
+                "8fafe9b5e148786f9ff5344b798cc4471983567b5506c24bdeb93fa26d042092",
             ),
             image_size=504,
             recommended_mode="clips",

@@ -5,9 +5,9 @@
 * a **raw state dict** in one ``.pt`` / ``.safetensors`` file, as trainers without PEFT write it (the Medical SAM3 3D
   release's 2D adapter, ~18 MB, is such a file). Its pairs ``<module>.lora_A[.<name>].weight`` /
   ``<module>.lora_B[.<name>].weight`` (also ``lora_down`` / ``lora_up``) are folded into ``<module>.weight`` as
-  ``W + scaling · B @ A``, where ``<module>`` may be a native SAM3 name (``detector.…``, ``tracker.…`` or bare image-model
-  names) or a transformers one. Native names go through the same rename / reshape table as full checkpoints, so a
-  LoRA on Meta's fused ``attn.qkv`` lands on transformers' separate ``q/k/v`` projections.
+  ``W + scaling · B @ A``, where ``<module>`` may be a native SAM3 name (``detector.…``, ``tracker.…`` or bare
+  image-model names) or a transformers one. Native names go through the same rename / reshape table as full
+  checkpoints, so a LoRA on Meta's fused ``attn.qkv`` lands on transformers' separate ``q/k/v`` projections.
 
 The scaling is ``alpha / r``; ``r`` is the rank of ``lora_A``. ``alpha`` comes from the file when it states it (a
 top-level ``lora_alpha`` / ``alpha`` / ``scaling``, or such a field in a ``config`` / ``lora_config`` / ``args`` entry),
@@ -38,7 +38,9 @@ __all__ = ["LoraMerge", "merge_lora", "merge_raw_lora", "merge_peft_folder"]
 
 log = logging.getLogger(__name__)
 
-_PAIR = re.compile(r"(?P<module>.+?)\.(?P<side>lora_A|lora_B|lora_down|lora_up)(?:\.(?P<adapter>[A-Za-z0-9_]+))?\.weight")
+_PAIR = re.compile(
+    r"(?P<module>.+?)\.(?P<side>lora_A|lora_B|lora_down|lora_up)(?:\.(?P<adapter>[A-Za-z0-9_]+))?\.weight"
+)
 _WRAPPERS = ("module.", "base_model.model.")
 _ALPHA_KEYS = ("lora_alpha", "alpha")
 _CONFIG_ENTRIES = ("config", "lora_config", "args", "hparams")
@@ -155,7 +157,8 @@ def _apply(model: PreTrainedModel, deltas: Mapping[str, torch.Tensor], full: Map
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(params[k].shape)}" for k, v in (*deltas.items(), *full.items())
              if k in params and tuple(v.shape) != tuple(params[k].shape)]
     if unknown or wrong:
-        detail = f"layers the model does not have ({_listing(unknown)})" if unknown else f"wrong shapes ({_listing(wrong, 3)})"
+        detail = (f"layers the model does not have ({_listing(unknown)})" if unknown
+                  else f"wrong shapes ({_listing(wrong, 3)})")
         raise CheckpointError(f"The LoRA adapter does not fit this model: {detail}. Was it trained on this release?")
     with torch.no_grad():
         for name, delta in deltas.items():
@@ -224,7 +227,9 @@ def merge_peft_folder(model: PreTrainedModel, folder: Union[str, Path]) -> tuple
     try:
         from peft import PeftModel
     except ImportError as err:
-        raise CheckpointError("Merging a PEFT adapter folder needs the 'peft' package: pip install 'medsam3[train]'.") from err
+        raise CheckpointError(
+            "Merging a PEFT adapter folder needs the 'peft' package: pip install 'medsam3[train]'."
+        ) from err
     try:
         merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
     except Exception as err:  # peft raises many types for an adapter of another model (ValueError, KeyError …)
