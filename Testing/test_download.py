@@ -70,6 +70,11 @@ def test_offline_gives_one_line_saying_what_to_fetch_and_where(monkeypatch, tmp_
     assert "\n" not in message and "ChongCong/Medical-SAM3" in message and RELEASES["medsam3-3d"].filename in message
     assert f"medsam3 convert <that file> {tmp_path / 'medsam3-3d'} --image-size 504" in message
     assert "run 'medsam3 download" not in message  # we are that command; do not send the user in a circle
+    with pytest.raises(ModelError) as err:
+        download_release("medsam3-3d-lora2d", tmp_path)
+    message = str(err.value)
+    assert "download checkpoint_3D_checkpoint8.pt and checkpoint_3D_LoRA2D.pt from" in message
+    assert f"{tmp_path / 'medsam3-3d-lora2d'} --lora <adapter> --image-size 504" in message
     with pytest.raises(ModelError, match=rf"facebook/sam3 .*into {tmp_path / 'sam3'}"):
         download_release("sam3", tmp_path)
 
