@@ -17,7 +17,9 @@ Runs in the separate environment made by ``setup_venv.sh`` (Meta's ``sam3`` whee
 Random weights are as good as trained ones for this purpose (every layer participates, the tensors are generic),
 and need no download. Costs on a 2-core CPU: ≈4.5 GB RAM per model and ≈1 min per full-size forward.
 
-Usage: ``/work/venv_sam3/bin/python bench/fidelity/fidelity.py [--threads 2] [--parts manifest detector tracker]``
+Usage: ``VENV/bin/python bench/fidelity/fidelity.py [--threads 2] [--image-size 1008|504] [--parts manifest detector
+tracker]`` (``VENV`` made by ``setup_venv.sh``). ``--image-size 504`` checks the detector and the tracker at the
+size the Medical SAM3 3D release was trained at; each size's figures are kept side by side.
 """
 
 from __future__ import annotations
@@ -108,6 +110,27 @@ def native_at_image_size(size: int) -> None:
         return ViT(*args, **kwargs)
 
     builder.ViT = vit_at_size
+
+
+def native_tracker_at_image_size(size: int) -> None:
+    """Build Meta's tracker for ``size`` px. Its builder hard-codes 1008 for the tracker, and its memory encoder
+    resizes every mask to a fixed 1152 × 1152 (16 × the 72-patch grid) before downsampling it 16×, which only matches
+    the image features at 1008 px: at 504 the mask must be 576 × 576 (16 × 36), which is what transformers derives
+    from the configured image size by itself. (Its memory attention recomputes its RoPE for any feature size.)"""
+    import sam3.model_builder as builder
+    from sam3.model.memory import SimpleMaskDownSampler
+    from sam3.model.sam3_tracking_predictor import Sam3TrackerPredictor
+
+    def predictor_at_size(*args, **kwargs):
+        kwargs["image_size"] = size
+        return Sam3TrackerPredictor(*args, **kwargs)
+
+    def downsampler_at_size(*args, **kwargs):
+        kwargs["interpol_size"] = [16 * (size // 14)] * 2
+        return SimpleMaskDownSampler(*args, **kwargs)
+
+    builder.Sam3TrackerPredictor = predictor_at_size
+    builder.SimpleMaskDownSampler = downsampler_at_size
 
 
 def test_image(size: int = IMAGE_SIZE) -> torch.Tensor:
@@ -202,7 +225,7 @@ def transformers_detector(state: dict, prompt: str, pixels: torch.Tensor):
     return outputs[0], outputs[1], conversion, seconds
 
 
-def tracker_step(seed: int = SEED) -> list[tuple[str, str, float, float]]:
+def tracker_step(seed: int = SEED, size: int = IMAGE_SIZE) -> list[tuple[str, str, float, float]]:
     """One memory-tracking step through Meta's tracker and through ours, converted, on identical inputs.
 
     A propagation step is: encode the previous slice's mask into memory (memory encoder), condition the current
@@ -213,16 +236,19 @@ def tracker_step(seed: int = SEED) -> list[tuple[str, str, float, float]]:
     from sam3.model_builder import build_tracker
     from transformers import Sam3TrackerVideoModel, Sam3VideoConfig
 
+    if size != IMAGE_SIZE:
+        native_tracker_at_image_size(size)
     torch.manual_seed(seed)
     native = build_tracker(apply_temporal_disambiguation=False).eval()
     fill_uninitialised(native)
     state = {"tracker." + k: v for k, v in native.state_dict().items()}
     converted = native_to_transformers(state, Sam3VideoConfig()).state_dict
-    ours = Sam3TrackerVideoModel(Sam3VideoConfig().tracker_config, remove_vision_encoder=True).eval()
+    tracker_config = with_image_size(Sam3VideoConfig(), size).tracker_config
+    ours = Sam3TrackerVideoModel(tracker_config, remove_vision_encoder=True).eval()
     ours.load_state_dict({k[len("tracker_model."):]: v for k, v in converted.items()}, strict=True)
 
     gen = torch.Generator().manual_seed(seed)
-    side, channels = 72, 256
+    side, channels = size // 14, 256
     pix = torch.randn(1, channels, side, side, generator=gen)
     mask_probs = torch.rand(1, 1, 16 * side, 16 * side, generator=gen)  # the size the mask downsampler expects
     current = torch.randn(side * side, 1, channels, generator=gen)
@@ -332,11 +358,39 @@ def _detector_section(det: Optional[dict], size: int) -> list[str]:
         *[f"| {n} | {shape} | {a:.3g} | {b:.3g} | {v:.3g} |" for n, shape, a, b, v in det["rows"]],
         "",
         f"Largest difference with the CLS token **{worst:.3g}**. Native forward {det['native_s']:.0f} s, "
-        f"transformers forward {det['ours_s']:.0f} s ({det['threads']} threads, machine shared with other jobs).",
+        f"transformers forward {det['ours_s']:.0f} s ({det['threads']} thread(s), machine shared with other jobs).",
         f"Conversion: {det['filled']} transformers tensors filled, {det['dropped']} native tensors dropped on "
         f"purpose (RoPE tables, point-prompt projections), {det['unmapped']} unmapped.",
         "(Boxes agree exactly either way: the box head's last layer starts at zero, so random-init boxes are the",
         "reference boxes.)",
+        "",
+    ]
+
+
+def _tracker_section(trk: Optional[dict], size: int) -> list[str]:
+    """The markdown of one tracker comparison (features of a ``size``-px image), or nothing when not measured."""
+    if not trk:
+        return []
+    worst = max(row[2] for row in trk["rows"])
+    grid = size // 14
+    resized = [] if size == IMAGE_SIZE else [
+        f"Meta's memory encoder resizes every mask to a fixed 1152 × 1152 before its 16× downsampling, which matches",
+        f"the image features only at 1008 px; at {size} px it must be built for {16 * grid} × {16 * grid} (16 × {grid}),",
+        "or it fails on mismatched sizes. transformers derives that size from the configured image size by itself.",
+        "",
+    ]
+    return [
+        "## Tracker: one propagation step" + ("" if size == IMAGE_SIZE else f", {size}-px image ({grid} × {grid} "
+                                               "features)"),
+        "",
+        *resized,
+        "Meta's tracker weights converted and loaded strictly into transformers' `Sam3TrackerVideoModel`; memory",
+        "encoder → memory attention (with 4 object-pointer tokens) → prompt encoder + SAM mask decoder (no new",
+        "prompt, 3 masks) → object pointer, each stage fed the same random inputs.",
+        "",
+        *_table(trk["rows"]),
+        "",
+        f"Largest difference **{worst:.3g}** ({trk['seconds']:.0f} s).",
         "",
     ]
 
@@ -354,21 +408,8 @@ def write_results(results: dict) -> None:
     ]
     for key in ("detector", "detector_504"):
         lines += _detector_section(results.get(key), 504 if key.endswith("504") else 1008)
-    trk = results.get("tracker")
-    if trk:
-        worst = max(row[2] for row in trk["rows"])
-        lines += [
-            "## Tracker: one propagation step",
-            "",
-            "Meta's tracker weights converted and loaded strictly into transformers' `Sam3TrackerVideoModel`; memory",
-            "encoder → memory attention (with 4 object-pointer tokens) → prompt encoder + SAM mask decoder (no new",
-            "prompt, 3 masks) → object pointer, each stage fed the same random inputs.",
-            "",
-            *_table(trk["rows"]),
-            "",
-            f"Largest difference **{worst:.3g}** ({trk['seconds']:.0f} s).",
-            "",
-        ]
+    for key in ("tracker", "tracker_504"):
+        lines += _tracker_section(results.get(key), 504 if key.endswith("504") else 1008)
     man = results.get("manifest")
     if man:
         lines += [
@@ -388,7 +429,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt", default="liver")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, choices=(IMAGE_SIZE, 504),
-                        help="detector input size: 1008 (SAM3) or 504 (the Medical SAM3 3D release)")
+                        help="input size of the detector and tracker checks: 1008 (SAM3) or 504 (the Medical SAM3 "
+                             "3D release)")
     parser.add_argument("--parts", nargs="+", choices=("manifest", "detector", "tracker"),
                         default=["manifest", "detector", "tracker"], help="what to (re)measure; the rest is kept")
     args = parser.parse_args()
@@ -416,8 +458,9 @@ def main() -> None:
         del native_out, state, plain_out, cls_out, conversion
     if "tracker" in args.parts:
         start = time.perf_counter()
-        results["tracker"] = {"rows": tracker_step(), "seconds": time.perf_counter() - start}
-    for part in ("detector", "detector_504", "tracker"):
+        key = "tracker" if args.image_size == IMAGE_SIZE else f"tracker_{args.image_size}"
+        results[key] = {"rows": tracker_step(size=args.image_size), "seconds": time.perf_counter() - start}
+    for part in ("detector", "detector_504", "tracker", "tracker_504"):
         for row in results.get(part, {}).get("rows", []):
             print(part, *[f"{x:.3g}" if isinstance(x, float) else x for x in row], flush=True)
     results["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
