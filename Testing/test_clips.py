@@ -7,24 +7,14 @@ prompt from the clip they trust.
 
 import numpy as np
 import pytest
-import torch
 
 from medsam3_core.engine.clips import ClipResult, clip_ranges, merge_clips, run_clips
 from medsam3_core.engine.volume_engine import ObjectRecord, VolumeEngine
 from medsam3_core.errors import InputError
-from medsam3_core.model.bundle import build_random_bundle
 from medsam3_core.phantom import make_abdomen_phantom
 from medsam3_core.segmenter import SegmentOptions
 from medsam3_core.segmenters.local import LocalSegmenter
-
-
-@pytest.fixture(scope="module")
-def present_bundle():
-    """Tiny random model whose tracker keeps objects present (random init would drop every track at once)."""
-    bundle = build_random_bundle(seed=0)
-    with torch.no_grad():
-        bundle.tracker.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
-    return bundle
+from test_engine import present_bundle  # noqa: F401  (the engine tests' tiny model whose tracker keeps objects)
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ __all__ = [
     "Layout",
     "RawWeights",
     "detect_layout",
+    "strip_wrappers",
     "file_kind",
     "load_tensors_only",
     "unwrap_state_dict",
@@ -85,6 +86,22 @@ class RawWeights:
     layout: str
     path: Path
     dropped: list[str] = field(default_factory=list)
+
+
+#: Prefixes wrappers put before parameter names: ``DistributedDataParallel`` (``module.``) and peft
+#: (``base_model.model.``), possibly both.
+WRAPPER_PREFIXES = ("module.", "base_model.model.")
+
+
+def strip_wrappers(name: str) -> str:
+    """``name`` without any :data:`WRAPPER_PREFIXES`, however they are nested."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix) :], True
+    return name
 
 
 def _listing(names, limit: int = _SHOW) -> str:

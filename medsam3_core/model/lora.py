@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 _PAIR = re.compile(
     r"(?P<module>.+?)\.(?P<side>lora_A|lora_B|lora_down|lora_up)(?:\.(?P<adapter>[A-Za-z0-9_]+))?\.weight"
 )
-_WRAPPERS = ("module.", "base_model.model.")
 _ALPHA_KEYS = ("lora_alpha", "alpha")
 _CONFIG_ENTRIES = ("config", "lora_config", "args", "hparams")
 
@@ -91,16 +90,6 @@ def _stated_alpha(meta: Mapping[str, object]) -> Optional[tuple[str, float]]:
     return None
 
 
-def _strip_wrappers(name: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPERS:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
-    return name
-
-
 def _deltas(
     tensors: Mapping[str, torch.Tensor], alpha: Optional[float], scaling: Optional[float]
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], set[int]]:
@@ -108,7 +97,7 @@ def _deltas(
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     others: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
-        name = _strip_wrappers(key)
+        name = checkpoints.strip_wrappers(key)
         match = _PAIR.fullmatch(name)
         if match is None:
             others[name] = tensor
