@@ -6,6 +6,7 @@ way the real ones do offline / without access, or "download" a tiny checkpoint f
 
 import argparse
 import hashlib
+import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -98,7 +99,8 @@ class FakeHub:
     Like the real client with ``local_dir``, it streams into
     ``local_dir/.cache/huggingface/download/<file>.incomplete``,
     resumes from that file's end on the next call, and moves it into place only when complete. ``cut_after`` bytes
-    into a file it fails the way a dropped connection does (an ``OSError``), leaving the partial file behind.
+    into a file it fails the way a dropped connection does (the client's HTTP transport error once its own retries
+    are spent, or an ``OSError``), leaving the partial file behind.
     """
 
     def __init__(self, files: dict, beside: dict) -> None:
@@ -106,6 +108,7 @@ class FakeHub:
         self.beside = beside  # written next to the downloads (the tiny architecture's config.json)
         self.served: list[tuple[str, int]] = []  # (filename, bytes sent by this call)
         self.cut_after = None
+        self.failure: Exception = ConnectionError("connection reset by peer")
 
     def __call__(self, repo_id, filename, local_dir):
         if filename not in self.files:
@@ -125,7 +128,7 @@ class FakeHub:
             handle.write(data[have:end])
         self.served.append((filename, end - have))
         if end < len(data):
-            raise ConnectionError("connection reset by peer")
+            raise self.failure
         target.parent.mkdir(parents=True, exist_ok=True)
         partial.replace(target)
         return str(target)
@@ -193,9 +196,16 @@ def test_a_checksum_mismatch_deletes_the_file_and_converts_nothing(monkeypatch, 
         download_release("medsam3-3d", tmp_path)
 
 
-def test_an_interrupted_download_resumes_where_it_stopped(tmp_path, tiny_hub, capsys):
+def _transport_error() -> Exception:
+    """What the Hub client raises when a transfer drops and its own retries are spent."""
+    httpx = pytest.importorskip("httpx2" if importlib.util.find_spec("httpx2") else "httpx")
+    return httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+@pytest.mark.parametrize("failure", [lambda: ConnectionError("connection reset by peer"), _transport_error])
+def test_an_interrupted_download_resumes_where_it_stopped(tmp_path, tiny_hub, failure):
     size = len(tiny_hub.files["ckpt.pt"])
-    tiny_hub.cut_after = size // 3
+    tiny_hub.cut_after, tiny_hub.failure = size // 3, failure()
     with pytest.raises(ModelError, match="Cannot download from the Hugging Face Hub"):
         download_release("medsam3-3d", tmp_path)
     assert not release_dir("medsam3-3d", tmp_path).exists()  # a partial file is never converted

@@ -259,6 +259,18 @@ def _hub_error(err: Exception, rel: Release, filename: Optional[str], cache_dir)
     return ModelError(f"Cannot download from the Hugging Face Hub ({type(err).__name__}). {how}")
 
 
+#: Packages whose exceptions mean the transfer failed: the Hub client's HTTP stack gives up on a dropped connection
+#: (after its own retries) with its transport errors, which are not ``OSError`` s.
+_NETWORK_PACKAGES = ("httpx", "httpx2", "requests", "urllib3")
+
+
+def _is_download_failure(err: Exception) -> bool:
+    from huggingface_hub import errors as hub
+
+    known = (hub.GatedRepoError, hub.RepositoryNotFoundError, hub.RemoteEntryNotFoundError, OSError)
+    return isinstance(err, known) or type(err).__module__.split(".")[0] in _NETWORK_PACKAGES
+
+
 def _fetch_file(rel: Release, wanted: HubFile, cache_dir: Union[str, Path, None]) -> Path:
     """Download one file of the release, resuming a partial download, and verify it; return its path.
 
@@ -266,13 +278,13 @@ def _fetch_file(rel: Release, wanted: HubFile, cache_dir: Union[str, Path, None]
     file there and continues from its end on the next call, so the same folder must be used every time.
     """
     import huggingface_hub
-    from huggingface_hub import errors as hub
 
     try:
         path = Path(huggingface_hub.hf_hub_download(rel.repo_id, wanted.filename,
                                                     local_dir=_download_dir(rel.repo_id, cache_dir)))
-    except (hub.GatedRepoError, hub.RepositoryNotFoundError, hub.RemoteEntryNotFoundError, OSError) as err:
-        # OSError covers offline (LocalEntryNotFoundError), DNS failure, refused connection, disk full …
+    except Exception as err:  # offline (LocalEntryNotFoundError), DNS, refused or dropped connection, disk full …
+        if not _is_download_failure(err):
+            raise
         raise _hub_error(err, rel, wanted.filename, cache_dir) from err
     verify(path, wanted, rel.name)
     return path
@@ -280,12 +292,13 @@ def _fetch_file(rel: Release, wanted: HubFile, cache_dir: Union[str, Path, None]
 
 def _fetch_folder(rel: Release, cache_dir: Union[str, Path, None]) -> Path:
     import huggingface_hub
-    from huggingface_hub import errors as hub
 
     try:
         return Path(huggingface_hub.snapshot_download(rel.repo_id, local_dir=_download_dir(rel.repo_id, cache_dir),
                                                       allow_patterns=_HF_FOLDER_FILES))
-    except (hub.GatedRepoError, hub.RepositoryNotFoundError, OSError) as err:
+    except Exception as err:
+        if not _is_download_failure(err):
+            raise
         raise _hub_error(err, rel, None, cache_dir) from err
 
 
