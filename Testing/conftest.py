@@ -23,3 +23,14 @@ def random_bundle():
     from medsam3_core.model.bundle import build_random_bundle
 
     return build_random_bundle(seed=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def present_bundle():
+    """Tiny random model whose tracker keeps objects present (random init would drop every track at once)."""
+    from medsam3_core.model.bundle import build_random_bundle
+
+    bundle = build_random_bundle(seed=0)
+    with torch.no_grad():
+        bundle.tracker.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
+    return bundle

@@ -181,5 +181,5 @@ def test_convert_cli_exit_codes(tiny_video, tmp_path, capsys):
     broken.write_bytes(b"not a checkpoint")
     assert convert.run(parser.parse_args([str(broken), str(tmp_path / "out2")])) == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith("error: Cannot read checkpoint broken.pt") and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("error: broken.pt is not a checkpoint") and "Traceback" not in err
     assert not (tmp_path / "out2").exists()

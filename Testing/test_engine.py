@@ -10,7 +10,6 @@ from medsam3_core.engine.volume_engine import VolumeEngine, _Sweep
 from medsam3_core.errors import Cancelled
 from medsam3_core.engine.fusion import FusionRule
 from medsam3_core.io.geometry import Volume
-from medsam3_core.model.bundle import build_random_bundle
 from medsam3_core.engine.postprocess import instances_for, pixelwise_max_labelmap
 from medsam3_core.engine.preprocess import IntensityNormalizer, Letterbox, to_model_input
 from medsam3_core.progress import CancelToken
@@ -19,15 +18,6 @@ from medsam3_core.engine.tracker import MemoryTracker, TrackStep
 
 NUM_SLICES, ROWS, COLS = 9, 24, 30
 WINDOW = (40.0, 80.0)  # slice k has intensity 10·k: each slice maps to its own grey level
-
-
-@pytest.fixture(scope="module")
-def present_bundle():
-    """Tiny random model whose tracker keeps objects present (random init would drop every track at once)."""
-    bundle = build_random_bundle(seed=0)
-    with torch.no_grad():
-        bundle.tracker.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
-    return bundle
 
 
 def _graded_volume() -> Volume:

@@ -6,7 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from training.evaluate import main, score_label_maps, summarize
+from medsam3_core.errors import InputError
+
+from training.evaluate import largest_area_window, main, score_label_maps, summarize
 
 
 def test_scores_count_empty_ground_truth():
@@ -23,6 +25,58 @@ def test_scores_count_empty_ground_truth():
     rows = {r.concept: r for r in summarize(scores)}
     assert rows["all"].n == 3 and rows["all"].dice == pytest.approx((2 / 3 + 0 + 1) / 3)
     assert rows["all"].n_present == 1 and rows["all"].dice_present == pytest.approx(2 / 3)
+
+
+def test_the_window_is_8_slices_centred_on_the_largest_ground_truth_slice():
+    mask = np.zeros((20, 5, 5), bool)
+    mask[6:15, 2, 2] = True
+    mask[11, :3, :3] = True  # slice 11 has the largest area
+    assert largest_area_window(mask) == slice(7, 15)  # 11 - 4 … 11 + 3
+    assert largest_area_window(np.moveaxis(mask, 0, 2), axis=2) == slice(7, 15)
+    edge = np.zeros((20, 5, 5), bool)
+    edge[1] = True
+    assert largest_area_window(edge) == slice(0, 8)  # shifted inwards at the ends, still 8 slices
+    edge[1], edge[19] = False, True
+    assert largest_area_window(edge) == slice(12, 20)
+    assert largest_area_window(np.ones((5, 2, 2), bool)) == slice(0, 5)  # thinner than 8: all of it
+    assert largest_area_window(np.zeros((20, 2, 2), bool)) == slice(0, 20)  # nothing to centre on
+
+
+def test_window8_scores_only_the_window_while_volume_scores_every_slice():
+    """A liver on slices 5–14 (largest on 10), predicted right on slices 6–13 and falsely on slices 0–1."""
+    gt = np.zeros((20, 4, 4), np.int32)
+    gt[5:15, :2, :2] = 1
+    gt[10, :3, :3] = 1
+    pred = np.zeros_like(gt)
+    pred[6:14] = gt[6:14]
+    pred[0:2, :2, :2] = 1
+    window = score_label_maps(pred, gt, {1: "liver"}, "d", "case", protocol="window8")[0]
+    volume = score_label_maps(pred, gt, {1: "liver"}, "d", "case", protocol="volume")[0]
+    assert largest_area_window(gt == 1) == slice(6, 14)
+    assert window.dice == pytest.approx(1.0)  # slices 6–13: exactly right
+    right, truth, predicted = int((pred[6:14] == 1).sum()), int((gt == 1).sum()), int((pred == 1).sum())
+    assert volume.dice == pytest.approx(2 * right / (truth + predicted))
+    with pytest.raises(InputError, match="Unknown evaluation protocol 'best'"):
+        score_label_maps(pred, gt, {1: "liver"}, "d", "case", protocol="best")
+
+
+def test_command_reports_both_protocols_side_by_side(tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    truth = np.zeros((4, 4, 20), np.uint8)  # NIfTI (i, j, k): k is the axial axis
+    truth[:2, :2, 5:15] = 1
+    truth[:3, :3, 10] = 1  # the largest slice: the window is slices 6–13
+    guess = truth.copy()
+    guess[:2, :2, 0:2] = 1  # false positives far from the largest slice
+    nib.save(nib.Nifti1Image(truth, np.eye(4)), gt / "case1.nii.gz")
+    nib.save(nib.Nifti1Image(guess, np.eye(4)), pred / "case1.nii.gz")
+    (tmp_path / "labels.json").write_text('{"1": "liver"}')
+    argv = ["--pred", str(pred), "--gt", str(gt), "--labels", str(tmp_path / "labels.json"), "-o", str(tmp_path / "r")]
+    assert main([*argv, "--protocol", "volume", "window8"]) == 0
+    rows = {(r["dataset"], r["concept"]): r for r in csv.DictReader((tmp_path / "r" / "metrics.csv").open())}
+    assert float(rows[("gt [window8]", "liver")]["dice"]) == pytest.approx(1.0)
+    assert float(rows[("gt [volume]", "liver")]["dice"]) == pytest.approx(2 * 45 / (45 + 53), abs=1e-4)
+    capsys.readouterr()
 
 
 def test_command_scores_prediction_files_and_writes_report(tmp_path, capsys):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 from medsam3_core.errors import PromptError
+from medsam3_core.prompts import fit_to_vocabulary
 from medsam3_core.segmenter import SegmentOptions
 from medsam3_core.windows import Window
 
@@ -31,16 +32,29 @@ class ModelLimits:
         score_threshold: the threshold the model recommends (its card's, else 0.5).
         tracker_frames: memory frames of its tracker (the checkpoint's ``num_maskmem``), ``None`` without a
             (trained) tracker.
+        recommended_mode, clip_length: the 3D mode the weights were trained for and, for ``clips``, the slices
+            per clip; used when a run names no mode.
+        vocabulary: the concepts the model was trained on, when its folder lists them.
     """
 
     score_threshold: float
     tracker_frames: Optional[int]
+    recommended_mode: str = "track"
+    clip_length: int = 4
+    vocabulary: Optional[tuple[str, ...]] = None
 
     @classmethod
     def of(cls, bundle) -> "ModelLimits":
         """The limits of a :class:`~medsam3_core.model.bundle.Sam3Bundle`."""
         frames = int(bundle.tracker.num_maskmem) if bundle.has_tracker else None
-        return cls(float(bundle.score_threshold), frames)
+        vocabulary = getattr(bundle, "vocabulary", None)
+        return cls(
+            float(bundle.score_threshold),
+            frames,
+            getattr(bundle, "recommended_mode", "track"),
+            int(getattr(bundle, "clip_length", 4)),
+            tuple(vocabulary) if vocabulary is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -89,8 +103,8 @@ def plan_run(
     model: ModelLimits,
     concepts: Optional[Sequence[str]] = None,
 ) -> RunPlan:
-    """Resolve one run: the model's threshold when none is given, detect mode for a model without a tracker, the
-    memory bank at most the checkpoint's frames.
+    """Resolve one run: the model's threshold, mode and clip length when none is given, detect mode for a model
+    without a tracker, the memory bank at most the checkpoint's frames, concepts fitted to the model's vocabulary.
 
     Raises:
         PromptError: ``concepts`` of another length than ``prompts`` (empty prompts are refused by the engine,
@@ -105,10 +119,18 @@ def plan_run(
     changes: dict = {}
     if options.threshold is None:
         changes["threshold"] = model.score_threshold
-    if options.mode == "track" and model.tracker_frames is None:
-        warnings.append("The model has no (trained) tracker, so the run used detect mode instead of track mode.")
+    mode = options.mode or model.recommended_mode
+    if mode != options.mode:
+        changes["mode"] = mode
+    if mode == "clips" and options.clip_length is None:
+        changes["clip_length"] = model.clip_length
+    if model.vocabulary is not None:
+        concepts, off_vocabulary = fit_to_vocabulary(concepts, list(model.vocabulary))
+        warnings += off_vocabulary
+    if mode in ("track", "clips") and model.tracker_frames is None:
+        warnings.append(f"The model has no (trained) tracker, so the run used detect mode instead of {mode} mode.")
         changes["mode"] = "detect"
-    elif options.mode == "track" and options.memory_size > model.tracker_frames:
+    elif mode in ("track", "clips") and options.memory_size > model.tracker_frames:
         warnings.append(
             f"The memory size {options.memory_size} exceeds the checkpoint's {model.tracker_frames} memory frames; "
             f"used {model.tracker_frames}."

@@ -12,12 +12,19 @@ this module handles the cheap, predictable part of it before the text reaches th
    SNOMED CT code written into DICOM SEG. Users extend it with a file of the same shape (``--synonyms FILE`` or the
    ``MEDSAM3_SYNONYMS`` environment variable, several files separated by ``os.pathsep``); their entries win.
 3. Anything else is sent to the model as typed (whitespace trimmed): the raw prompt is used when no mapping exists.
+4. *Vocabulary*: a model may ship the list of concepts it was trained on (``vocabulary.txt`` in its folder). Then
+   each concept is mapped onto that list through the same folding and synonyms (the model reads the word it was
+   trained with, e.g. "kidneys" when that was its training word and the user typed "renal"), and a prompt that maps
+   to no listed concept gets a warning naming the nearest listed ones (:func:`fit_to_vocabulary`). A text-prompted
+   model answers poorly to words it never saw in training; the authors of Medical SAM3 scored only prompts that
+   mapped to a training word for that reason.
 
 Every decision is reported (:class:`PromptResolution`), so the JSON report shows what the model was actually asked.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -42,6 +49,7 @@ __all__ = [
     "resolve_prompts",
     "coded_concept",
     "duplicate_concepts",
+    "fit_to_vocabulary",
 ]
 
 SYNONYMS_ENV = "MEDSAM3_SYNONYMS"
@@ -294,3 +302,48 @@ def duplicate_concepts(resolutions: Sequence[PromptResolution]) -> dict[str, lis
     for r in resolutions:
         seen.setdefault(r.concept, []).append(r.raw)
     return {c: raws for c, raws in seen.items() if len(raws) > 1}
+
+
+def _aliases(concept: str, table: SynonymTable) -> list[str]:
+    """Folded spellings that name ``concept``: itself, its singular forms, its canonical concept and synonyms."""
+    folded = fold(concept)
+    names = [folded, *_plural_candidates(folded)]
+    resolution = table.resolve(concept)
+    if resolution.known:
+        entry = table.entry(resolution.concept)
+        names += [resolution.concept, *(entry.synonyms if entry else ())]
+    return list(dict.fromkeys(names))
+
+
+def fit_to_vocabulary(
+    concepts: Sequence[str], vocabulary: Sequence[str], table: Optional[SynonymTable] = None
+) -> tuple[list[str], list[str]]:
+    """Map each concept onto the model's training vocabulary; warn about those that map to none.
+
+    A concept is replaced by the listed word that it, its singular, its canonical concept or one of that concept's
+    synonyms folds to (so spelling and synonyms never matter). A concept that reaches no listed word is sent as it
+    is, and a warning names the nearest listed concepts (by string similarity).
+
+    Returns:
+        ``(concepts the model reads, warnings)``.
+    """
+    table = table or load_synonyms()
+    index: dict[str, str] = {}
+    for word in vocabulary:
+        for alias in _aliases(word, table):
+            index.setdefault(alias, word)
+    out, warnings = [], []
+    for concept in concepts:
+        hit = next((index[a] for a in _aliases(concept, table) if a in index), None)
+        if hit is not None:
+            out.append(hit)
+            continue
+        out.append(concept)
+        nearest = difflib.get_close_matches(fold(concept), [fold(v) for v in vocabulary], n=3, cutoff=0.6)
+        names = [next(v for v in vocabulary if fold(v) == n) for n in nearest]
+        hint = f"nearest known: {', '.join(names)}" if names else "see vocabulary.txt in the model folder"
+        warnings.append(
+            f"'{concept}' is not among the {len(vocabulary)} concepts this model was trained on ({hint}); "
+            "its result may be unreliable."
+        )
+    return out, warnings

@@ -22,11 +22,14 @@ __all__ = [
     "SegmentationResult",
     "Segmenter",
     "MODES",
+    "CLIP_FUSIONS",
     "SLICE_AXES",
     "THRESHOLD_SOURCES",
 ]
 
-MODES = ("track", "detect")
+MODES = ("track", "detect", "clips")
+#: How ``clips`` mode merges the clips that cover one slice (:mod:`medsam3_core.engine.clips`).
+CLIP_FUSIONS = ("pixel_score", "tracker_score", "detection_score")
 SLICE_AXES = ("axial", "coronal", "sagittal")
 #: Where a run's score threshold came from: the model's recommendation (none given) or the user.
 THRESHOLD_SOURCES = ("model", "user")
@@ -44,11 +47,17 @@ class SegmentOptions:
             (``soft-tissue``, ``lung``, ``bone``, ``brain``), ``"centre,width"`` or ``(centre, width)``; stored as
             ``None``, the preset name or ``(centre, width)`` (:func:`medsam3_core.windows.normalize_window`).
         slice_axis: anatomical axis the volume is sliced along.
-        mode: ``"track"`` (detector + memory tracker, fused) or ``"detect"`` (detector on every slice only).
+        mode: ``"track"`` (detector + memory tracker, fused), ``"detect"`` (detector on every slice only),
+            ``"clips"`` (independent short clips through detector + tracker, merged; how the Medical SAM3 3D release
+            was trained and is run by its authors), or ``None``: the model's recommended mode
+            (``Sam3Bundle.recommended_mode``), resolved by the segmenter before the run.
         batch_size: slices encoded per forward pass; also the cancellation granularity.
         cleanup: keep the largest 3D connected component per object and fill holes.
         memory_size: memory-bank frames used by the tracker (≤ the checkpoint's ``num_maskmem``).
         confidence_map: also return a per-voxel confidence volume.
+        clip_length: slices per clip in ``clips`` mode; ``None`` = the model's (4 for the Medical SAM3 3D release).
+        clip_fusion: how ``clips`` mode merges overlapping clips: ``pixel_score`` (default), ``tracker_score`` or
+            ``detection_score`` (:mod:`medsam3_core.engine.clips`).
     """
 
     threshold: Optional[float] = None
@@ -59,6 +68,8 @@ class SegmentOptions:
     cleanup: bool = False
     memory_size: int = 7
     confidence_map: bool = False
+    clip_length: Optional[int] = None
+    clip_fusion: str = "pixel_score"
 
     def __post_init__(self) -> None:
         """Check every setting and bring the window to its one form (the only place either happens); errors name
@@ -69,12 +80,19 @@ class SegmentOptions:
             raise SettingError(
                 f"The slice axis must be one of {', '.join(SLICE_AXES)}, got {self.slice_axis!r}.", field="slice_axis"
             )
-        if self.mode not in MODES:
+        if self.mode is not None and self.mode not in MODES:
             raise SettingError(f"The mode must be one of {', '.join(MODES)}, got {self.mode!r}.", field="mode")
         if self.batch_size < 1:
             raise SettingError("The batch size must be at least 1.", field="batch_size")
         if self.memory_size < 1:
             raise SettingError("The memory size must be at least 1.", field="memory_size")
+        if self.clip_length is not None and (isinstance(self.clip_length, bool) or self.clip_length < 1):
+            raise SettingError(f"The clip length must be at least 1, got {self.clip_length}.", field="clip_length")
+        if self.clip_fusion not in CLIP_FUSIONS:
+            raise SettingError(
+                f"The clip fusion rule must be one of {', '.join(CLIP_FUSIONS)}, got {self.clip_fusion!r}.",
+                field="clip_fusion",
+            )
         self.window = normalize_window(self.window)
 
     def to_dict(self) -> dict[str, Any]:

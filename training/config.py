@@ -61,7 +61,9 @@ class ModelConfig:
     """``init`` is ``tiny`` (random tiny SAM3 built from the fields below) or anything ``load_model`` accepts.
 
     ``tracker`` (tiny only) adds the memory tracker, untrained, so the export runs in track mode; it needs
-    ``hidden`` > 64 (the memory encoder projects ``hidden`` down to 64 channels).
+    ``hidden`` > 64 (the tracker memory has 64 channels). ``image_size`` and the other size fields build the tiny
+    model; a loaded model trains at its own image size (``config.json``: 504 for the Medical SAM3 3D release, 1008
+    for SAM3).
     """
 
     init: str = "tiny"

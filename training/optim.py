@@ -27,11 +27,11 @@ from typing import Iterable
 
 import torch
 
+from medsam3_core.model.checkpoints import strip_wrappers as _strip  # peft and DDP wrap the detector
+
 __all__ = ["OptimConfig", "param_group_name", "vit_level", "build_param_groups", "build_optimizer", "lr_factor"]
 
 _VIT_BLOCK = re.compile(r"vision_encoder\.backbone\.layers\.(\d+)\.")
-# peft and DDP wrap the detector; names are matched after these prefixes.
-_WRAPPER_PREFIXES = ("module.", "base_model.model.")
 
 
 @dataclass
@@ -48,16 +48,6 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 1000
     grad_clip: float = 0.1
-
-
-def _strip(name: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in _WRAPPER_PREFIXES:
-            if name.startswith(p):
-                name, changed = name[len(p) :], True
-    return name
 
 
 def param_group_name(name: str) -> str:

@@ -17,7 +17,9 @@ Runs in the separate environment made by ``setup_venv.sh`` (Meta's ``sam3`` whee
 Random weights are as good as trained ones for this purpose (every layer participates, the tensors are generic),
 and need no download. Costs on a 2-core CPU: ≈4.5 GB RAM per model and ≈1 min per full-size forward.
 
-Usage: ``.venv_sam3/bin/python bench/fidelity/fidelity.py [--threads 2] [--parts manifest detector tracker]``
+Usage: ``VENV/bin/python bench/fidelity/fidelity.py [--threads 2] [--image-size 1008|504] [--parts manifest detector
+tracker]`` (``VENV`` made by ``setup_venv.sh``). ``--image-size 504`` checks the detector and the tracker at the
+size the Medical SAM3 3D release was trained at; each size's figures are kept side by side.
 """
 
 from __future__ import annotations
@@ -31,21 +33,25 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from medsam3_core import checkpoints  # noqa: E402  (needs the repo on sys.path first)
+from medsam3_core.model import checkpoints  # noqa: E402  (needs the repo on sys.path first)
 from medsam3_core.model.convert import native_to_transformers  # noqa: E402
 from medsam3_core.model.bundle import append_geometry_cls  # noqa: E402
+from medsam3_core.model.image_size import with_image_size  # noqa: E402
 from medsam3_core.model.tokenizer import BPE_PATH, bundled_tokenizer, tokenize  # noqa: E402
 
 MANIFEST = REPO / "Testing" / "data" / "sam3_native_keys.json.gz"
 RESULTS = Path(__file__).with_name("RESULTS.md")
 RESULTS_JSON = Path(__file__).with_name("results.json")
 SEED = 1234
+#: SAM3's own input size; ``--image-size 504`` checks the size the Medical SAM3 3D release was trained at, where the
+#: 36 × 36 patch grid is not a multiple of the ViT's 24-patch window and the windowed layers pad.
 IMAGE_SIZE = 1008
 
 
@@ -92,10 +98,45 @@ def write_manifest() -> dict[str, int]:
     return {"tensors": len(keys), "parameters": sum(int(torch.Size(s).numel()) for s in keys.values())}
 
 
-def test_image() -> torch.Tensor:
-    """A deterministic 1×3×1008×1008 image in SAM3's input range [-1, 1]: gradients, a bright disc, noise."""
+def native_at_image_size(size: int) -> None:
+    """Build Meta's ViT for ``size`` px: its builder hard-codes 1008, and the ViT precomputes its global layers'
+    rotary tables for the size it is built with (the decoder's box-bias coordinates follow the features by
+    themselves)."""
+    import sam3.model_builder as builder
+    from sam3.model.vitdet import ViT
+
+    def vit_at_size(*args, **kwargs):
+        kwargs["img_size"] = size
+        return ViT(*args, **kwargs)
+
+    builder.ViT = vit_at_size
+
+
+def native_tracker_at_image_size(size: int) -> None:
+    """Build Meta's tracker for ``size`` px. Its builder hard-codes 1008 for the tracker, and its memory encoder
+    resizes every mask to a fixed 1152 × 1152 (16 × the 72-patch grid) before downsampling it 16×, which only matches
+    the image features at 1008 px: at 504 the mask must be 576 × 576 (16 × 36), which is what transformers derives
+    from the configured image size by itself. (Its memory attention recomputes its RoPE for any feature size.)"""
+    import sam3.model_builder as builder
+    from sam3.model.memory import SimpleMaskDownSampler
+    from sam3.model.sam3_tracking_predictor import Sam3TrackerPredictor
+
+    def predictor_at_size(*args, **kwargs):
+        kwargs["image_size"] = size
+        return Sam3TrackerPredictor(*args, **kwargs)
+
+    def downsampler_at_size(*args, **kwargs):
+        kwargs["interpol_size"] = [16 * (size // 14)] * 2
+        return SimpleMaskDownSampler(*args, **kwargs)
+
+    builder.Sam3TrackerPredictor = predictor_at_size
+    builder.SimpleMaskDownSampler = downsampler_at_size
+
+
+def test_image(size: int = IMAGE_SIZE) -> torch.Tensor:
+    """A deterministic 1×3×size×size image in SAM3's input range [-1, 1]: gradients, a bright disc, noise."""
     gen = torch.Generator().manual_seed(SEED)
-    axis = torch.linspace(-1, 1, IMAGE_SIZE)
+    axis = torch.linspace(-1, 1, size)
     yy, xx = torch.meshgrid(axis, axis, indexing="ij")
     disc = ((xx - 0.2) ** 2 + (yy + 0.1) ** 2 < 0.15).float()
     base = torch.stack([0.5 * xx, 0.5 * yy, disc - 0.5])
@@ -154,12 +195,12 @@ def native_detector(prompt: str, pixels: torch.Tensor):
 
 
 def transformers_detector(state: dict, prompt: str, pixels: torch.Tensor):
-    """Our conversion of ``state`` in transformers' Sam3Model: outputs as transformers runs a text prompt, outputs
-    with Meta's geometry CLS token appended (:func:`medsam3_core.model.bundle.append_geometry_cls`), the conversion, and
-    the time of one full forward."""
+    """Our conversion of ``state`` in transformers' Sam3Model (built for the image's size, as ``medsam3 convert
+    --image-size`` does): outputs as transformers runs a text prompt, outputs with Meta's geometry CLS token appended
+    (:func:`medsam3_core.model.bundle.append_geometry_cls`), the conversion, and the time of one full forward."""
     from transformers import Sam3Config
 
-    config = Sam3Config()
+    config = with_image_size(Sam3Config(), int(pixels.shape[-1]))
     conversion = native_to_transformers(state, config)
     model = checkpoints.instantiate(config, conversion.state_dict, torch.float32, source="native image model")
     ids, mask = tokenize(bundled_tokenizer(), [prompt])
@@ -184,7 +225,7 @@ def transformers_detector(state: dict, prompt: str, pixels: torch.Tensor):
     return outputs[0], outputs[1], conversion, seconds
 
 
-def tracker_step(seed: int = SEED) -> list[tuple[str, str, float, float]]:
+def tracker_step(seed: int = SEED, size: int = IMAGE_SIZE) -> list[tuple[str, str, float, float]]:
     """One memory-tracking step through Meta's tracker and through ours, converted, on identical inputs.
 
     A propagation step is: encode the previous slice's mask into memory (memory encoder), condition the current
@@ -195,16 +236,19 @@ def tracker_step(seed: int = SEED) -> list[tuple[str, str, float, float]]:
     from sam3.model_builder import build_tracker
     from transformers import Sam3TrackerVideoModel, Sam3VideoConfig
 
+    if size != IMAGE_SIZE:
+        native_tracker_at_image_size(size)
     torch.manual_seed(seed)
     native = build_tracker(apply_temporal_disambiguation=False).eval()
     fill_uninitialised(native)
     state = {"tracker." + k: v for k, v in native.state_dict().items()}
     converted = native_to_transformers(state, Sam3VideoConfig()).state_dict
-    ours = Sam3TrackerVideoModel(Sam3VideoConfig().tracker_config, remove_vision_encoder=True).eval()
+    tracker_config = with_image_size(Sam3VideoConfig(), size).tracker_config
+    ours = Sam3TrackerVideoModel(tracker_config, remove_vision_encoder=True).eval()
     ours.load_state_dict({k[len("tracker_model."):]: v for k, v in converted.items()}, strict=True)
 
     gen = torch.Generator().manual_seed(seed)
-    side, channels = 72, 256
+    side, channels = size // 14, 256
     pix = torch.randn(1, channels, side, side, generator=gen)
     mask_probs = torch.rand(1, 1, 16 * side, 16 * side, generator=gen)  # the size the mask downsampler expects
     current = torch.randn(side * side, 1, channels, generator=gen)
@@ -282,6 +326,76 @@ def _table(rows: list) -> list[str]:
     return lines + [f"| {n} | {shape} | {d:.3g} | {v:.3g} |" for n, shape, d, v in rows]
 
 
+def _detector_section(det: Optional[dict], size: int) -> list[str]:
+    """The markdown of one detector comparison (``size`` px), or nothing when it was not measured."""
+    if not det:
+        return []
+    worst = max(row[3] for row in det["rows"])
+    padding = []
+    if size % (14 * 24):
+        grid = size // 14
+        padded = -(-grid // 24) * 24
+        padding = [
+            f"At {size} px the ViT sees {grid} × {grid} patches, not a multiple of its 24-patch attention window: both",
+            f"implementations pad the windowed layers' input with zeros (after the layer norm) to {padded} × {padded}",
+            "and attend over the padded windows unmasked; the global layers' rotary positions are scaled by 24 / "
+            f"{grid} in both.",
+            "",
+        ]
+    return [
+        f"## Detector (image model): one {size}×{size} image, one text prompt",
+        "",
+        *padding,
+        f"Prompt {det['prompt']!r}; weights loaded through `medsam3_core.model.checkpoints.instantiate`",
+        "(the path every real checkpoint takes); transformers tokenised with our bundled CLIP tokenizer, Meta with its",
+        "own.",
+        "Meta's model always runs its geometry encoder and appends its CLS token to the text prompt;",
+        "transformers' `Sam3Model` skips that encoder for text-only prompts. Column *text only* is transformers",
+        "as is; column *+ geometry CLS* appends the token with `medsam3_core.model.bundle.append_geometry_cls`.",
+        "",
+        "| output | shape | max abs diff, text only | max abs diff, + geometry CLS | max abs value |",
+        "|---|---|---|---|---|",
+        *[f"| {n} | {shape} | {a:.3g} | {b:.3g} | {v:.3g} |" for n, shape, a, b, v in det["rows"]],
+        "",
+        f"Largest difference with the CLS token **{worst:.3g}**. Native forward {det['native_s']:.0f} s, "
+        f"transformers forward {det['ours_s']:.0f} s ({det['threads']} thread(s), machine shared with other jobs).",
+        f"Conversion: {det['filled']} transformers tensors filled, {det['dropped']} native tensors dropped on "
+        f"purpose (RoPE tables, point-prompt projections), {det['unmapped']} unmapped.",
+        "(Boxes agree exactly either way: the box head's last layer starts at zero, so random-init boxes are the",
+        "reference boxes.)",
+        "",
+    ]
+
+
+def _tracker_section(trk: Optional[dict], size: int) -> list[str]:
+    """The markdown of one tracker comparison (features of a ``size``-px image), or nothing when not measured."""
+    if not trk:
+        return []
+    worst = max(row[2] for row in trk["rows"])
+    grid = size // 14
+    resized = [] if size == IMAGE_SIZE else [
+        "Meta's memory encoder resizes every mask to a fixed 1152 × 1152 before its 16× downsampling, which matches",
+        f"the image features only at 1008 px; at {size} px it must be built for {16 * grid} × {16 * grid} "
+        f"(16 × {grid}), or it fails on mismatched sizes. transformers derives that size from the configured image",
+        "size by itself.",
+        "",
+    ]
+    return [
+        "## Tracker: one propagation step" + ("" if size == IMAGE_SIZE else f", {size}-px image ({grid} × {grid} "
+                                               "features)"),
+        "",
+        *resized,
+        "Meta's tracker weights converted and loaded strictly into transformers' `Sam3TrackerVideoModel`; memory",
+        "encoder → memory attention (with 4 object-pointer tokens) → prompt encoder + SAM mask decoder (no new",
+        "prompt, 3 masks) → object pointer, each stage fed the same random inputs.",
+        "",
+        *_table(trk["rows"]),
+        "",
+        f"Largest difference **{worst:.3g}** ({trk['seconds']:.0f} s).",
+        "",
+    ]
+
+
 def write_results(results: dict) -> None:
     """Render ``RESULTS.md`` from everything measured so far (parts may come from separate runs)."""
     lines = [
@@ -293,46 +407,10 @@ def write_results(results: dict) -> None:
         "identical inputs. Goal: every difference < 1e-3.",
         "",
     ]
-    det = results.get("detector")
-    if det:
-        worst = max(row[3] for row in det["rows"])
-        lines += [
-            "## Detector (image model): one 1008×1008 image, one text prompt",
-            "",
-            f"Prompt {det['prompt']!r}; weights loaded through `medsam3_core.model.checkpoints.instantiate`",
-            "(the path every real checkpoint takes); transformers tokenised with our bundled CLIP tokenizer,",
-            "Meta with its own.",
-            "Meta's model always runs its geometry encoder and appends its CLS token to the text prompt;",
-            "transformers' `Sam3Model` skips that encoder for text-only prompts. Column *text only* is transformers",
-            "as is; column *+ geometry CLS* appends the token with `medsam3_core.model.bundle.append_geometry_cls`.",
-            "",
-            "| output | shape | max abs diff, text only | max abs diff, + geometry CLS | max abs value |",
-            "|---|---|---|---|---|",
-            *[f"| {n} | {shape} | {a:.3g} | {b:.3g} | {v:.3g} |" for n, shape, a, b, v in det["rows"]],
-            "",
-            f"Largest difference with the CLS token **{worst:.3g}**. Native forward {det['native_s']:.0f} s, "
-            f"transformers forward {det['ours_s']:.0f} s ({det['threads']} threads, machine shared with other jobs).",
-            f"Conversion: {det['filled']} transformers tensors filled, {det['dropped']} native tensors dropped on "
-            f"purpose (RoPE tables, point-prompt projections), {det['unmapped']} unmapped.",
-            "(Boxes agree exactly either way: the box head's last layer starts at zero, so random-init boxes are the",
-            "reference boxes.)",
-            "",
-        ]
-    trk = results.get("tracker")
-    if trk:
-        worst = max(row[2] for row in trk["rows"])
-        lines += [
-            "## Tracker: one propagation step",
-            "",
-            "Meta's tracker weights converted and loaded strictly into transformers' `Sam3TrackerVideoModel`; memory",
-            "encoder → memory attention (with 4 object-pointer tokens) → prompt encoder + SAM mask decoder (no new",
-            "prompt, 3 masks) → object pointer, each stage fed the same random inputs.",
-            "",
-            *_table(trk["rows"]),
-            "",
-            f"Largest difference **{worst:.3g}** ({trk['seconds']:.0f} s).",
-            "",
-        ]
+    for key in ("detector", "detector_504"):
+        lines += _detector_section(results.get(key), 504 if key.endswith("504") else 1008)
+    for key in ("tracker", "tracker_504"):
+        lines += _tracker_section(results.get(key), 504 if key.endswith("504") else 1008)
     man = results.get("manifest")
     if man:
         lines += [
@@ -351,6 +429,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt", default="liver")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, choices=(IMAGE_SIZE, 504),
+                        help="input size of the detector and tracker checks: 1008 (SAM3) or 504 (the Medical SAM3 "
+                             "3D release)")
     parser.add_argument("--parts", nargs="+", choices=("manifest", "detector", "tracker"),
                         default=["manifest", "detector", "tracker"], help="what to (re)measure; the rest is kept")
     args = parser.parse_args()
@@ -363,12 +444,14 @@ def main() -> None:
         results["manifest"] = write_manifest()
         print(f"manifest: {results['manifest']}", flush=True)
     if "detector" in args.parts:
-        pixels = test_image()
+        if args.image_size != IMAGE_SIZE:
+            native_at_image_size(args.image_size)
+        pixels = test_image(args.image_size)
         native_out, state, native_s = native_detector(args.prompt, pixels)
         print(f"native forward {native_s:.1f} s", flush=True)
         plain_out, cls_out, conversion, ours_s = transformers_detector(state, args.prompt, pixels)
         print(f"transformers forward {ours_s:.1f} s", flush=True)
-        results["detector"] = {
+        results["detector" if args.image_size == IMAGE_SIZE else f"detector_{args.image_size}"] = {
             "prompt": args.prompt, "threads": args.threads, "rows": compare(native_out, plain_out, cls_out),
             "native_s": native_s, "ours_s": ours_s, "filled": len(conversion.state_dict),
             "dropped": len(conversion.dropped), "unmapped": len(conversion.unmapped),
@@ -376,8 +459,9 @@ def main() -> None:
         del native_out, state, plain_out, cls_out, conversion
     if "tracker" in args.parts:
         start = time.perf_counter()
-        results["tracker"] = {"rows": tracker_step(), "seconds": time.perf_counter() - start}
-    for part in ("detector", "tracker"):
+        key = "tracker" if args.image_size == IMAGE_SIZE else f"tracker_{args.image_size}"
+        results[key] = {"rows": tracker_step(size=args.image_size), "seconds": time.perf_counter() - start}
+    for part in ("detector", "detector_504", "tracker", "tracker_504"):
         for row in results.get(part, {}).get("rows", []):
             print(part, *[f"{x:.3g}" if isinstance(x, float) else x for x in row], flush=True)
     results["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

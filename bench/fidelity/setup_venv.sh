@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the separate environment the fidelity check needs (NOT the project's own venv, never used by CI):
-# Meta's native `sam3` wheel needs torchvision, which must match the torch it is installed beside.
-# Usage: bench/fidelity/setup_venv.sh [VENV_DIR]   (default .venv_sam3 beside the repository's .venv)
+# Meta's native `sam3` wheel needs torchvision, which must match the torch beside it (torch 2.14.1, torchvision 0.29.1).
+# Usage: bench/fidelity/setup_venv.sh [VENV_DIR]   (default .venv-fidelity in the current folder)
 set -euo pipefail
-VENV="${1:-$(cd "$(dirname "$0")/../.." && pwd)/.venv_sam3}"
+VENV="${1:-.venv-fidelity}"
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
 # sam3 pins huggingface-hub<2 and numpy<2.4, which conflict with transformers 5.23; its code runs with the newer ones.

@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 
 from medsam3_core.errors import Cancelled, MedSam3Error
 from medsam3_core.progress import CancelToken
-from medsam3_core.segmenter import MODES, SLICE_AXES, SegmentOptions
+from medsam3_core.segmenter import CLIP_FUSIONS, MODES, SLICE_AXES, SegmentOptions
 
 __all__ = ["add_arguments", "run", "main", "EXIT_OK", "EXIT_USER_ERROR", "EXIT_CANCELLED"]
 
@@ -38,8 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="demo", help="'demo', a transformers model folder, a .safetensors or a "
                         "SAM3 / Medical SAM3 .pt checkpoint (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--mode", choices=MODES, default="track",
-                        help="track: detector + memory tracker (default); detect: detector on every slice only")
+    parser.add_argument("--mode", choices=MODES, default=None,
+                        help="track: detector + memory tracker through the whole volume; detect: detector on every "
+                             "slice only; clips: independent short clips through detector + tracker, merged (how the "
+                             "Medical SAM3 3D release was trained). Default: the model's recommended mode, else track")
+    parser.add_argument("--clip-length", type=int, default=None,
+                        help="slices per clip in clips mode (default: the model's, 4 for the Medical SAM3 3D release)")
+    parser.add_argument("--clip-fusion", choices=CLIP_FUSIONS, default="pixel_score",
+                        help="how clips mode merges overlapping clips (default: %(default)s)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="detection score threshold (default: the model's recommended threshold, 0.5 if it "
                              "states none)")
@@ -122,7 +128,7 @@ def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: 
     options = SegmentOptions(
         threshold=args.threshold, window=args.window, slice_axis=args.slice_axis, mode=args.mode,
         batch_size=args.batch_size, cleanup=args.cleanup, memory_size=args.memory_size,
-        confidence_map=args.confidence_map,
+        confidence_map=args.confidence_map, clip_length=args.clip_length, clip_fusion=args.clip_fusion,
     )
     resolutions = resolve_prompts(args.prompts, args.synonyms)
     check_output_targets(args.output, dicom_seg=args.dicom_seg, png=args.png)  # before any model is loaded

@@ -86,6 +86,11 @@ class Sam3Bundle:
         score_threshold: the detection score threshold the model recommends (calibrated on its validation split
             by the training export, :mod:`medsam3_core.model.card`). Runs that name no threshold use it. 0.5 when the
             weights state none (Meta's SAM3): scores need not be centred on 0.5 (the small demo model's are not).
+        recommended_mode, clip_length: the 3D mode the weights were trained for and, for ``clips``, the slices per
+            clip (``medsam3.json`` ``conventions``; the Medical SAM3 3D release states ``clips`` of 4). Runs that name
+            no mode use them.
+        vocabulary: the concepts the model was trained on when its folder ships them (``vocabulary.txt``, one per
+            line), else ``None``; prompts outside it get a warning (:mod:`medsam3_core.prompts`).
     """
 
     detector: Sam3Model
@@ -99,6 +104,9 @@ class Sam3Bundle:
     keep_aspect: bool = True
     geometry_cls: bool = False
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    recommended_mode: str = "track"
+    clip_length: int = 4
+    vocabulary: Optional[list[str]] = None
 
     @property
     def has_tracker(self) -> bool:
@@ -301,7 +309,7 @@ def _bundle(model: PreTrainedModel, device: str, source: str, tokenizer: PreTrai
         device=dev,
         dtype=dtype,
         image_size=int(detector.config.vision_config.backbone_config.image_size),
-        source=source,
+        source=source + " (image model only: the checkpoint has no tracker, so it runs in detect mode)",
     )
 
 
@@ -350,8 +358,26 @@ def load_model(
     bundle = _bundle(model, device, source, tokenizer)
     bundle.keep_aspect, bundle.geometry_cls = conventions.keep_aspect, conventions.geometry_cls
     bundle.score_threshold = conventions.score_threshold
+    bundle.recommended_mode, bundle.clip_length = conventions.recommended_mode, conventions.clip_length
+    bundle.vocabulary = read_vocabulary(path if path.is_dir() else path.parent)
     if not conventions.tracker_trained:  # random tracker weights would corrupt the fused masks
         bundle.tracker = bundle.tracker_neck = None
         bundle.source += " (its tracker is untrained: detection only)"
     report(progress, "load", 1.0)
     return bundle
+
+
+#: Where a model folder lists the concepts it was trained on, one per line.
+VOCABULARY_FILE = "vocabulary.txt"
+
+
+def read_vocabulary(folder: Path) -> Optional[list[str]]:
+    """The concepts listed in ``folder/vocabulary.txt`` (blank lines and ``#`` comments skipped), else ``None``."""
+    path = Path(folder) / VOCABULARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ModelError(f"Cannot read {path}: {err}; fix or remove it.") from err
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

@@ -10,6 +10,9 @@ A model folder (``config.json`` + safetensors) may carry a ``medsam3.json`` besi
   random memory would corrupt the fused masks.
 * ``score_threshold`` — the detection score threshold the model recommends (calibrated on its validation split by
   the training export); runs that name no threshold use it.
+* ``recommended_mode``, ``clip_length`` — the 3D mode the weights were trained for (``track``, ``detect`` or
+  ``clips``) and, for ``clips``, the slices per clip (the Medical SAM3 3D release: ``clips`` of 4); runs that name no
+  mode use them.
 
 Every other top-level key (provenance, validation scores, training records) is kept verbatim. A folder without the
 file, or a file that leaves a convention out, gets Meta's conventions and a 0.5 threshold
@@ -26,6 +29,7 @@ from typing import Any, Mapping, Optional, Union
 
 from medsam3_core.errors import ModelError
 from medsam3_core.io.atomic import atomic_path
+from medsam3_core.segmenter import MODES
 
 __all__ = [
     "CARD_FILE",
@@ -51,6 +55,8 @@ class Conventions:
     geometry_cls: bool = True
     tracker_trained: bool = True
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    recommended_mode: str = "track"
+    clip_length: int = 4
 
 
 #: Conventions of weights that state none: Meta's SAM3, and Medical SAM3, fine-tuned with Meta's pipeline.
@@ -102,6 +108,10 @@ class ModelCard:
                     f"remove it (without it the model runs at {DEFAULT_SCORE_THRESHOLD}).",
                     field=name,
                 )
+            if key == "recommended_mode" and value not in MODES:
+                raise ModelError(f"{where}: {name} must be one of {', '.join(MODES)}, got {value!r}.", field=name)
+            if key == "clip_length" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ModelError(f"{where}: {name} must be a positive integer, got {value!r}.", field=name)
         values = {k: (float(v) if k == "score_threshold" else v) for k, v in stated.items()}
         other = {k: v for k, v in data.items() if k != "conventions"}
         return cls(replace(META_CONVENTIONS, **values), frozenset(stated), other)

@@ -37,6 +37,10 @@ __all__ = [
     "Layout",
     "RawWeights",
     "detect_layout",
+    "strip_wrappers",
+    "file_kind",
+    "load_tensors_only",
+    "unwrap_state_dict",
     "read_weights",
     "read_config",
     "model_class_for",
@@ -85,6 +89,22 @@ class RawWeights:
     dropped: list[str] = field(default_factory=list)
 
 
+#: Prefixes wrappers put before parameter names: ``DistributedDataParallel`` (``module.``) and peft
+#: (``base_model.model.``), possibly both.
+WRAPPER_PREFIXES = ("module.", "base_model.model.")
+
+
+def strip_wrappers(name: str) -> str:
+    """``name`` without any :data:`WRAPPER_PREFIXES`, however they are nested."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix) :], True
+    return name
+
+
 def _listing(names, limit: int = _SHOW) -> str:
     names = sorted(names)
     shown = ", ".join(names[:limit])
@@ -118,7 +138,61 @@ def _torch_load(path: Path) -> object:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+def file_kind(path: Path) -> str:
+    """``"zip"`` (a ``torch.save`` file), ``"pickle"`` (legacy ``torch.save``), ``"safetensors"`` or ``"unknown"``,
+    from the first bytes: a file that is none of these is not a checkpoint, whatever its name."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"
+    return "unknown"
+
+
+def _not_a_checkpoint(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path.name} is not a checkpoint: it is neither a PyTorch file nor safetensors (a download error page, or "
+        "the wrong file?)."
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_tensors_only(path: Union[str, Path]) -> object:
+    """Read a torch file allowing only tensors and plain containers; every failure is one clear line.
+
+    Raises:
+        CheckpointError: missing file, not a PyTorch file at all, truncated / corrupt, or holding Python objects
+            besides tensors (which would need unpickling code, never done here).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint file not found: {path}")
+    if file_kind(path) not in ("zip", "pickle"):
+        raise _not_a_checkpoint(path)
+    try:
+        return _torch_load(path)
+    except MemoryError as err:
+        raise CheckpointError(f"Not enough memory to read {path.name}.") from err
+    except Exception as err:  # torch raises many types (RuntimeError, UnpicklingError, EOFError …)
+        if "Unsupported global" in str(err) or "Unsupported operand" in str(err):
+            raise CheckpointError(
+                f"Cannot read {path.name}: it contains Python objects besides tensors, and we never unpickle code; "
+                "save it as a plain state dict of tensors (or safetensors)."
+            ) from err
+        reason = _first_line(err)
+        if "weights_only" in reason:  # torch's generic preamble; the cause is on its last line
+            reason = str(err).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"Cannot read checkpoint {path.name}: {reason[:200]}. Is the file complete?") from err
+
+
+def unwrap_state_dict(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The weights inside a plain state dict or a trainer checkpoint, plus the names of what was dropped."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path.name} holds a {type(obj).__name__}, not a state dict or trainer checkpoint.")
@@ -140,8 +214,10 @@ def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], list[str]
     return tensors, dropped
 
 
-def read_weights(path: Union[str, Path]) -> RawWeights:
+def read_weights(path: Union[str, Path], check_layout: bool = True) -> RawWeights:
     """Read a single-file checkpoint (``.safetensors`` or a torch ``.pt``) without unpickling code.
+
+    ``check_layout=False`` skips recognising the names as SAM3's (adapters name layers plus ``lora_A`` / ``lora_B``).
 
     Raises:
         CheckpointError: the file is missing, corrupt, not a checkpoint, or would need arbitrary unpickling.
@@ -149,23 +225,22 @@ def read_weights(path: Union[str, Path]) -> RawWeights:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    kind = file_kind(path)
+    if kind == "unknown":
+        raise _not_a_checkpoint(path)
+    if kind == "safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state, dropped = load_file(str(path), device="cpu"), []
-        else:
-            state, dropped = _unwrap(_torch_load(path), path)
-    except CheckpointError:
-        raise
-    except MemoryError as err:
-        raise CheckpointError(f"Not enough memory to read {path.name}.") from err
-    except Exception as err:  # torch/safetensors raise many types (RuntimeError, UnpicklingError, EOFError …)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            reason = "it contains Python objects besides tensors, and we never unpickle code"
-        raise CheckpointError(f"Cannot read checkpoint {path.name}: {reason[:200]}. Is the file complete?") from err
-    return RawWeights(state_dict=state, layout=detect_layout(state), path=path, dropped=dropped)
+        except Exception as err:  # safetensors raises its own SafetensorError and OSError
+            raise CheckpointError(
+                f"Cannot read checkpoint {path.name}: {_first_line(err)[:200]}. Is the file complete?"
+            ) from err
+    else:
+        state, dropped = unwrap_state_dict(load_tensors_only(path), path)
+    layout = detect_layout(state) if check_layout else "adapter"
+    return RawWeights(state_dict=state, layout=layout, path=path, dropped=dropped)
 
 
 def read_config(model_dir: Path) -> PretrainedConfig:

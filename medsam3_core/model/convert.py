@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
-from transformers import PretrainedConfig, PreTrainedModel, Sam3Config, Sam3VideoConfig
+from transformers import PretrainedConfig, Sam3Config, Sam3VideoConfig
 
 from medsam3_core.model import checkpoints
 from medsam3_core.model.checkpoints import Layout
 from medsam3_core.errors import CheckpointError, MedSam3Error
 from medsam3_core.io.outputs import check_output_folder
+from medsam3_core.model.image_size import config_image_size, with_image_size
+from medsam3_core.model.lora import merge_lora
 from medsam3_core.model.tokenizer import load_tokenizer
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "transformers_to_native",
     "config_for_checkpoint",
     "merge_lora",
+    "release_defaults",
     "convert_checkpoint",
     "add_arguments",
     "run",
@@ -432,20 +435,25 @@ def config_for_checkpoint(raw: checkpoints.RawWeights, config: Optional[Pretrain
     return config
 
 
-def merge_lora(model: PreTrainedModel, adapter_dir: Union[str, Path]) -> PreTrainedModel:
-    """Fold a PEFT LoRA adapter into ``model``'s weights (the result needs no ``peft`` at inference)."""
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise CheckpointError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json).")
-    try:
-        from peft import PeftModel
-    except ImportError as err:
-        raise CheckpointError("Merging a LoRA adapter needs the 'peft' package: pip install 'medsam3[train]'.") from err
-    try:
-        merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    except (ValueError, RuntimeError, KeyError) as err:
-        raise CheckpointError(f"LoRA adapter {adapter_dir.name} does not fit this model: {err}") from err
-    return merged
+def release_defaults(source: Union[str, Path]) -> dict[str, object]:
+    """What the catalogue says about a release file of this name (image size, recommended mode), or ``{}``.
+
+    So that ``medsam3 convert checkpoint_3D_checkpoint8.pt out/`` builds the 504-px model the file was trained as,
+    with no flag to remember.
+    """
+    from medsam3_core.model.download import RELEASES, release_conventions  # the catalogue imports this module
+
+    name = Path(source).name
+    for rel in RELEASES.values():
+        if rel.filename == name and not rel.adapter:
+            return {"image_size": rel.image_size, "conventions": release_conventions(rel)}
+    return {}
+
+
+def _tracker_note(config: PretrainedConfig) -> str:
+    if isinstance(config, Sam3VideoConfig):
+        return "detector + tracker"
+    return "image model only: the checkpoint holds no tracker weights, so it runs in detect mode"
 
 
 def convert_checkpoint(
@@ -454,40 +462,59 @@ def convert_checkpoint(
     lora: Union[str, Path, None] = None,
     config: Optional[PretrainedConfig] = None,
     dtype: torch.dtype = torch.float32,
+    image_size: Optional[int] = None,
+    conventions: Optional[Mapping[str, object]] = None,
+    lora_alpha: Optional[float] = None,
 ) -> dict[str, object]:
     """Convert a checkpoint file into a weights-only transformers folder loadable with ``--model OUT_DIR``.
 
     Args:
-        source: native ``sam3.pt``, Medical SAM3 trainer checkpoint, or safetensors/``.pt`` in transformers names.
+        source: native ``sam3.pt``, Medical SAM3 trainer checkpoint (with or without the ``detector.`` prefix), or
+            safetensors/``.pt`` in transformers names.
         out_dir: folder to create (replaced atomically if it exists).
-        lora: optional PEFT adapter folder merged into the weights.
+        lora: optional LoRA adapter merged into the weights: a PEFT folder or a raw state-dict file
+            (:mod:`medsam3_core.model.lora`).
         config: target architecture (default: see :func:`config_for_checkpoint`).
         dtype: storage precision of the output.
+        image_size: square input size to build the model for (``config.json``); default: the release's own when
+            ``source`` is a known release file (:func:`release_defaults`), else the architecture's (1008 for SAM3).
+        conventions: stated run conventions written to ``medsam3.json`` (e.g. ``recommended_mode``).
+        lora_alpha: LoRA alpha of a raw adapter that does not state its own.
 
     Returns:
-        A report (source, layout, dropped trainer entries, dropped/unmapped native names, timings), also written
-        to ``OUT_DIR/medsam3.json``.
+        A report (source, layout, image size, tracker, dropped trainer entries, dropped/unmapped native names, LoRA
+        merge, timings), also written to ``OUT_DIR/medsam3.json``.
 
     Raises:
         CheckpointError: unreadable input, or a conversion that would leave parameters at random initialisation.
     """
     start = time.perf_counter()
+    defaults = release_defaults(source)
     raw = checkpoints.read_weights(source)
     config = config_for_checkpoint(raw, config)
+    size = image_size or defaults.get("image_size")
+    if size:
+        config = with_image_size(config, int(size))
     conversion = Conversion(state_dict=raw.state_dict)
     if raw.layout == Layout.NATIVE:
         conversion = native_to_transformers(raw.state_dict, config)
     model = checkpoints.instantiate(config, conversion.state_dict, dtype, source=Path(source).name)
+    merge = None
     if lora is not None:
-        model = merge_lora(model, lora)
+        model, merge = merge_lora(model, lora, alpha=lora_alpha)
+    stated = {**dict(defaults.get("conventions") or {}), **dict(conventions or {})}
     report = {
         "source": str(source),
         "layout": raw.layout,
+        "image_size": config_image_size(config),
+        "tracker": _tracker_note(config),
         "dropped_entries": raw.dropped,
         **conversion.report(),
-        "lora": str(lora) if lora else None,
+        "lora": merge.report() if merge else None,
         "read_and_check_seconds": round(time.perf_counter() - start, 1),
     }
+    if stated:
+        report["conventions"] = stated
     checkpoints.save_model(model, out_dir, tokenizer=load_tokenizer(Path(source).parent), extra=report)
     return report
 
@@ -495,7 +522,13 @@ def convert_checkpoint(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="native SAM3 / Medical SAM3 .pt (or a .safetensors) checkpoint file")
     parser.add_argument("out_dir", help="folder to write (config.json + model.safetensors); use it with --model")
-    parser.add_argument("--lora", metavar="ADAPTER_DIR", help="PEFT LoRA adapter folder to merge into the weights")
+    parser.add_argument("--lora", metavar="ADAPTER", help="LoRA adapter to merge into the weights: a PEFT folder or a "
+                        "raw state-dict .pt / .safetensors file")
+    parser.add_argument("--lora-alpha", type=float, default=None,
+                        help="LoRA alpha of a raw adapter that does not state its own (default: its rank, scaling 1)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="square input size the model is built for (default: the release's own for a known "
+                             "release file, e.g. 504 for the Medical SAM3 3D checkpoint; else 1008 as SAM3)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="storage precision of the converted weights (default float32)")
 
@@ -506,14 +539,16 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         check_output_folder(args.out_dir, "output folder")  # before minutes of loading a checkpoint
-        report = convert_checkpoint(args.source, args.out_dir, lora=args.lora, dtype=getattr(torch, args.dtype))
+        report = convert_checkpoint(args.source, args.out_dir, lora=args.lora, dtype=getattr(torch, args.dtype),
+                                    image_size=args.image_size, lora_alpha=args.lora_alpha)
     except KeyboardInterrupt:
         print("cancelled; nothing was written", file=sys.stderr)
         return 3
     except MedSam3Error as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"converted {report['parameters']} tensors ({report['layout']}) into {args.out_dir} "
+    print(f"converted {report['parameters']} tensors ({report['layout']}, {report['image_size']} px, "
+          f"{report['tracker']}) into {args.out_dir} "
           f"in {time.perf_counter() - start:.1f} s; dropped {len(report['dropped'])}, "
           f"unmapped {len(report['unmapped'])}")
     return 0

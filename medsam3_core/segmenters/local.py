@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Optional, Sequence, Union
 
+from medsam3_core.engine.clips import run_clips
 from medsam3_core.engine.volume_engine import EngineResult, VolumeEngine
 from medsam3_core.io.geometry import Volume
 from medsam3_core.io.validation import check_slice_size
@@ -63,7 +64,10 @@ class LocalSegmenter:
         plan = plan_run(prompts, options, ModelLimits.of(self.bundle), concepts)
         check_slice_size(volume.shape, volume.axis_for(plan.slice_axis))  # a 1 x 1 slice holds nothing to find
         with self._lock:
-            result = self.engine.run(volume, plan, progress=progress, cancel=cancel)
+            if plan.mode == "clips":
+                result = run_clips(self.engine, volume, plan, progress=progress, cancel=cancel)
+            else:
+                result = self.engine.run(volume, plan, progress=progress, cancel=cancel)
         return self._to_result(volume, plan, result)
 
     # -- helpers ---------------------------------------------------------------------------------------------------

@@ -63,11 +63,13 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "threshold": (type(None), int, float),  # null or absent: the server model's recommended threshold
     "window": (type(None), str, list),
     "slice_axis": (str,),
-    "mode": (str,),
+    "mode": (type(None), str),  # null or absent: the server model's recommended mode
     "batch_size": (int,),
     "cleanup": (bool,),
     "memory_size": (int,),
     "confidence_map": (bool,),
+    "clip_length": (type(None), int),
+    "clip_fusion": (str,),
 }
 
 

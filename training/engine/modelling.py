@@ -58,6 +58,12 @@ class TrainModel:
     keep_aspect: bool = True
     geometry_cls: bool = False
 
+    @property
+    def image_size(self) -> int:
+        """The input size training samples are made at: the model's own (``config.json``), since the ViT is built
+        for one size — 504 for the Medical SAM3 3D release, 1008 for SAM3, ``model.image_size`` for a tiny model."""
+        return int(self.detector.config.vision_config.backbone_config.image_size)
+
 
 class PromptedForward(torch.nn.Module):
     """The training forward ``(pixel_values, input_ids, attention_mask) → Sam3Model output`` in the prompt

@@ -93,7 +93,7 @@ class Trainer:
         self._tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
         d = cfg.data
-        self.train_sets, self.val_sets, weights = build_datasets(d, cfg.model.image_size, e.seed,
+        self.train_sets, self.val_sets, weights = build_datasets(d, self.model.image_size, e.seed,
                                                                  keep_aspect=self.model.keep_aspect)
         sizes = [len(s) for s in self.train_sets]
         micro_per_step = e.grad_accum * d.batch_size * self.world
@@ -244,7 +244,7 @@ class Trainer:
             tokenizer=self.tokenizer,
             device=self.device,
             dtype=next(self.model.detector.parameters()).dtype,
-            image_size=self.cfg.model.image_size,
+            image_size=self.model.image_size,
             source="training",
             keep_aspect=self.model.keep_aspect,
             geometry_cls=self.model.geometry_cls,
