@@ -65,7 +65,7 @@ class LocalSegmenter:
         with self._lock:
             result = self.engine.run(volume, concepts, effective, progress=progress, cancel=cancel)
         source = "model" if options.threshold is None else "user"
-        return self._to_result(volume, prompts, concepts, result, effective, warnings, source)
+        return self._to_result(volume, prompts, concepts, result, effective, warnings + result.warnings, source)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _effective_options(self, options: SegmentOptions) -> tuple[SegmentOptions, list[str]]:
