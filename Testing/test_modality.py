@@ -33,7 +33,7 @@ def untagged_ct(tmp_path_factory):
 def _mr_like(seed: int = 0) -> np.ndarray:
     """An MR-like head: background 0, brain and tissue in the hundreds to thousands, no negative value."""
     rng = np.random.default_rng(seed)
-    z, y, x = np.mgrid[:12, :64, :64]
+    _, y, x = np.mgrid[:12, :64, :64]
     head = ((y - 32) ** 2 + (x - 32) ** 2) < 26**2
     return np.where(head, 600 + 300 * rng.random(head.shape), rng.random(head.shape) * 5).astype(np.float32)
 

@@ -50,7 +50,7 @@ from medsam3_core.metrics import dice as mask_dice
 from medsam3_core.model.bundle import DEMO_MODEL_DIR, Sam3Bundle, load_model, resolve_model_spec
 from medsam3_core.engine.tracker import MemoryTracker
 
-from training.tracker.clips import Clip, ClipDataset, ClipSampler, clip_datasets
+from training.tracker.clips import DEFAULT_LENGTH, Clip, ClipDataset, ClipSampler, clip_datasets
 from training.config import load_config
 from training.losses.terms import sigmoid_focal_loss
 from training.engine.modelling import TrainModel, _xavier, export_weights, update_model_meta
@@ -288,7 +288,8 @@ class TrackerTrainConfig:
     out: str = "runs/tracker"
     data: str = "demo"  # a training config (preset or JSON) whose data.sources and split are used
     steps: int = 2000
-    clip_length: int = 6
+    clip_length: int = DEFAULT_LENGTH
+    leave_prob: float = 0.5
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup: int = 100
@@ -336,7 +337,7 @@ def train_tracker(cfg: TrackerTrainConfig, log=print) -> dict:
     freeze_detector(bundle)
     data_cfg = load_config(cfg.data).data
     train_sets, val_sets, weights = clip_datasets(data_cfg, bundle.image_size, cfg.clip_length, bundle.keep_aspect)
-    sampler = ClipSampler(train_sets, weights, seed=cfg.seed)
+    sampler = ClipSampler(train_sets, weights, seed=cfg.seed, leave_prob=cfg.leave_prob)
     log(f"clips: train {[(d.name, len(d)) for d in train_sets]}, val {[(d.name, len(d)) for d in val_sets]}; "
         f"reinit {'xavier' if reinit else 'none'}")
     params = tracker_parameters(bundle)
@@ -433,7 +434,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="training config (preset or JSON) whose data sources and 85/15 split give the clips")
     for name in ("steps", "clip_length", "warmup", "seed", "eval_every", "eval_clips", "log_every", "threads"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "weight_decay", "grad_clip", "gt_memory", "max_minutes"):
+    for name in ("lr", "weight_decay", "grad_clip", "gt_memory", "leave_prob", "max_minutes"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--reinit", choices=("auto", "xavier", "none"), default=defaults.reinit,
                    help="re-initialise the tracker's linear layers (auto: when the source's tracker is untrained)")
