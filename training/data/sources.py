@@ -8,10 +8,16 @@ from medsam3_core.errors import InputError
 
 from training.config import SOURCE_KINDS, DataConfig, SourceConfig
 from training.data.manifests import folder2d_cases, jsonl_cases, nnunet_cases, split_cases
-from training.data.phantom_source import mni_brain_cases, phantom_cases
+from training.data.augment import AUGMENT_PRESETS
+from training.data.phantom_source import brain_template_cases, mni_brain_cases, phantom_cases
 from training.data.samples import Case, PromptDataset
 
-__all__ = ["cases_for", "build_datasets", "parse_source", "datasets_for"]
+__all__ = ["SYNTHETIC_KINDS", "HELDOUT_FAMILY_SEED", "cases_for", "build_datasets", "parse_source", "datasets_for"]
+
+#: Source kinds generated here rather than read from disk (``kind:CASES[@SEED]``).
+SYNTHETIC_KINDS = ("phantom", "mni_brain", "phantom_varied", "phantom_heldout", "brain_templates")
+#: First seed of the held-out phantom family: far from every training (1000…) and held-out (90 000…) seed.
+HELDOUT_FAMILY_SEED = 700_000
 
 
 def cases_for(src: SourceConfig) -> list[Case]:
@@ -27,6 +33,12 @@ def cases_for(src: SourceConfig) -> list[Case]:
         return phantom_cases(name, src.cases, **({"seed": src.seed} if src.seed else {}))
     if src.kind == "mni_brain":
         return mni_brain_cases(name, src.cases, **({"seed": src.seed} if src.seed else {}))
+    if src.kind in ("phantom_varied", "phantom_heldout"):
+        family = "heldout" if src.kind == "phantom_heldout" else "train"
+        seed = src.seed or (HELDOUT_FAMILY_SEED if family == "heldout" else 1000)
+        return phantom_cases(name, src.cases, seed, varied=True, family=family)
+    if src.kind == "brain_templates":
+        return brain_template_cases(name, src.cases, **({"seed": src.seed} if src.seed else {}))
     raise InputError(f"unknown data source kind {src.kind!r}; use one of {', '.join(SOURCE_KINDS)}")
 
 
@@ -45,7 +57,8 @@ def build_datasets(
         tr, va = split_cases(cases, cfg.val_fraction, cfg.split_seed)
         common = dict(image_size=image_size, vocabulary=vocabulary, min_pixels=cfg.min_instance_pixels,
                       keep_aspect=keep_aspect)
-        train.append(PromptDataset(tr, negative_prob=cfg.negative_prob, augment=cfg.augment, seed=seed + i, **common))
+        train.append(PromptDataset(tr, negative_prob=cfg.negative_prob, augment=cfg.augment, seed=seed + i,
+                                   augment_settings=AUGMENT_PRESETS[cfg.augment_preset], **common))
         if va:
             val.append(PromptDataset(va, negative_prob=0.0, augment=False, seed=seed + i, **common))
         weights.append(src.weight)
@@ -60,7 +73,7 @@ def parse_source(text: str) -> SourceConfig:
     if not sep or kind not in SOURCE_KINDS:
         raise InputError(f"data source {text!r} must look like kind:path with kind in {', '.join(SOURCE_KINDS)}")
     path, _, name = rest.partition("::")
-    if kind in ("phantom", "mni_brain"):
+    if kind in SYNTHETIC_KINDS:
         count, _, seed = path.partition("@")
         try:
             return SourceConfig(kind=kind, name=name or kind, cases=int(count), seed=int(seed or 0))
