@@ -30,7 +30,9 @@ __all__ = [
     "apply_overrides",
 ]
 
-SOURCE_KINDS = ("nnunet", "folder2d", "jsonl", "phantom", "mni_brain", "phantom_varied", "phantom_heldout", "brain_templates")
+SOURCE_KINDS = (
+    "nnunet", "folder2d", "jsonl", "phantom", "mni_brain", "phantom_varied", "phantom_heldout", "brain_templates"
+)
 
 
 class ConfigError(MedSam3Error):

@@ -61,10 +61,20 @@ def heldout_volume_dice(
     modes: Sequence[str] = ("detect", "track"),
     cases: int = 24,
     seed: int = 90000,
+    family: Optional[str] = None,
+    spacing: Optional[tuple[float, float]] = None,
 ) -> dict[tuple[str, float], dict[str, dict[str, float]]]:
     """``{(mode, threshold): {organ: {metric: mean over cases}, "mean": …}}`` (:data:`ORGAN_METRICS`) over
-    ``cases`` phantoms from ``seed``; the ``"mean"`` entry averages the organs."""
-    return volume_scores(model, (case.load() for case in phantom_cases("heldout", cases, seed)), thresholds, modes)
+    ``cases`` phantoms from ``seed``; the ``"mean"`` entry averages the organs.
+
+    By default the phantoms are those of the demo's training grid; ``family`` (``"train"`` or ``"heldout"`` organ
+    shapes) puts each case on a varied grid instead (:func:`training.data.phantom_source.varied_geometry`), at
+    ``spacing`` = ``(in-plane, thickness)`` mm when given."""
+    if family is None and spacing is None:
+        phantoms = phantom_cases("heldout", cases, seed)
+    else:
+        phantoms = phantom_cases("heldout", cases, seed, varied=True, family=family or "train", spacing=spacing)
+    return volume_scores(model, (case.load() for case in phantoms), thresholds, modes)
 
 
 def demo_scan_scores(
@@ -144,17 +154,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threshold", type=float, action="append", help="score threshold(s) (default 0.5)")
     p.add_argument("--cases", type=int, default=24, help="held-out phantoms (default 24)")
     p.add_argument("--seed", type=int, default=90000, help="first held-out seed (default 90000)")
-    p.add_argument("--demo-scan", action="store_true", help="also score the bundled demo CT through the CLI")
+    p.add_argument("--family", choices=("train", "heldout"), default=None,
+                   help="phantoms on varied grids with these organ shapes (default: the demo's training grid)")
+    p.add_argument("--spacing", default=None, help="with --family: fixed 'INPLANE,THICKNESS' in mm, e.g. 0.8,2.5")
+    p.add_argument("--modes", default="detect,track", help="modes to run, comma-separated (default detect,track)")
+    p.add_argument("--demo-scan", action="store_true", help="also score the bundled demo CT")
     args = p.parse_args(argv)
     thresholds = args.threshold or [0.5]
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    spacing = tuple(float(v) for v in args.spacing.split(",")) if args.spacing else None
     if args.cases > 0:
-        table = heldout_volume_dice(args.model, thresholds, cases=args.cases, seed=args.seed)
-        print(f"held-out phantoms ({args.cases} from seed {args.seed}):\n{format_dice(table)}\n", flush=True)
-        for threshold in thresholds:
+        table = heldout_volume_dice(args.model, thresholds, modes, args.cases, args.seed, args.family, spacing)
+        where = f"family {args.family}, spacing {args.spacing or 'varied'}, " if args.family or spacing else ""
+        print(f"held-out phantoms ({where}{args.cases} from seed {args.seed}):\n{format_dice(table)}\n", flush=True)
+        for threshold in thresholds if set(modes) >= {"detect", "track"} else ():
             wins, why = track_wins(table, threshold)
             print(f"threshold {threshold:g}: track mode " + ("wins" if wins else "does not win: " + "; ".join(why)))
     if args.demo_scan:
-        table = demo_scan_scores(args.model, thresholds)
+        table = demo_scan_scores(args.model, thresholds, modes)
         print(f"\ndemo scan (whole-volume inference, read as CT):\n{format_dice(table)}\n", flush=True)
     return 0
 
