@@ -181,3 +181,12 @@ def test_default_clip_fills_the_inference_memory_bank():
 
     # the seed plus memory_size - 1 recent frames fill the bank; two more slices evict its oldest entries
     assert DEFAULT_LENGTH == SegmentOptions().memory_size + 2
+
+
+def test_clip_validation_reports_whether_the_object_score_knows_absent(bundle):
+    from training.tracker.train import evaluate_clips
+
+    data = ClipDataset(_blob_cases(1), 112, length=6, augment=False)  # the blob is gone on the last slice
+    result = evaluate_clips(bundle, [data], max_clips=4)
+    assert 0.0 <= result["blobs/absent"] <= 1.0 and result["absent"] == result["blobs/absent"]
+    assert {"dice", "presence", "copy_dice"} <= set(result)

@@ -244,14 +244,15 @@ def evaluate_clips(bundle: Sam3Bundle, datasets: Sequence[ClipDataset], max_clip
     """Teacher-free propagation on (up to ``max_clips`` evenly spaced) clips of each dataset.
 
     Returns per dataset and overall: ``dice`` mean Dice of the tracker's mask where the object is present (absent
-    prediction = empty mask), ``presence`` accuracy of ``score > 0`` on every propagated (object, slice), and
-    ``copy_dice`` the Dice of simply copying the seed mask forward (what a tracker must beat).
+    prediction = empty mask), ``presence`` accuracy of ``score > 0`` on every propagated (object, slice),
+    ``absent`` that accuracy on the pairs where the object has left (NaN without any: has the object score learned
+    "absent"?), and ``copy_dice`` the Dice of simply copying the seed mask forward (what a tracker must beat).
     """
     out: dict[str, float] = {}
-    totals = {"dice": [], "presence": [], "copy_dice": []}
+    totals = {"dice": [], "presence": [], "absent": [], "copy_dice": []}
     for dataset in datasets:
         picks = np.linspace(0, len(dataset) - 1, num=min(max_clips, len(dataset))).round().astype(int)
-        dice, presence, copy = [], [], []
+        dice, presence, absent, copy = [], [], [], []
         for i in picks:
             clip = dataset.clip(int(i))
             tracker = MemoryTracker(bundle, memory_size or int(bundle.tracker.num_maskmem), clip.num_slices)
@@ -267,17 +268,18 @@ def evaluate_clips(bundle: Sam3Bundle, datasets: Sequence[ClipDataset], max_clip
                 seen = step.score_logits > 0
                 pred = pred & seen[:, None, None]
                 presence += (seen == here).float().tolist()
+                absent += (~seen[~here]).float().tolist()
                 for n in torch.nonzero(here).flatten().tolist():
                     dice.append(mask_dice(pred[n].cpu().numpy(), gt[n, t].cpu().numpy()))
                     copy.append(mask_dice(gt[n, 0].cpu().numpy(), gt[n, t].cpu().numpy()))
                 tracker.remember(feats[t], memories, t, step.mask_logits, seen, step.pointers)
         name = dataset.name
         out[f"{name}/dice"], out[f"{name}/presence"] = float(np.mean(dice)), float(np.mean(presence))
+        out[f"{name}/absent"] = float(np.mean(absent)) if absent else float("nan")
         out[f"{name}/copy_dice"] = float(np.mean(copy))
-        totals["dice"].append(out[f"{name}/dice"])
-        totals["presence"].append(out[f"{name}/presence"])
-        totals["copy_dice"].append(out[f"{name}/copy_dice"])
-    out.update({k: float(np.mean(v)) for k, v in totals.items() if v})
+        for key in totals:
+            totals[key].append(out[f"{name}/{key}"])
+    out.update({k: float(np.nanmean(v)) for k, v in totals.items() if v and not np.isnan(v).all()})
     return out
 
 
