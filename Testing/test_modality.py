@@ -97,3 +97,20 @@ def test_cli_report_says_the_untagged_scan_was_read_as_ct_and_override_silences_
     assert any(w.startswith("Read as CT:") and "Hounsfield" in w for w in report["warnings"])
     report = _report([str(untagged_ct), "liver", "-o", str(tmp_path / "mr"), "--modality", "MR"])
     assert not any("Read as CT" in w for w in report["warnings"])
+
+
+def test_every_in_process_path_gets_the_reason_in_its_result_warnings(untagged_ct, random_bundle):
+    """Server jobs, the viewer and the Slicer module's in-process run all go through LocalSegmenter: a volume built
+    from an array without modality (as Slicer and the server wire build it) gets the same rule and the same note."""
+    from medsam3_core.io.geometry import Volume
+    from medsam3_core.segmenter import SegmentOptions
+    from medsam3_core.segmenters.local import LocalSegmenter
+
+    read = read_volume(untagged_ct)
+    bare = Volume(read.array, read.spacing, read.origin, read.direction)  # no modality, no metadata
+    segmenter = LocalSegmenter(random_bundle)
+    result = segmenter.segment(bare, ["liver"], SegmentOptions(mode="detect", threshold=0.5))
+    assert sum(w.startswith("Read as CT:") for w in result.warnings) == 1
+    tagged = Volume(read.array, read.spacing, read.origin, read.direction, "CT")
+    result = segmenter.segment(tagged, ["liver"], SegmentOptions(mode="detect", threshold=0.5))
+    assert not any("Read as CT" in w for w in result.warnings)
