@@ -148,3 +148,16 @@ def test_command_line(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_ct.nii.gz", "demo_labels.json", "demo_labels.nii.gz"]
     assert "demo_ct.nii.gz" in capsys.readouterr().out
     assert main([]) == 2
+
+
+def test_heldout_family_has_other_organ_shapes_and_train_family_is_unchanged():
+    train_ct, train, _ = make_abdomen_phantom(seed=3, shape=(24, 96, 96), spacing=(3.0, 3.0, 10.0))
+    same_ct, same, _ = make_abdomen_phantom(seed=3, shape=(24, 96, 96), spacing=(3.0, 3.0, 10.0), family="train")
+    assert np.array_equal(train.array, same.array) and np.array_equal(train_ct.array, same_ct.array)
+    _, held, _ = make_abdomen_phantom(seed=3, shape=(24, 96, 96), spacing=(3.0, 3.0, 10.0), family="heldout")
+    for label in (1, 2, 3):  # liver, spleen, kidney reshaped; every organ still there and in one piece (two kidneys)
+        assert (held.array == label).sum() > 0 and not np.array_equal(held.array == label, train.array == label)
+        assert ndimage.label(held.array == label)[1] == (2 if label == 3 else 1)
+    assert np.array_equal(held.array == 4, train.array == 4)  # the aorta keeps its shape
+    with pytest.raises(ValueError, match="family"):
+        make_abdomen_phantom(seed=3, shape=(8, 32, 32), family="nope")

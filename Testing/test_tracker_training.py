@@ -161,3 +161,33 @@ def test_entry_point_trains_exports_and_installs_only_the_tracker(tmp_path):
                                    "score_threshold": 0.3}
     assert meta["step"] == 7 and meta["tracker_training"]["step"] == 2
     assert load_model(str(source), device="cpu").has_tracker
+
+
+def test_leaving_clips_are_indexed_and_drawn_as_asked(tmp_path):
+    src = _nnunet(tmp_path / "Dataset001_Toy", n=2)
+    data = ClipDataset(cases_for(src), image_size=112, length=4, augment=False)
+    assert data.leaving and set(data.leaving) < set(range(len(data)))
+    for i in range(len(data)):  # a clip is "leaving" exactly when a seeded object is absent on its last slice
+        clip = data.clip(i)
+        assert (i in data.leaving) == bool((~clip.present[:, -1]).any())
+    always = ClipSampler([data], [1.0], seed=0, leave_prob=1.0)
+    assert all(bool((~always(step).present[:, -1]).any()) for step in range(8))
+    with pytest.raises(ValueError):
+        ClipSampler([data], [1.0], leave_prob=1.5)
+
+
+def test_default_clip_fills_the_inference_memory_bank():
+    from medsam3_core.segmenter import SegmentOptions
+    from training.tracker.clips import DEFAULT_LENGTH
+
+    # the seed plus memory_size - 1 recent frames fill the bank; two more slices evict its oldest entries
+    assert DEFAULT_LENGTH == SegmentOptions().memory_size + 2
+
+
+def test_clip_validation_reports_whether_the_object_score_knows_absent(bundle):
+    from training.tracker.train import evaluate_clips
+
+    data = ClipDataset(_blob_cases(1), 112, length=6, augment=False)  # the blob is gone on the last slice
+    result = evaluate_clips(bundle, [data], max_clips=4)
+    assert 0.0 <= result["blobs/absent"] <= 1.0 and result["absent"] == result["blobs/absent"]
+    assert {"dice", "presence", "copy_dice"} <= set(result)

@@ -154,3 +154,70 @@ def test_config_presets_validation_and_overrides(tmp_path):
         load_config(path)
     paper = apply_overrides(load_config("paper"), [], ["nnunet:/data/Dataset001::liver-ct"])
     assert paper.data.sources[0].name == "liver-ct" and paper.model.image_size == 1008
+
+
+def test_augment_presets_default_unchanged_robust_flips_label_and_image_together():
+    from training.data.augment import AUGMENT_PRESETS, augment_pair
+
+    image = np.zeros((40, 40), np.float32)
+    labels = np.zeros((40, 40), np.int32)
+    image[5:15, 3:12], labels[5:15, 3:12] = 1.0, 1  # an organ in the top-left corner
+    a = augment_pair(image, labels, np.random.default_rng(4))
+    b = augment_pair(image, labels, np.random.default_rng(4), AUGMENT_PRESETS["default"])
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])  # the default is the shipped recipe
+    corners = set()
+    for seed in range(40):
+        img, lab = augment_pair(image, labels, np.random.default_rng(seed), AUGMENT_PRESETS["robust"])
+        assert img.shape == image.shape and 0.0 <= img.min() and img.max() <= 1.0
+        ys, xs = np.nonzero(lab)
+        if len(ys):
+            corners.add((ys.mean() > 20, xs.mean() > 20))
+            # the label still marks the bright organ: flips and rotations move both alike
+            assert img[lab == 1].mean() > img[lab == 0].mean() + 0.3
+    assert len(corners) >= 3  # flips sent the organ to other corners of the slice
+
+
+def test_varied_phantoms_span_the_spacing_ranges_and_heldout_family_is_its_own():
+    from training.data.phantom_source import SPACING_RANGE, THICKNESS_RANGE, phantom_cases, varied_geometry
+    from training.data.sources import HELDOUT_FAMILY_SEED, parse_source, cases_for
+
+    grids = [varied_geometry(s) for s in range(1000, 1060)]
+    inplane = [g[1][0] for g in grids]
+    thick = [g[1][2] for g in grids]
+    assert SPACING_RANGE[0] <= min(inplane) < 0.8 and 2.5 < max(inplane) <= SPACING_RANGE[1]
+    assert THICKNESS_RANGE[0] <= min(thick) < 1.5 and 4.5 < max(thick) <= THICKNESS_RANGE[1]
+    assert any(not np.allclose(g[2], np.eye(3)) for g in grids)  # rotated in-plane
+    shape, spacing, _ = varied_geometry(5, spacing=(0.8, 2.5))
+    assert spacing == (0.8, 0.8, 2.5) and shape[1] == shape[2]
+
+    held = cases_for(parse_source("phantom_heldout:2"))
+    assert [c.case_id for c in held] == [f"phantom-heldout-{HELDOUT_FAMILY_SEED + i}" for i in range(2)]
+    volume, labels = held[0].load()
+    assert volume.modality == "CT" and set(np.unique(labels)) == {0, 1, 2, 3, 4}
+    fixed = phantom_cases("x", 1, 77, varied=True, spacing=(0.8, 2.5))[0].load()[0]
+    assert np.allclose(fixed.spacing, (0.8, 0.8, 2.5))
+
+
+def test_brain_templates_cycle_through_every_offline_head():
+    from training.data.phantom_source import BRAIN_TEMPLATES, brain_template_cases
+
+    cases = brain_template_cases("brains", 3)
+    assert [c.case_id.rsplit("-", 1)[0] for c in cases] == list(BRAIN_TEMPLATES)
+    spacings = set()
+    for case in cases:
+        volume, labels = case.load()
+        assert volume.array.shape == labels.shape and 0.05 < labels.mean() < 0.6
+        inside, outside = volume.array[labels > 0].mean(), volume.array[labels == 0].mean()
+        assert inside > outside  # the brain is brighter than the background in every contrast
+        spacings.add(round(volume.spacing[0]))
+    assert spacings == {1, 2}
+
+
+def test_demo_robust_preset_validates():
+    cfg = load_config("demo-robust")
+    cfg.validate()
+    assert cfg.data.augment_preset == "robust"
+    assert {s.kind for s in cfg.data.sources} == {"phantom_varied", "brain_templates"}
+    cfg.data.augment_preset = "wild"
+    with pytest.raises(ConfigError, match="augment_preset"):
+        cfg.validate()

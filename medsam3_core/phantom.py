@@ -31,6 +31,7 @@ from medsam3_core.io.geometry import Volume
 
 __all__ = [
     "LABELS",
+    "SHAPE_FAMILIES",
     "make_abdomen_phantom",
     "DemoPaths",
     "demo_paths",
@@ -173,6 +174,24 @@ class _Ellipsoid:
 
 
 # ------------------------------------------------------------------------------------------------------ anatomy
+#: Organ-shape families. ``train`` is the phantom every model here was trained on. ``heldout`` reshapes the organs
+#: (radius factors ``(u, v, w)`` and an extra in-plane rotation per organ, plus a caudal liver lobe), so a model
+#: scored on it meets organ shapes it never saw, not just new random draws of the same shapes.
+SHAPE_FAMILIES: dict[str, dict[str, tuple[float, float, float, float]]] = {
+    "train": {},
+    "heldout": {
+        "liver": (1.12, 0.85, 1.15, 0.2),
+        "spleen": (1.25, 0.85, 1.25, 0.35),
+        "kidney": (0.85, 1.2, 1.15, -0.3),
+    },
+}
+
+
+def _shaped(family: dict, organ: str, radii: Sequence[float], angle: float) -> tuple[tuple[float, ...], float]:
+    fu, fv, fw, turn = family.get(organ, (1.0, 1.0, 1.0, 0.0))
+    return (radii[0] * fu, radii[1] * fv, radii[2] * fw), angle + turn
+
+
 def _jitter(rng: Optional[np.random.Generator], value: float, spread: float) -> float:
     return value if rng is None else float(value + rng.uniform(-spread, spread))
 
@@ -182,7 +201,9 @@ def _scaled(rng: Optional[np.random.Generator], radii: Sequence[float], spread: 
     return tuple(float(r * f * (1.0 if rng is None else rng.uniform(0.93, 1.07))) for r in radii)
 
 
-def _draw_anatomy(canvas: _Canvas, rng: Optional[np.random.Generator]) -> None:
+def _draw_anatomy(canvas: _Canvas, rng: Optional[np.random.Generator], family: str = "train") -> None:
+    shapes = SHAPE_FAMILIES[family]
+
     def j(value: float, spread: float) -> float:  # short name keeps the anatomy table readable
         return _jitter(rng, value, spread)
 
@@ -222,15 +243,20 @@ def _draw_anatomy(canvas: _Canvas, rng: Optional[np.random.Generator]) -> None:
                  "gas", inside=["fluid"])
 
     # Liver: a large right lobe reaching the dome and a smaller left lobe crossing the midline anteriorly.
-    right_lobe = _Ellipsoid((j(-0.42, 0.05), j(-0.05, 0.05), j(0.74, 0.04)), _scaled(rng, (0.42, 0.55, 0.27)),
-                            j(0.25, 0.15))
+    right_lobe = _Ellipsoid((j(-0.42, 0.05), j(-0.05, 0.05), j(0.74, 0.04)),
+                            *_shaped(shapes, "liver", _scaled(rng, (0.42, 0.55, 0.27)), j(0.25, 0.15)))
     left_lobe = _Ellipsoid((right_lobe.centre[0] + j(0.45, 0.05), j(-0.38, 0.05), right_lobe.centre[2] + 0.07),
                            _scaled(rng, (0.3, 0.2, 0.14)), j(-0.3, 0.15))
-    for lobe in (right_lobe, left_lobe):
+    lobes = [right_lobe, left_lobe]
+    if family != "train":  # a caudal (Riedel-like) extension of the right lobe, which the training shapes lack
+        c = right_lobe.centre
+        lobes.append(_Ellipsoid((c[0] - 0.08, c[1] + 0.1, c[2] - right_lobe.radii[2] * 0.9), (0.16, 0.22, 0.2), 0.3))
+    for lobe in lobes:
         lobe.paint(canvas, "liver", inside=["soft", "fat", "fluid", "gas"])
 
     # Spleen: left, posterolateral, a flattened crescent.
-    spleen = _Ellipsoid((j(0.6, 0.04), j(0.3, 0.05), j(0.72, 0.05)), _scaled(rng, (0.17, 0.3, 0.16)), j(-0.6, 0.2))
+    spleen = _Ellipsoid((j(0.6, 0.04), j(0.3, 0.05), j(0.72, 0.05)),
+                        *_shaped(shapes, "spleen", _scaled(rng, (0.17, 0.3, 0.16)), j(-0.6, 0.2)))
     hollow = _Ellipsoid((spleen.centre[0] - 0.16, spleen.centre[1] - 0.03, spleen.centre[2]),
                         (spleen.radii[0] * 0.7, spleen.radii[1] * 0.75, spleen.radii[2] * 1.2), spleen.angle)
     canvas.paint(lambda u, v, w: spleen.inside(u, v, w) & ~hollow.inside(u, v, w), *spleen.bounds(), "spleen",
@@ -274,8 +300,8 @@ def _draw_anatomy(canvas: _Canvas, rng: Optional[np.random.Generator]) -> None:
     # Kidneys (drawn last, so nothing cuts them apart): posterior either side of the spine, the right one a
     # little lower (pushed down by the liver).
     for side, drop in ((-1.0, 0.04), (1.0, 0.0)):
-        kidney = _Ellipsoid((side * j(0.38, 0.04), j(0.45, 0.04), j(0.36, 0.04) - drop),
-                            _scaled(rng, (0.13, 0.17, 0.17)), side * j(0.45, 0.15))
+        radii, angle = _shaped(shapes, "kidney", _scaled(rng, (0.13, 0.17, 0.17)), j(0.45, 0.15))
+        kidney = _Ellipsoid((side * j(0.38, 0.04), j(0.45, 0.04), j(0.36, 0.04) - drop), radii, side * angle)
         kidney.paint(canvas, "cortex", inside=["fat", "soft", "fluid", "gas", "liver"])
         kidney.paint(canvas, "medulla", grow=0.72, inside=["cortex"])
         sinus = _Ellipsoid((kidney.centre[0] - side * 0.09, kidney.centre[1] - 0.04, kidney.centre[2]),
@@ -309,6 +335,7 @@ def make_abdomen_phantom(
     spacing: tuple[float, float, float] = (0.8, 0.8, 2.5),
     direction: Optional[np.ndarray] = None,
     randomize: bool = True,
+    family: str = "train",
 ) -> tuple[Volume, Volume, dict[int, str]]:
     """Generate a CT-like abdomen and its label map on the same grid.
 
@@ -318,11 +345,14 @@ def make_abdomen_phantom(
             (default identity). The anatomy is drawn in patient space, so any direction gives the same patient.
         randomize: vary organ sizes, positions, rotations, HU and noise; ``False`` gives the canonical phantom
             (only the noise depends on ``seed``).
+        family: organ shapes, a key of :data:`SHAPE_FAMILIES` (``"heldout"``: shapes no training case has).
 
     Returns:
         ``(ct, labels, names)``: ``ct`` int16 HU (modality ``"CT"``), ``labels`` uint8 (0 background) and
         ``{label: organ name}`` (:data:`LABELS`).
     """
+    if family not in SHAPE_FAMILIES:
+        raise ValueError(f"unknown phantom family {family!r}; use one of {', '.join(SHAPE_FAMILIES)}")
     rng = np.random.default_rng(seed)
     shape = tuple(int(n) for n in shape)
     direction = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
@@ -334,7 +364,7 @@ def make_abdomen_phantom(
     half_width = 0.45 * min(extent) * (rng.uniform(0.9, 1.05) if randomize else 1.0)
     half_depth = half_width * (rng.uniform(0.65, 0.8) if randomize else 0.72)
     canvas = _Canvas(grid, half_width, half_depth)
-    _draw_anatomy(canvas, rng if randomize else None)
+    _draw_anatomy(canvas, rng if randomize else None, family)
 
     means = np.array([_TISSUES[t][0] for t in _NAMES], dtype=np.float32)
     textures = np.array([_TISSUES[t][1] for t in _NAMES], dtype=np.float32)
@@ -357,6 +387,8 @@ def make_abdomen_phantom(
     np.clip(hu, -1024, 3071, out=hu)
     ct = grid.with_array(hu.astype(np.int16), modality="CT")
     ct.metadata = {"source": "phantom", "seed": int(seed), "randomize": bool(randomize)}
+    if family != "train":
+        ct.metadata["family"] = family
     labels = grid.with_array(label_map)
     labels.metadata = {"source": "phantom", "seed": int(seed)}
     return ct, labels, dict(LABELS)

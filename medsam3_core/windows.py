@@ -19,6 +19,7 @@ import numpy as np
 
 from medsam3_core.errors import InputError, SettingError
 from medsam3_core.io.geometry import Volume
+from medsam3_core.io.modality import hounsfield_evidence
 
 __all__ = [
     "CT_WINDOWS", "PERCENTILES", "Window", "IntensityNormalizer", "parse_window", "normalize_window", "window_name",
@@ -103,11 +104,14 @@ class IntensityNormalizer:
 
     Build it with :meth:`for_volume`, which picks ``low``/``high`` once for the whole volume. ``description`` says
     in words which rule was applied; reports show it so a user can tell why a segmentation looks as it does.
+    ``inferred`` is set when the rule rests on a guess the user should hear about (an untagged scan read as CT
+    because its values look like Hounsfield units): the sentence for the run's warnings.
     """
 
     low: float
     high: float
     description: str
+    inferred: str = ""
 
     @classmethod
     def for_volume(cls, volume: Volume, window: Window = None) -> "IntensityNormalizer":
@@ -115,7 +119,8 @@ class IntensityNormalizer:
 
         Precedence: an explicit ``window`` (``(centre, width)``, ``"C,W"`` or a :data:`CT_WINDOWS` preset name) >
         the DICOM window in ``volume.metadata["window"]`` > the modality default (CT: soft-tissue window; 8-bit RGB:
-        ``/255``; anything else: the 0.5th–99.5th percentiles of the whole volume).
+        ``/255``; anything else: the 0.5th–99.5th percentiles of the whole volume). A volume without modality whose
+        values look like Hounsfield units (:mod:`medsam3_core.io.modality`) gets the CT default, and says why.
 
         Raises:
             InputError: unknown preset name, malformed ``"C,W"`` text, or a width that is not positive.
@@ -127,9 +132,14 @@ class IntensityNormalizer:
         if dicom is not None:
             return cls._from_window(*dicom, f"DICOM window (C={dicom[0]:g}, W={dicom[1]:g})")
         modality = (volume.modality or "").upper()
-        if modality == "CT" and not volume.is_rgb:
+        inferred = ""
+        if not modality and not volume.is_rgb:
+            evidence = hounsfield_evidence(volume.array)
+            inferred = f"Read as CT: {evidence.reason()}." if evidence.is_ct else ""
+        if (modality == "CT" or inferred) and not volume.is_rgb:
             centre, width = CT_WINDOWS["soft-tissue"]
-            return cls._from_window(centre, width, f"CT soft-tissue window (C={centre:g}, W={width:g})")
+            text = f"CT soft-tissue window (C={centre:g}, W={width:g})" + (" for a scan read as CT" if inferred else "")
+            return cls(centre - width / 2.0, centre + width / 2.0, text, inferred)
         if volume.is_rgb and volume.array.dtype == np.uint8:
             return cls(0.0, 255.0, "8-bit colour, scaled by 1/255")
         low, high = _robust_range(volume.array)

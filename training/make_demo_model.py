@@ -68,8 +68,8 @@ def score_demo_scan(
     """Segment the bundled demo CT with the CLI and score its ``labels.nii.gz`` against the demo ground truth
     (``threshold`` ``None``: no ``--threshold``, so the CLI uses the model's recommended one).
 
-    ``--modality CT``: NIfTI does not record the modality, and without it the CLI windows by percentiles instead of
-    the CT soft-tissue window the model was trained with (then it finds nothing).
+    ``--modality CT``: NIfTI does not record the modality. The CLI recognises Hounsfield values by itself
+    (``medsam3_core.io.modality``), but the flag keeps this score independent of that rule.
     """
     names = demo_label_names()
     with tempfile.TemporaryDirectory() as tmp:

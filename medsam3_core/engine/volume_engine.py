@@ -100,6 +100,7 @@ class EngineResult:
         slice_axis: array axis that was sliced (slice indices in ``objects`` count along it).
         mode: the mode that ran.
         timings: seconds per stage (``encode``, ``heads``, ``spill``, ``track``, ``fuse``, ``cleanup``, ``total``).
+        warnings: what the user should hear about the run itself (an untagged scan windowed as CT, and why).
     """
 
     labels: np.ndarray
@@ -108,6 +109,7 @@ class EngineResult:
     slice_axis: int
     mode: str
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 class _Canvas:
@@ -253,6 +255,7 @@ class _Run:
         report(self.progress, "fuse", 1.0)
         self.timings["total"] = self.engine.clock() - start
         result.timings = dict(self.timings)
+        result.warnings = [self.normalize.inferred] if self.normalize.inferred else []
         return result
 
     # -- encoding --------------------------------------------------------------------------------------------------

@@ -72,7 +72,8 @@ class LocalSegmenter:
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _to_result(self, volume: Volume, plan: RunPlan, result: EngineResult) -> SegmentationResult:
-        options, threshold_source, warnings = plan.options, plan.threshold_source, list(plan.warnings)
+        options, threshold_source = plan.options, plan.threshold_source
+        warnings = list(plan.warnings) + list(result.warnings)
         segments = []
         for p, (prompt, concept) in enumerate(zip(plan.prompts, plan.concepts)):
             objects = [

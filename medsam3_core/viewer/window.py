@@ -268,7 +268,8 @@ class ViewerWindow(QMainWindow):
         source = volume.metadata.get("source", "")
         self.setWindowTitle(f"Medical SAM3 viewer — {Path(source).name}" if source else "Medical SAM3 viewer")
         spacing = " × ".join(f"{s:g}" for s in volume.spacing)
-        self.statusBar().showMessage(f"{source or 'volume'}: {volume.modality or 'image'}, "
+        kind = volume.modality or ("CT, from its Hounsfield values" if self._normalizer.inferred else "image")
+        self.statusBar().showMessage(f"{source or 'volume'}: {kind}, "
                                      f"{' × '.join(map(str, volume.shape[::-1]))} voxels of {spacing} mm")
         self._set_status("Ready: type prompts and press Segment")
         self._update_state()

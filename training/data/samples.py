@@ -29,7 +29,7 @@ from medsam3_core.engine.preprocess import IntensityNormalizer, Letterbox, slice
 
 from training.losses.boxes import masks_to_boxes
 from training.losses.criterion import Target
-from training.data.augment import augment_pair
+from training.data.augment import AUGMENT_PRESETS, AugmentSettings, augment_pair
 
 __all__ = ["Case", "SliceRef", "PromptSample", "PromptDataset", "collate", "instances_of"]
 
@@ -112,6 +112,7 @@ class PromptDataset(torch.utils.data.Dataset):
         seed: base of the per-sample random streams.
         keep_aspect: letterbox (``True``, our convention) or stretch the slices to the square input, as the
             weights being trained expect (``Sam3Bundle.keep_aspect``; Meta's SAM3 stretches).
+        augment_settings: the augmentation ranges (:data:`~training.data.augment.AUGMENT_PRESETS`).
     """
 
     def __init__(
@@ -124,8 +125,10 @@ class PromptDataset(torch.utils.data.Dataset):
         seed: int = 0,
         min_pixels: int = 4,
         keep_aspect: bool = True,
+        augment_settings: AugmentSettings = AUGMENT_PRESETS["default"],
     ) -> None:
         self.cases = cases
+        self.augment_settings = augment_settings
         self.image_size = image_size
         self.vocabulary = sorted(set(vocabulary))
         self.negative_prob = negative_prob
@@ -167,7 +170,7 @@ class PromptDataset(torch.utils.data.Dataset):
         present_texts = {case.concepts[v] for v in ref.present}
         absent = [t for t in self.vocabulary if t not in present_texts]
         if self.augment:
-            image, labels = augment_pair(image, labels, rng)
+            image, labels = augment_pair(image, labels, rng, self.augment_settings)
         letterbox = Letterbox(labels.shape[0], labels.shape[1], self.image_size, keep_aspect=self.keep_aspect)
         if absent and rng.random() < self.negative_prob:
             text, masks = absent[rng.integers(len(absent))], np.zeros((0, self.image_size, self.image_size), bool)

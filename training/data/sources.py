@@ -6,12 +6,16 @@ from pathlib import Path
 
 from medsam3_core.errors import InputError
 
-from training.config import SOURCE_KINDS, DataConfig, SourceConfig, parse_source
+from training.config import SOURCE_KINDS, SYNTHETIC_KINDS, DataConfig, SourceConfig, parse_source
 from training.data.manifests import folder2d_cases, jsonl_cases, nnunet_cases, split_cases
-from training.data.phantom_source import mni_brain_cases, phantom_cases
+from training.data.augment import AUGMENT_PRESETS
+from training.data.phantom_source import brain_template_cases, mni_brain_cases, phantom_cases
 from training.data.samples import Case, PromptDataset
 
-__all__ = ["cases_for", "build_datasets", "datasets_for"]
+__all__ = ["SYNTHETIC_KINDS", "HELDOUT_FAMILY_SEED", "cases_for", "build_datasets", "parse_source", "datasets_for"]
+
+#: First seed of the held-out phantom family: far from every training (1000…) and held-out (90 000…) seed.
+HELDOUT_FAMILY_SEED = 700_000
 
 
 def cases_for(src: SourceConfig) -> list[Case]:
@@ -27,6 +31,12 @@ def cases_for(src: SourceConfig) -> list[Case]:
         return phantom_cases(name, src.cases, **({"seed": src.seed} if src.seed else {}))
     if src.kind == "mni_brain":
         return mni_brain_cases(name, src.cases, **({"seed": src.seed} if src.seed else {}))
+    if src.kind in ("phantom_varied", "phantom_heldout"):
+        family = "heldout" if src.kind == "phantom_heldout" else "train"
+        seed = src.seed or (HELDOUT_FAMILY_SEED if family == "heldout" else 1000)
+        return phantom_cases(name, src.cases, seed, varied=True, family=family)
+    if src.kind == "brain_templates":
+        return brain_template_cases(name, src.cases, **({"seed": src.seed} if src.seed else {}))
     raise InputError(f"unknown data source kind {src.kind!r}; use one of {', '.join(SOURCE_KINDS)}")
 
 
@@ -45,7 +55,8 @@ def build_datasets(
         tr, va = split_cases(cases, cfg.val_fraction, cfg.split_seed)
         common = dict(image_size=image_size, vocabulary=vocabulary, min_pixels=cfg.min_instance_pixels,
                       keep_aspect=keep_aspect)
-        train.append(PromptDataset(tr, negative_prob=cfg.negative_prob, augment=cfg.augment, seed=seed + i, **common))
+        train.append(PromptDataset(tr, negative_prob=cfg.negative_prob, augment=cfg.augment, seed=seed + i,
+                                   augment_settings=AUGMENT_PRESETS[cfg.augment_preset], **common))
         if va:
             val.append(PromptDataset(va, negative_prob=0.0, augment=False, seed=seed + i, **common))
         weights.append(src.weight)

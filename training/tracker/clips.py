@@ -13,7 +13,15 @@ where the prompted concept is present, with one ground-truth mask per object and
   body) cannot fit them; trained on one concept per clip, the demo's tracker did exactly that for 750 steps
   (DEMO_MODEL.md).
 * **Leaving objects**: clips are not cut at the end of an organ, so a clip that starts near an organ's end runs past
-  it; the object's mask is then empty on the remaining slices and its object-score target is 0.
+  it; the object's mask is then empty on the remaining slices and its object-score target is 0. Such clips are
+  rare among all clips (an organ spans most of a case), so the tracker's object score never learned "absent"
+  (DEMO_MODEL.md). :class:`ClipSampler` therefore draws a *leaving* clip (:attr:`ClipDataset.leaving`: some
+  seeded object ends inside it) with probability ``leave_prob``. Both directions are indexed, so every organ is
+  left through its top and through its bottom, as the two sweeps of inference leave it. Objects that *enter* a
+  clip are not seeded: at inference a new object comes from a detection, never from the tracker.
+* **Memory as at inference**: the default length (:data:`DEFAULT_LENGTH`, 9) is the inference memory bank (7
+  frames: the seed and 6 recent ones) plus two, so the bank fills up and its oldest entries are evicted within
+  a clip, as they are over a whole volume. Shorter clips only ever trained banks that were never full.
 * **Same data, same split, same preprocessing** as the detector's training (:mod:`training.data`): cases come from
   :func:`training.data.sources.cases_for`, are split 85/15 by case with :func:`training.data.manifests.split_cases`
   (seed 42), and are sliced, windowed, letterboxed and scaled by the inference core's own
@@ -44,7 +52,10 @@ from training.data.manifests import split_cases
 from training.data.samples import Case, _CaseCache
 from training.data.sources import cases_for
 
-__all__ = ["Clip", "ClipRef", "ClipDataset", "ClipSampler", "clip_datasets"]
+__all__ = ["DEFAULT_LENGTH", "Clip", "ClipRef", "ClipDataset", "ClipSampler", "clip_datasets"]
+
+#: Slices per clip: the inference memory bank (``SegmentOptions.memory_size``, 7) plus two (module docstring).
+DEFAULT_LENGTH = 9
 
 _CONNECTIVITY_3D = np.ones((3, 3, 3), dtype=bool)
 
@@ -102,7 +113,7 @@ class ClipDataset:
         self,
         cases: list[Case],
         image_size: int,
-        length: int = 6,
+        length: int = DEFAULT_LENGTH,
         augment: bool = True,
         keep_aspect: bool = True,
         min_pixels: int = 16,
@@ -118,7 +129,7 @@ class ClipDataset:
         self.min_pixels = min_pixels
         self.max_objects = max_objects
         self.cache = _CaseCache(cases, capacity=max(len(cases), 1))
-        self.refs = self._index()
+        self.refs, self.leaving = self._index()
 
     @property
     def name(self) -> str:
@@ -127,19 +138,27 @@ class ClipDataset:
     def __len__(self) -> int:
         return len(self.refs)
 
-    def _index(self) -> list[ClipRef]:
-        refs = []
+    def _index(self) -> tuple[list[ClipRef], list[int]]:
+        """Every clip, and the positions of those in which a seeded object leaves (is absent on a later slice)."""
+        refs: list[ClipRef] = []
+        leaving: list[int] = []
         for ci in range(len(self.cases)):
             components, _ = self._objects(ci)
             count = components.shape[0]
             for start in range(count):
                 sizes = np.bincount(components[start].ravel())
-                if not (sizes[1:] >= self.min_pixels).any():
+                seeded = np.flatnonzero(sizes >= self.min_pixels)
+                seeded = seeded[seeded > 0]
+                if not seeded.size:
                     continue
                 for direction in (1, -1):
-                    if 0 <= start + direction * (self.length - 1) < count:
-                        refs.append(ClipRef(ci, start, direction))
-        return refs
+                    end = start + direction * (self.length - 1)
+                    if not 0 <= end < count:
+                        continue
+                    if not np.isin(seeded, components[end]).all():
+                        leaving.append(len(refs))
+                    refs.append(ClipRef(ci, start, direction))
+        return refs, leaving
 
     def _objects(self, ci: int) -> tuple[np.ndarray, list[int]]:
         """3D components of every concept of case ``ci``, numbered 1… across concepts, and each one's label value."""
@@ -196,9 +215,17 @@ def _augment_clip(images: np.ndarray, objects: np.ndarray, rng: np.random.Genera
 
 
 class ClipSampler:
-    """Draws clips from several datasets in proportion to ``weights``; clip ``step`` depends on ``(seed, step)``."""
+    """Draws clips from several datasets in proportion to ``weights``; clip ``step`` depends on ``(seed, step)``.
 
-    def __init__(self, datasets: Sequence[ClipDataset], weights: Sequence[float], seed: int = 0) -> None:
+    With probability ``leave_prob`` the clip is drawn among the dataset's leaving clips (module docstring), where it
+    has any; otherwise among all its clips.
+    """
+
+    def __init__(
+        self, datasets: Sequence[ClipDataset], weights: Sequence[float], seed: int = 0, leave_prob: float = 0.0
+    ) -> None:
+        if not 0.0 <= leave_prob <= 1.0:
+            raise ValueError(f"leave_prob must be in [0, 1], got {leave_prob}")
         kept = [(d, w) for d, w in zip(datasets, weights) if len(d)]
         if not kept:
             raise InputError("no clips: no dataset has a labelled slice with room for a clip in its split")
@@ -206,17 +233,21 @@ class ClipSampler:
         w = np.asarray([w for _, w in kept], dtype=float)
         self.probs = w / w.sum()
         self.seed = seed
+        self.leave_prob = leave_prob
 
     def __call__(self, step: int) -> Clip:
         rng = np.random.default_rng((self.seed, step))
         dataset = self.datasets[int(rng.choice(len(self.datasets), p=self.probs))]
+        leave = rng.random() < self.leave_prob
+        if leave and dataset.leaving:
+            return dataset.clip(dataset.leaving[int(rng.integers(len(dataset.leaving)))], rng)
         return dataset.clip(int(rng.integers(len(dataset))), rng)
 
 
 def clip_datasets(
     cfg: DataConfig,
     image_size: int,
-    length: int = 6,
+    length: int = DEFAULT_LENGTH,
     keep_aspect: bool = True,
     augment: bool = True,
 ) -> tuple[list[ClipDataset], list[ClipDataset], list[float]]:

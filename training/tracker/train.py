@@ -45,7 +45,7 @@ from medsam3_core.model.card import ModelCard, read_card, update_card
 from medsam3_core.model.bundle import DEMO_MODEL_DIR, Sam3Bundle, load_model, resolve_model_spec
 from medsam3_core.engine.tracker import MemoryTracker
 
-from training.tracker.clips import ClipDataset, ClipSampler, clip_datasets
+from training.tracker.clips import DEFAULT_LENGTH, ClipDataset, ClipSampler, clip_datasets
 from training.config import load_config
 from training.losses.tracker import clip_loss
 from training.engine.modelling import TrainModel, _xavier, export_weights
@@ -124,14 +124,15 @@ def evaluate_clips(bundle: Sam3Bundle, datasets: Sequence[ClipDataset], max_clip
     """Teacher-free propagation on (up to ``max_clips`` evenly spaced) clips of each dataset.
 
     Returns per dataset and overall: ``dice`` mean Dice of the tracker's mask where the object is present (absent
-    prediction = empty mask), ``presence`` accuracy of ``score > 0`` on every propagated (object, slice), and
-    ``copy_dice`` the Dice of simply copying the seed mask forward (what a tracker must beat).
+    prediction = empty mask), ``presence`` accuracy of ``score > 0`` on every propagated (object, slice),
+    ``absent`` that accuracy on the pairs where the object has left (NaN without any: has the object score learned
+    "absent"?), and ``copy_dice`` the Dice of simply copying the seed mask forward (what a tracker must beat).
     """
     out: dict[str, float] = {}
-    totals = {"dice": [], "presence": [], "copy_dice": []}
+    totals = {"dice": [], "presence": [], "absent": [], "copy_dice": []}
     for dataset in datasets:
         picks = np.linspace(0, len(dataset) - 1, num=min(max_clips, len(dataset))).round().astype(int)
-        dice, presence, copy = [], [], []
+        dice, presence, absent, copy = [], [], [], []
         for i in picks:
             clip = dataset.clip(int(i))
             tracker = MemoryTracker(bundle, memory_size or int(bundle.tracker.num_maskmem), clip.num_slices)
@@ -147,17 +148,18 @@ def evaluate_clips(bundle: Sam3Bundle, datasets: Sequence[ClipDataset], max_clip
                 seen = step.score_logits > 0
                 pred = pred & seen[:, None, None]
                 presence += (seen == here).float().tolist()
+                absent += (~seen[~here]).float().tolist()
                 for n in torch.nonzero(here).flatten().tolist():
                     dice.append(mask_dice(pred[n].cpu().numpy(), gt[n, t].cpu().numpy()))
                     copy.append(mask_dice(gt[n, 0].cpu().numpy(), gt[n, t].cpu().numpy()))
                 tracker.remember(feats[t], memories, t, step.mask_logits, seen, step.pointers)
         name = dataset.name
         out[f"{name}/dice"], out[f"{name}/presence"] = float(np.mean(dice)), float(np.mean(presence))
+        out[f"{name}/absent"] = float(np.mean(absent)) if absent else float("nan")
         out[f"{name}/copy_dice"] = float(np.mean(copy))
-        totals["dice"].append(out[f"{name}/dice"])
-        totals["presence"].append(out[f"{name}/presence"])
-        totals["copy_dice"].append(out[f"{name}/copy_dice"])
-    out.update({k: float(np.mean(v)) for k, v in totals.items() if v})
+        for key in totals:
+            totals[key].append(out[f"{name}/{key}"])
+    out.update({k: float(np.nanmean(v)) for k, v in totals.items() if v and not np.isnan(v).all()})
     return out
 
 
@@ -168,7 +170,8 @@ class TrackerTrainConfig:
     out: str = "runs/tracker"
     data: str = "demo"  # a training config (preset or JSON) whose data.sources and split are used
     steps: int = 2000
-    clip_length: int = 6
+    clip_length: int = DEFAULT_LENGTH
+    leave_prob: float = 0.5
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup: int = 100
@@ -204,7 +207,7 @@ def train_tracker(cfg: TrackerTrainConfig, log=print) -> dict:
     freeze_detector(bundle)
     data_cfg = load_config(cfg.data).data
     train_sets, val_sets, weights = clip_datasets(data_cfg, bundle.image_size, cfg.clip_length, bundle.keep_aspect)
-    sampler = ClipSampler(train_sets, weights, seed=cfg.seed)
+    sampler = ClipSampler(train_sets, weights, seed=cfg.seed, leave_prob=cfg.leave_prob)
     log(f"clips: train {[(d.name, len(d)) for d in train_sets]}, val {[(d.name, len(d)) for d in val_sets]}; "
         f"reinit {'xavier' if reinit else 'none'}")
     params = tracker_parameters(bundle)
@@ -296,7 +299,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="training config (preset or JSON) whose data sources and 85/15 split give the clips")
     for name in ("steps", "clip_length", "warmup", "seed", "eval_every", "eval_clips", "log_every", "threads"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "weight_decay", "grad_clip", "gt_memory", "max_minutes"):
+    for name in ("lr", "weight_decay", "grad_clip", "gt_memory", "leave_prob", "max_minutes"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--reinit", choices=("auto", "xavier", "none"), default=defaults.reinit,
                    help="re-initialise the tracker's linear layers (auto: when the source's tracker is untrained)")
