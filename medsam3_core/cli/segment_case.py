@@ -8,12 +8,12 @@ output fails, the files already written for this result are removed again.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from medsam3_core.errors import InputError
+from medsam3_core.io.atomic import remove_path
 from medsam3_core.io.geometry import Volume
 from medsam3_core.progress import CancelToken, ProgressCallback, report
 from medsam3_core.prompts import PromptResolution
@@ -110,16 +110,9 @@ def segment_and_write(
             write_overlays(volume, result.labelmap, result.segments, plan.png, slice_axis=options.slice_axis,
                            window=options.window)
     except BaseException:
-        _remove(written.values())  # all or nothing: a failed extra output takes the label map with it
+        for path in written.values():  # all or nothing: a failed extra output takes the label map with it
+            remove_path(path)
         raise
     report(progress, "write", 1.0)
     return {"result": result, "written": written, "warnings": extra["input_warnings"] + result.warnings}
 
-
-def _remove(paths: Any) -> None:
-    for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "remove_path"]
 
 
 @contextlib.contextmanager
@@ -35,3 +36,13 @@ def atomic_path(target: Union[str, Path]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_path(path: Union[str, Path]) -> None:
+    """Remove a file or a folder tree, whichever ``path`` is (already gone is fine): how outputs of a failed or
+    cancelled step are taken back."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
