@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
@@ -31,6 +31,7 @@ __all__ = ["Case", "VOLUME_SUFFIXES", "MANIFEST_COLUMNS", "collect_cases", "spli
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MANIFEST_COLUMNS = ("input", "prompts", "output", "series", "modality", "window")
 _DEMO = "demo"
+_BY_NAME = Path(".")  # a collected case without an output of its own: out_root/<name>
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Case:
     Attributes:
         name: unique among the cases; the output folder's name unless the manifest gave an ``output``.
         input: what :func:`medsam3_core.segmenters.opening.open_input` reads (a file, a DICOM folder or ``demo``).
-        output: the case's output folder.
+        output: the case's output folder (while the cases are collected: a manifest's ``output`` as given, or
+            ``.`` for "under the output root by name").
         prompts: the concepts to segment in this case.
         series_uid, modality, window: this case's own choices (``None``: the command line's).
     """
@@ -56,19 +58,6 @@ class Case:
     def to_dict(self) -> dict[str, Any]:
         return {"case": self.name, "input": self.input, "output": str(self.output), "prompts": list(self.prompts),
                 "series": self.series_uid, "modality": self.modality, "window": self.window}
-
-
-@dataclass(frozen=True)
-class _Found:
-    """A case before names are made unique: a proposed name, or a fixed output folder from a manifest."""
-
-    name: str
-    input: str
-    prompts: tuple[str, ...]
-    output: Optional[str] = None
-    series_uid: Optional[str] = None
-    modality: Optional[str] = None
-    window: Optional[str] = None
 
 
 def split_prompts(value: Any) -> tuple[str, ...]:
@@ -88,7 +77,7 @@ def collect_cases(inputs: Sequence[str], prompts: Sequence[str], out_root: Path)
     """
     out_root = Path(out_root).expanduser().resolve()
     default_prompts = tuple(p for p in prompts)
-    found: list[_Found] = []
+    found: list[Case] = []
     for text in inputs:
         found.extend(_cases_of(text, default_prompts, out_root))
     if not found:
@@ -96,9 +85,9 @@ def collect_cases(inputs: Sequence[str], prompts: Sequence[str], out_root: Path)
     return _named(found, out_root)
 
 
-def _cases_of(text: str, prompts: tuple[str, ...], out_root: Path) -> list[_Found]:
+def _cases_of(text: str, prompts: tuple[str, ...], out_root: Path) -> list[Case]:
     if text == _DEMO:
-        return [_Found(_DEMO, _DEMO, _need_prompts(prompts, text))]
+        return [Case(_DEMO, _DEMO, _BY_NAME, _need_prompts(prompts, text))]
     path = Path(text).expanduser()
     if not path.exists():
         raise InputError(f"Input not found: {path}. Check the path.")
@@ -106,7 +95,7 @@ def _cases_of(text: str, prompts: tuple[str, ...], out_root: Path) -> list[_Foun
     if path.is_file() and lower.endswith((".csv", ".jsonl")):
         return _manifest(path, prompts)
     if path.is_file():
-        return [_Found(_stem(path), str(path), _need_prompts(prompts, text))]
+        return [Case(_stem(path), str(path), _BY_NAME, _need_prompts(prompts, text))]
     found = _folder(path.resolve(), _need_prompts(prompts, text), out_root)
     if not found:
         raise InputError(f"No NIfTI, NRRD or MHA images and no DICOM series found in {path} (including subfolders).")
@@ -134,12 +123,12 @@ def _relative_name(path: Path, root: Path) -> str:
     return "_".join(parts) if parts else root.name
 
 
-def _folder(root: Path, prompts: tuple[str, ...], out_root: Path) -> list[_Found]:
+def _folder(root: Path, prompts: tuple[str, ...], out_root: Path) -> list[Case]:
     """Image files and DICOM series under ``root`` (hidden entries and the output root itself are left out)."""
-    images: list[_Found] = []
+    images: list[Case] = []
     for path in _walk(root, out_root):
         if path.name.lower().endswith(VOLUME_SUFFIXES):
-            images.append(_Found(_relative_name(path.parent / _stem(path), root), str(path), prompts))
+            images.append(Case(_relative_name(path.parent / _stem(path), root), str(path), _BY_NAME, prompts))
     return images + _dicom_series(root, prompts, out_root)
 
 
@@ -154,7 +143,7 @@ def _walk(root: Path, out_root: Path) -> Iterable[Path]:
             yield entry
 
 
-def _dicom_series(root: Path, prompts: tuple[str, ...], out_root: Path) -> list[_Found]:
+def _dicom_series(root: Path, prompts: tuple[str, ...], out_root: Path) -> list[Case]:
     """One case per DICOM series, read from the folder that holds its files."""
     from medsam3_core.io.dicom import list_series_files
 
@@ -172,7 +161,7 @@ def _dicom_series(root: Path, prompts: tuple[str, ...], out_root: Path) -> list[
         name = _relative_name(folder, root)
         if per_folder[folder] > 1:  # several series in one folder: tell them apart by number (or UID)
             name += f"_S{info.series_number}" if info.series_number is not None else f"_{info.uid[-8:]}"
-        found.append(_Found(name, str(folder), prompts, series_uid=info.uid))
+        found.append(Case(name, str(folder), _BY_NAME, prompts, series_uid=info.uid))
     return found
 
 
@@ -187,7 +176,7 @@ def _common_parts(folders: list[Path]) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------------------- manifests
-def _manifest(path: Path, prompts: tuple[str, ...]) -> list[_Found]:
+def _manifest(path: Path, prompts: tuple[str, ...]) -> list[Case]:
     rows = _csv_rows(path) if path.name.lower().endswith(".csv") else _jsonl_rows(path)
     found = []
     for where, row in rows:
@@ -206,8 +195,8 @@ def _manifest(path: Path, prompts: tuple[str, ...]) -> list[_Found]:
             raise InputError(f"{where}: no prompts; fill its 'prompts' (e.g. kidney;liver) or give -p.")
         text = _DEMO if value["input"] == _DEMO else str(source)
         name = Path(value["output"]).name if value.get("output") else _stem(Path(text))
-        found.append(_Found(name, text, case_prompts, value.get("output") or None, value.get("series") or None,
-                            value.get("modality") or None, value.get("window") or None))
+        found.append(Case(name, text, Path(value.get("output") or _BY_NAME), case_prompts,
+                          value.get("series") or None, value.get("modality") or None, value.get("window") or None))
     return found
 
 
@@ -244,18 +233,17 @@ def _jsonl_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 # ---------------------------------------------------------------------------------------------------- names
-def _named(found: list[_Found], out_root: Path) -> list[Case]:
+def _named(found: list[Case], out_root: Path) -> list[Case]:
     """Unique names; a manifest's own ``output`` is kept as given, every other case gets ``out_root/<name>``."""
     names = safe_names([f.name for f in found])
     cases, taken = [], {}
     for f, name in zip(found, names, strict=True):
-        output = (out_root / f.output) if f.output is not None else (out_root / name)
-        output = output.expanduser().resolve()
+        output = (out_root / (name if f.output == _BY_NAME else f.output)).expanduser().resolve()
         if output == out_root:
             raise InputError(f"Case {name!r} would write into the output root {out_root} itself; give it a folder.")
         if output in taken:
             raise InputError(f"Cases {taken[output]!r} and {name!r} would both write to {output}; give them "
                              "different 'output' folders.")
         taken[output] = name
-        cases.append(Case(name, f.input, output, f.prompts, f.series_uid, f.modality, f.window))
+        cases.append(replace(f, name=name, output=output))
     return cases

@@ -9,7 +9,7 @@ redoes the cases instead of keeping stale outputs, while the device or the progr
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,30 +26,28 @@ __all__ = ["CaseRecipe"]
 class CaseRecipe:
     """Options shared by the cases; a case's own ``window``, ``modality`` and ``series`` override them.
 
-    ``dicom_seg`` and ``png`` are relative to each case's folder, so every case carries its own.
+    ``outputs`` is the plan of every case relative to its folder (``--dicom-seg`` and ``--png`` name a file and a
+    folder inside it), so every case carries its own.
     """
 
     options: SegmentOptions
     model: str
-    fmt: str = "nii.gz"
-    per_segment: bool = False
-    confidence: bool = False
-    dicom_seg: Optional[Path] = None
-    png: Optional[Path] = None
-    synonyms: Optional[str] = None
+    outputs: OutputPlan
     modality: Optional[str] = None
     frame: Optional[int] = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "CaseRecipe":
         """Resolve and check the options (raises :class:`InputError` for a bad one before any case runs)."""
-        recipe = cls(
-            options=segment_options(args), model=str(args.model), fmt=args.format, per_segment=args.per_segment,
-            confidence=args.confidence_map, dicom_seg=_inside_case("--dicom-seg", args.dicom_seg),
-            png=_inside_case("--png", args.png), synonyms=args.synonyms, modality=args.modality, frame=args.frame,
-        )
-        recipe.plan(Path(".")).check()
-        return recipe
+        outputs = OutputPlan(Path("."), args.format, args.per_segment, args.confidence_map,
+                             _inside_case("--dicom-seg", args.dicom_seg), _inside_case("--png", args.png),
+                             args.synonyms)
+        outputs.check()
+        return cls(segment_options(args), str(args.model), outputs, args.modality, args.frame)
+
+    @property
+    def synonyms(self) -> Optional[str]:
+        return self.outputs.synonyms
 
     def options_for(self, case: Case) -> SegmentOptions:
         if case.window is None:
@@ -58,11 +56,10 @@ class CaseRecipe:
 
     def plan(self, folder: Path) -> OutputPlan:
         """The outputs of one case written into ``folder``."""
-        return OutputPlan(
-            folder, self.fmt, self.per_segment, self.confidence,
-            folder / self.dicom_seg if self.dicom_seg is not None else None,
-            folder / self.png if self.png is not None else None, self.synonyms,
-        )
+        relative = self.outputs
+        return replace(relative, folder=folder,
+                       dicom_seg=folder / relative.dicom_seg if relative.dicom_seg is not None else None,
+                       png=folder / relative.png if relative.png is not None else None)
 
     def job(self, case: Case) -> dict[str, Any]:
         """Everything that decides a case's outputs, as plain JSON data (compared for equality on reruns)."""
@@ -71,8 +68,9 @@ class CaseRecipe:
             "input": source, "series": case.series_uid, "prompts": list(case.prompts),
             "modality": case.modality or self.modality, "frame": self.frame, "model": self.model,
             "options": self.options_for(case).to_dict(), "synonyms": self.synonyms,
-            "outputs": {"format": self.fmt, "per_segment": self.per_segment, "confidence": self.confidence,
-                        "dicom_seg": _text(self.dicom_seg), "png": _text(self.png)},
+            "outputs": {"format": self.outputs.fmt, "per_segment": self.outputs.per_segment,
+                        "confidence": self.outputs.confidence, "dicom_seg": _text(self.outputs.dicom_seg),
+                        "png": _text(self.outputs.png)},
         }
 
 
