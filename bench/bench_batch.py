@@ -13,6 +13,9 @@ The scans are phantoms of the demo scan's size (48 × 160 × 160 voxels, 2.2 × 
 seeds. Every run uses ``--device cpu`` and ``OMP_NUM_THREADS=1``; the outputs of ``batch`` and ``infer`` are checked
 to be equal before any figure is printed.
 
+Other processes on the machine change the torchrun ratio most (two ranks need two free cores), so the load
+average before and after, and the CPU seconds of every command with its children, are printed too.
+
 Run from the repository root: ``python bench/bench_batch.py`` (a few minutes on 2 CPU cores with the demo model).
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -44,10 +48,18 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def _timed(command: list[str]) -> float:
+def _timed(command: list[str]) -> tuple[float, float]:
+    """Wall seconds of ``command``, and the CPU seconds of it and every process it started (torchrun's ranks)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(command, env=_env(), cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def _sum(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
 
 
 def _free_port() -> int:
@@ -83,14 +95,16 @@ def main() -> int:
         root = Path(tmp)
         scans = _write_scans(root / "scans", args.cases)
         python = [sys.executable]
+        load_before = os.getloadavg()[0]
         times = {
             "batch": _timed([*python, "-m", "medsam3_core.batch", str(root / "scans"), "-p", *PROMPTS,
                              "-o", str(root / "batch"), *COMMON]),
-            "infer": sum(_timed([*python, "-m", "medsam3_core.volume", "infer", str(scan), *PROMPTS,
-                                 "-o", str(root / "infer" / scan.name.split(".")[0]), *COMMON]) for scan in scans),
+            "infer": _sum([_timed([*python, "-m", "medsam3_core.volume", "infer", str(scan), *PROMPTS,
+                                   "-o", str(root / "infer" / scan.name.split(".")[0]), *COMMON]) for scan in scans]),
             "torchrun_1": _timed(_torchrun(1, root / "scans", root / "rank1")),
             "torchrun_2": _timed(_torchrun(2, root / "scans", root / "rank2")),
         }
+        load_after = os.getloadavg()[0]
         for scan in scans:
             case = scan.name.split(".")[0]
             for other in ("infer", "rank1", "rank2"):
@@ -99,12 +113,15 @@ def main() -> int:
         case_s = [row["seconds"] for row in rows]
         engine_s = [json.loads((Path(row["output"]) / "report.json").read_text())["timings"]["total"] for row in rows]
 
+    wall = {name: t[0] for name, t in times.items()}
     print(f"{args.cases} demo-sized cases ({'x'.join(map(str, DEMO_SHAPE))} voxels), prompts {' '.join(PROMPTS)}, "
-          "CPU, one thread per process; wall seconds:")
-    for name, seconds in times.items():
-        print(f"  {name:<11} {seconds:7.1f} s")
-    print(f"batch vs {args.cases} infer processes: {times['infer'] / times['batch']:.2f}x (target >= 1.5x)")
-    print(f"2 torchrun ranks vs 1 rank: {times['torchrun_1'] / times['torchrun_2']:.2f}x (target >= 1.6x)")
+          f"CPU, one thread per process, {os.cpu_count()} cores, load average {load_before:.1f} before and "
+          f"{load_after:.1f} after:")
+    for name, (seconds, cpu) in times.items():
+        print(f"  {name:<11} {seconds:7.1f} s wall {cpu:7.1f} s CPU")
+    print(f"batch vs {args.cases} infer processes: {wall['infer'] / wall['batch']:.2f}x (target >= 1.5x)")
+    print(f"2 torchrun ranks vs 1 rank: {wall['torchrun_1'] / wall['torchrun_2']:.2f}x (target >= 1.6x; needs two "
+          f"free cores: CPU seconds {times['torchrun_2'][1] / times['torchrun_1'][1]:.2f}x of one rank's)")
     print(f"batch per case: {np.mean(case_s):.2f} s wall vs {np.mean(engine_s):.2f} s in the engine "
           f"({np.mean(case_s) / np.mean(engine_s):.2f}x)")
     return 0

@@ -19,6 +19,7 @@ import traceback
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from medsam3_core.batch.cases import Case
@@ -158,7 +159,7 @@ def _segment_case(
     return row
 
 
-def _move_into_place(case: Case, staging, token: str) -> None:
+def _move_into_place(case: Case, staging: Path, token: str) -> None:
     """Replace the case folder by ``staging``: the old folder is moved aside first and deleted last, so a kill in
     between leaves no case folder (the case reruns) rather than a mix of two runs."""
     replaced = None
