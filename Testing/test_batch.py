@@ -135,6 +135,7 @@ def test_dicom_tree_every_series_is_a_case(tmp_path):
         assert (out / case / "seg.dcm").is_file() and any((out / case / "png").iterdir())
     report = json.loads((out / "patient2_ct" / "report.json").read_text())
     assert report["input"]["path"] == str(tree / "patient2" / "ct")
+    assert _summary(out)[1]["series"] == read_volume(tree / "patient2" / "ct").metadata["series_uid"]
 
 
 def test_two_series_in_one_folder_are_told_apart(tmp_path):

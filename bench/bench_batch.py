@@ -122,6 +122,11 @@ def main() -> int:
     print(f"batch vs {args.cases} infer processes: {wall['infer'] / wall['batch']:.2f}x (target >= 1.5x)")
     print(f"2 torchrun ranks vs 1 rank: {wall['torchrun_1'] / wall['torchrun_2']:.2f}x (target >= 1.6x; needs two "
           f"free cores: CPU seconds {times['torchrun_2'][1] / times['torchrun_1'][1]:.2f}x of one rank's)")
+    # Amdahl from the CPU seconds: each rank pays the start (imports, model load) F; the cases cost W in all.
+    start = times["torchrun_2"][1] - times["torchrun_1"][1]
+    work = times["torchrun_1"][1] - start
+    print(f"  per-rank start {start:.1f} CPU s, all cases {work:.1f} CPU s: on two idle cores 2 ranks can reach "
+          f"at most {(start + work) / (start + work / 2):.2f}x")
     print(f"batch per case: {np.mean(case_s):.2f} s wall vs {np.mean(engine_s):.2f} s in the engine "
           f"({np.mean(case_s) / np.mean(engine_s):.2f}x)")
     return 0

@@ -8,17 +8,23 @@ starts, ``{"event": "progress", "case": …, "stage": …, "fraction": …}`` wh
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any, Optional
 
 from medsam3_core.batch.cases import Case
 from medsam3_core.batch.distributed import Ranks
-from medsam3_core.cli.infer import emit
-
-__all__ = ["BatchDisplay"]
+__all__ = ["BatchDisplay", "emit"]
 
 _REFRESH_S = 0.1  # stage updates arrive per batch of slices; redrawing the bar more often only costs time
+
+
+def emit(event: dict[str, Any]) -> None:
+    """One JSON line on stdout, in a single write: torchrun starts its ranks unbuffered (``python -u``) on one
+    shared stdout, where ``print`` would write the line and its newline separately and ranks' lines could mix."""
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
 
 
 class BatchDisplay:

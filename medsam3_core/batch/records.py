@@ -38,7 +38,8 @@ _STAGING, _REPLACED = "partial", "old"
 
 def _row(case: Case, status: str, seconds: Optional[float]) -> dict[str, Any]:
     return {"case": case.name, "status": status, "seconds": None if seconds is None else round(seconds, 3),
-            "input": case.input, "output": str(case.output), "segments": [], "warnings": [], "error": None}
+            "input": case.input, "series": case.series_uid, "output": str(case.output), "segments": [],
+            "warnings": [], "error": None}
 
 
 def done_row(case: Case, outcome: dict[str, Any], seconds: float) -> dict[str, Any]:

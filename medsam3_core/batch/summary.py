@@ -18,7 +18,7 @@ from medsam3_core.io.atomic import atomic_path
 
 __all__ = ["write_summary", "count_statuses"]
 
-_FIXED = ("case", "status", "seconds", "input", "output")
+_FIXED = ("case", "status", "seconds", "input", "series", "output")
 
 
 def count_statuses(rows: Sequence[dict[str, Any]]) -> dict[str, int]:

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from medsam3_core.batch.cases import collect_cases
-from medsam3_core.batch.display import BatchDisplay
+from medsam3_core.batch.display import BatchDisplay, emit
 from medsam3_core.batch.distributed import Ranks, join, shard
 from medsam3_core.batch.recipe import CaseRecipe
 from medsam3_core.batch.records import not_run_row
 from medsam3_core.batch.runner import find_pending, run_cases
 from medsam3_core.batch.summary import count_statuses, write_summary
-from medsam3_core.cli.infer import EXIT_CANCELLED, EXIT_OK, EXIT_USER_ERROR, emit
+from medsam3_core.cli.infer import EXIT_CANCELLED, EXIT_OK, EXIT_USER_ERROR
 from medsam3_core.cli.options import add_common_arguments, progress_style
 from medsam3_core.errors import Cancelled, InputError, MedSam3Error
 from medsam3_core.progress import CancelToken
