@@ -55,10 +55,6 @@ class Case:
     modality: Optional[str] = None
     window: Optional[str] = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"case": self.name, "input": self.input, "output": str(self.output), "prompts": list(self.prompts),
-                "series": self.series_uid, "modality": self.modality, "window": self.window}
-
 
 def split_prompts(value: Any) -> tuple[str, ...]:
     """A manifest's prompts: a list, or one string with ``;`` between prompts (prompts themselves may hold spaces)."""
@@ -110,12 +106,11 @@ def _need_prompts(prompts: tuple[str, ...], where: str) -> tuple[str, ...]:
 
 
 def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", *(s for s in VOLUME_SUFFIXES if s != ".nii.gz"), ".png", ".jpg", ".jpeg", ".tif",
-                   ".tiff", ".bmp", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or name
-    return path.stem or name
+    """The file name without its format's suffix (``scan.nii.gz`` → ``scan``)."""
+    from medsam3_core.io.reading import format_of
+
+    suffix = format_of(path)
+    return (path.name[: -len(suffix)] if suffix else path.stem) or path.name
 
 
 def _relative_name(path: Path, root: Path) -> str:
