@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from medsam3_core.cli.options import add_common_arguments, progress_style, segment_options
+from medsam3_core.cli.segment_case import OutputPlan, segment_and_write
 from medsam3_core.errors import Cancelled, MedSam3Error
 from medsam3_core.progress import CancelToken
-from medsam3_core.segmenter import CLIP_FUSIONS, MODES, SLICE_AXES, SegmentOptions
 
 __all__ = ["add_arguments", "run", "main", "EXIT_OK", "EXIT_USER_ERROR", "EXIT_CANCELLED"]
 
 EXIT_OK, EXIT_BUG, EXIT_USER_ERROR, EXIT_CANCELLED = 0, 1, 2, 3
-OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,49 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="NIfTI/NRRD/MHA file, DICOM series folder, PNG/JPEG/TIFF image, or 'demo'")
     parser.add_argument("prompts", nargs="+", metavar="PROMPT", help="concepts to segment, e.g. kidney liver")
     parser.add_argument("-o", "--output", default="medsam3_output", help="output folder (default: %(default)s)")
-    parser.add_argument("--model", default="demo", help="'demo', a transformers model folder, a .safetensors or a "
-                        "SAM3 / Medical SAM3 .pt checkpoint (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--mode", choices=MODES, default=None,
-                        help="track: detector + memory tracker through the whole volume; detect: detector on every "
-                             "slice only; clips: independent short clips through detector + tracker, merged (how the "
-                             "Medical SAM3 3D release was trained). Default: the model's recommended mode, else track")
-    parser.add_argument("--clip-length", type=int, default=None,
-                        help="slices per clip in clips mode (default: the model's, 4 for the Medical SAM3 3D release)")
-    parser.add_argument("--clip-fusion", choices=CLIP_FUSIONS, default="pixel_score",
-                        help="how clips mode merges overlapping clips (default: %(default)s)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="detection score threshold (default: the model's recommended threshold, 0.5 if it "
-                             "states none)")
-    parser.add_argument("--window", default=None,
-                        help="CT window preset (soft-tissue, lung, bone, brain) or CENTRE,WIDTH; default: the DICOM "
-                             "window, else soft-tissue for CT and robust percentiles otherwise")
-    parser.add_argument("--slice-axis", choices=SLICE_AXES, default="axial", help="slicing direction (default: axial)")
-    parser.add_argument("--modality", default=None, help="override the modality hint (CT, MR, ...)")
     parser.add_argument("--series", default=None, metavar="UID", help="DICOM SeriesInstanceUID to read")
-    parser.add_argument("--frame", type=int, default=None, help="frame index of a 4D input")
-    parser.add_argument("--max-voxels", type=int, default=None, metavar="N",
-                        help="refuse inputs whose header claims more voxels (default: 2**30)")
-    parser.add_argument("--format", choices=OUTPUT_FORMATS, default="nii.gz",
-                        help="label map format (png for 2D images only; default: nii.gz)")
-    parser.add_argument("--per-segment", action="store_true", help="also write one binary mask per prompt")
-    parser.add_argument("--confidence-map", action="store_true", help="also write a per-voxel confidence map")
-    parser.add_argument("--cleanup", action="store_true", help="keep the largest 3D component per object, fill holes")
-    parser.add_argument("--batch-size", type=int, default=4, help="slices per forward pass (default: 4)")
-    parser.add_argument("--memory-size", type=int, default=7, help="tracker memory-bank frames (default: 7)")
-    parser.add_argument("--synonyms", default=None, metavar="JSON", help="extra synonym table for prompt resolution")
-    parser.add_argument("--png", default=None, metavar="DIR", help="write overlay pictures of a few slices to DIR")
-    parser.add_argument("--dicom-seg", default=None, metavar="FILE", help="also write a DICOM SEG (DICOM input only)")
-    parser.add_argument("--server", default=None, metavar="URL", help="run on a remote medsam3 server")
-    parser.add_argument("--api-key", default=None, help="API key of the remote server (or MEDSAM3_API_KEY)")
-    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
-                        help="progress display: bar on stderr, json lines on stdout, or none")
-    parser.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    add_common_arguments(parser)
 
 
 #: The option of each setting a core error can name (``MedSam3Error.field``), so the user reads the flag to change.
 FLAGS = {"threshold": "--threshold", "window": "--window", "slice_axis": "--slice-axis", "mode": "--mode",
-         "batch_size": "--batch-size", "memory_size": "--memory-size", "device": "--device"}
+         "batch_size": "--batch-size", "memory_size": "--memory-size", "device": "--device",
+         "clip_length": "--clip-length", "clip_fusion": "--clip-fusion"}
 
 
 def user_message(err: MedSam3Error) -> str:
@@ -121,72 +85,25 @@ def emit(event: dict[str, Any]) -> None:
 
 def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: _Progress) -> dict[str, Any]:
     from medsam3_core.segmenters.opening import open_input, open_segmenter
-    from medsam3_core.io.export import write_outputs
-    from medsam3_core.io.outputs import check_format_holds, check_output_targets
-    from medsam3_core.prompts import duplicate_concepts, resolve_prompts
+    from medsam3_core.io.outputs import check_output_targets
+    from medsam3_core.prompts import resolve_prompts
 
-    options = SegmentOptions(
-        threshold=args.threshold, window=args.window, slice_axis=args.slice_axis, mode=args.mode,
-        batch_size=args.batch_size, cleanup=args.cleanup, memory_size=args.memory_size,
-        confidence_map=args.confidence_map, clip_length=args.clip_length, clip_fusion=args.clip_fusion,
-    )
+    options = segment_options(args)
     resolutions = resolve_prompts(args.prompts, args.synonyms)
+    plan = OutputPlan(Path(args.output), args.format, args.per_segment, args.confidence_map,
+                      Path(args.dicom_seg) if args.dicom_seg else None, Path(args.png) if args.png else None,
+                      args.synonyms)
+    plan.check()
     check_output_targets(args.output, dicom_seg=args.dicom_seg, png=args.png)  # before any model is loaded
     t0 = time.perf_counter()
     volume = open_input(args.input, series_uid=args.series, modality=args.modality, frame=args.frame,
                         progress=progress, cancel=cancel, max_voxels=args.max_voxels)
     read_s = time.perf_counter() - t0
-    check_format_holds(volume, args.format)
-    if args.dicom_seg:
-        from medsam3_core.io.dicom_seg import check_seg_source
-
-        check_seg_source(volume)
+    plan.check_input(volume)
 
     segmenter = open_segmenter(args.model, args.device, args.server, args.api_key, progress)
-    result = segmenter.segment(volume, [r.raw for r in resolutions], options, progress=progress, cancel=cancel,
-                               concepts=[r.concept for r in resolutions])
-    result.timings = {"read": read_s, **result.timings}
-    for concept, raws in duplicate_concepts(resolutions).items():
-        result.warnings.append(f"Prompts {', '.join(map(repr, raws))} all mean {concept!r}; each got its own label.")
-    cancel.raise_if_cancelled()
-
-    progress("write", 0.0)
-    extra = {
-        "input": {"path": str(volume.metadata.get("source", args.input)), "shape": list(volume.shape),
-                  "spacing": list(volume.spacing), "origin": list(volume.origin),
-                  "direction": volume.direction.tolist(), "modality": volume.modality},
-        "prompts": [r.to_dict() for r in resolutions],
-        "input_warnings": list(volume.metadata.get("warnings", [])),
-    }
-    written = write_outputs(result, args.output, fmt=args.format, per_segment=args.per_segment,
-                            confidence=args.confidence_map, extra_report=extra)
-    try:
-        if args.dicom_seg:
-            from medsam3_core.io.dicom_seg import write_dicom_seg
-
-            write_dicom_seg(result.labelmap, result.segments, volume, args.dicom_seg, model=result.model,
-                            synonyms_file=args.synonyms)
-            written["dicom_seg"] = Path(args.dicom_seg)
-        if args.png:
-            from medsam3_core.io.overlay import write_overlays
-
-            written["png"] = Path(args.png)
-            write_overlays(volume, result.labelmap, result.segments, args.png, slice_axis=args.slice_axis,
-                           window=options.window)
-    except BaseException:
-        _remove(written.values())  # all or nothing: a failed extra output takes the label map with it
-        raise
-    progress("write", 1.0)
-    return {"result": result, "written": written, "warnings": extra["input_warnings"] + result.warnings}
-
-
-def _remove(paths: Any) -> None:
-    for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+    return segment_and_write(segmenter, volume, resolutions, options, plan, input_text=args.input,
+                             read_seconds=read_s, progress=progress, cancel=cancel)
 
 
 def _print_summary(outcome: dict[str, Any]) -> None:
@@ -203,8 +120,7 @@ def _print_summary(outcome: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``infer``; returns the process exit code (never raises for user errors)."""
-    style = "none" if args.quiet and args.progress == "bar" else args.progress
-    progress = _Progress(style)
+    progress = _Progress(progress_style(args))
     cancel = CancelToken()
 
     def _on_sigint(signum, frame):  # first Ctrl-C: stop after the current batch; second: abort at once

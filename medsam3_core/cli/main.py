@@ -18,6 +18,7 @@ __all__ = ["SUBCOMMANDS", "main"]
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("medsam3_core.cli.infer", "segment a scan or image by text prompts"),
+    "batch": ("medsam3_core.cli.batch", "segment many scans with the model loaded once (resumable, torchrun-ready)"),
     "serve": ("medsam3_core.server.cli", "run the remote inference server"),
     "convert": ("medsam3_core.model.convert", "convert a native SAM3 / Medical SAM3 .pt checkpoint to a model folder"),
     "download": ("medsam3_core.model.download", "download and convert released weights into the cache"),

@@ -15,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator, Union
 
-__all__ = ["atomic_path", "partial_path", "remove_stale_partials"]
+__all__ = ["atomic_path", "partial_path", "remove_path", "remove_stale_partials"]
 
 _PARTIAL = re.compile(r"^\..+-(\d+)-[0-9a-f]{8}\.partial(\.[^/]*)?$")
 
@@ -99,3 +100,13 @@ def atomic_path(target: Union[str, Path]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_path(path: Union[str, Path]) -> None:
+    """Remove a file or a folder tree, whichever ``path`` is (already gone is fine): how outputs of a failed or
+    cancelled step are taken back."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from medsam3_core.io.geometry import Volume
 from medsam3_core.io.validation import check_voxel_count, is_regular_file
 from medsam3_core.progress import CancelToken, ProgressCallback, report
 
-__all__ = ["SeriesInfo", "list_series", "read_dicom_series", "read_dicom_file_series"]
+__all__ = ["SeriesInfo", "list_series", "list_series_files", "read_dicom_series", "read_dicom_file_series"]
 
 _PathLike = Union[str, Path]
 # Objects that share a series with images but hold no image to stack (segmentations, structure sets, reports).
@@ -123,11 +123,18 @@ def _series_info(uid: str, headers: list[tuple[Path, Any]]) -> SeriesInfo:
 
 def list_series(folder: _PathLike, *, recursive: bool = True) -> list[SeriesInfo]:
     """All image series in ``folder`` (recursively), most images first."""
+    return [info for info, _ in list_series_files(folder, recursive=recursive)]
+
+
+def list_series_files(folder: _PathLike, *, recursive: bool = True) -> list[tuple[SeriesInfo, list[Path]]]:
+    """Like :func:`list_series`, with the files of each series, so a caller that reads many series of a tree can
+    read each from its own files' folder instead of scanning the whole tree again."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"Not a folder: {folder}.")
     series, _ = _scan(folder, recursive, None, None)
-    return sorted((_series_info(uid, h) for uid, h in series.items()), key=lambda s: (-s.images, s.uid))
+    found = [(_series_info(uid, h), [path for path, _ in h]) for uid, h in series.items()]
+    return sorted(found, key=lambda item: (-item[0].images, item[0].uid))
 
 
 # ----------------------------------------------------------------------------------------------------------- read
