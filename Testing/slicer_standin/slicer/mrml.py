@@ -228,13 +228,28 @@ class vtkSegment(vtkObject):
         return tag in self._tags
 
 
+BINARY_LABELMAP = "Binary labelmap"
+CLOSED_SURFACE = "Closed surface"
+
+
 class vtkSegmentation(vtkObject):
-    """Ordered segments with generated ids ``Segment_N`` (as Slicer generates them)."""
+    """Ordered segments with generated ids ``Segment_N`` (as Slicer generates them) and a source representation
+    (binary labelmap by default; closed surface for RTSTRUCT or model imports), which labelmap writes require."""
 
     def __init__(self) -> None:
         super().__init__()
         self._segments: dict[str, vtkSegment] = {}
         self._counter = itertools.count(1)
+        self._source = BINARY_LABELMAP
+
+    def GetSourceRepresentationName(self) -> str:
+        return self._source
+
+    def SetSourceRepresentationName(self, name: str) -> None:
+        self._source = name
+
+    def IsSourceRepresentationBinaryLabelmap(self) -> bool:
+        return self._source == BINARY_LABELMAP
 
     def AddEmptySegment(self, segmentId: str = "", segmentName: str = "", color=None) -> str:
         if not segmentId:

@@ -103,6 +103,9 @@ def updateSegmentBinaryLabelmapFromArray(narray, segmentationNode, segmentId: st
     segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
     if segment is None:
         raise ValueError(f"no segment {segmentId!r}")
+    if not segmentationNode.GetSegmentation().IsSourceRepresentationBinaryLabelmap():
+        # Slicer's SetBinaryLabelmapToSegment refuses other source representations and util turns that into this.
+        raise RuntimeError("Importing of segment failed.")
     segment.labelmap = slicer.vtkOrientedImageData(np.array(narray, dtype=np.uint8), ijk_to_ras)
     segmentationNode.Modified()
 
@@ -134,10 +137,13 @@ def errorDisplay(text: str, windowTitle: Optional[str] = None, **kwargs) -> None
 
 @contextlib.contextmanager
 def tryWithErrorDisplay(message: Optional[str] = None, show: bool = True, waitCursor: bool = False):
+    """Shows the error, then re-raises it, as Slicer's does: code after the ``with`` block does not run, and an
+    error inside a Qt slot or timer callback escapes to the event loop."""
     try:
         yield
     except Exception as err:
         slicer.calls.append(("error", f"{message}\n{err}" if message else str(err)))
+        raise
 
 
 def setSliceViewerLayers(**kwargs) -> None:
