@@ -371,6 +371,7 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
         if inputVolume is None or not inputVolume.IsA("vtkMRMLScalarVolumeNode") or inputVolume.GetImageData() is None:
             raise ValueError(_("Select a scalar input volume with image data."))
         request.validate()
+        self.checkOutputSegmentation(outputSegmentation)
         self.ensureDependencies(remote=request.remote)
         array = np.array(slicer.util.arrayFromVolume(inputVolume))
         if array.ndim != 3:
@@ -459,8 +460,9 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
             if event.kind == DONE:
                 callback(JobEvent(IMPORTING))
                 event = self._importEvent(event)
-        except (ValueError, OSError) as err:
-            event = JobEvent(ERROR, message=str(err))
+        except Exception as err:  # an error escaping this timer callback would leave the GUI locked in "Importing"
+            logging.exception("MedicalSAM3: importing the result failed")
+            event = JobEvent(ERROR, message=str(err) or type(err).__name__)
         finally:
             self._removeTemporaryFiles()
         callback(event)
@@ -488,6 +490,18 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
         return JobEvent(DONE, message=message, output=event.output, report=report)
 
     # -- MRML conversion ------------------------------------------------------------------------------------------
+    @staticmethod
+    def checkOutputSegmentation(segmentationNode) -> None:
+        """Slicer only writes label maps into a segmentation whose source representation is a binary labelmap;
+        one loaded from RTSTRUCT or models holds closed surfaces and would refuse the result after the run."""
+        if segmentationNode is None:
+            return
+        segmentation = segmentationNode.GetSegmentation()
+        if not segmentation.IsSourceRepresentationBinaryLabelmap():
+            raise ValueError(_("The output segmentation '{name}' stores its segments as {kind}; choose another "
+                               "output segmentation or 'Create new segmentation'.").format(
+                name=segmentationNode.GetName(), kind=segmentation.GetSourceRepresentationName().lower()))
+
     @staticmethod
     def ijkToRasArray(volumeNode) -> np.ndarray:
         matrix = vtk.vtkMatrix4x4()
