@@ -180,14 +180,19 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             if self.ui.promptsTextEdit.toPlainText() != params.prompts:
                 self.ui.promptsTextEdit.setPlainText(params.prompts)
             self.ui.modelSourceComboBox.setCurrentIndex(self.ui.modelSourceComboBox.findData(params.modelSource))
-            self.ui.checkpointPathLineEdit.currentPath = params.checkpointPath
-            self.ui.serverUrlLineEdit.text = params.serverUrl
+            # Text fields are written only when they differ: writing the same text back would move the cursor to
+            # the end on every keystroke.
+            if self.ui.checkpointPathLineEdit.currentPath != params.checkpointPath:
+                self.ui.checkpointPathLineEdit.currentPath = params.checkpointPath
+            if self.ui.serverUrlLineEdit.text != params.serverUrl:
+                self.ui.serverUrlLineEdit.text = params.serverUrl
             self.ui.deviceComboBox.setCurrentIndex(self.ui.deviceComboBox.findText(params.device))
             self.ui.modeComboBox.setCurrentIndex(self.ui.modeComboBox.findText(params.mode))
             self.ui.modelThresholdCheckBox.checked = params.useModelThreshold
             self.ui.thresholdSliderWidget.value = params.threshold
             self.ui.thresholdSliderWidget.setEnabled(not params.useModelThreshold)
-            self.ui.windowComboBox.setCurrentText(params.window or "auto")
+            if self.ui.windowComboBox.currentText.strip() != (params.window or "auto"):
+                self.ui.windowComboBox.setCurrentText(params.window or "auto")
             self.ui.sliceAxisComboBox.setCurrentIndex(self.ui.sliceAxisComboBox.findText(params.sliceAxis))
             self.ui.cleanupCheckBox.checked = params.cleanup
             self._updateSourceRows(params.modelSource)
