@@ -99,7 +99,7 @@ def test_6_gui_refresh_keeps_the_cursor_where_the_user_types(qapp):
         edit.setText("http://gpu-host:8000")
         edit.setCursorPosition(4)
         edit.insert("s")  # typing: textChanged -> parameter node -> GUI refresh
-        assert edit.cursorPosition == 5, edit.objectName()
+        assert edit.cursorPosition == 5, edit.objectName
     ui.windowComboBox.setCurrentText("40,400")
     ui.windowComboBox.lineEdit().setCursorPosition(2)
     ui.windowComboBox.lineEdit().insert("0")
