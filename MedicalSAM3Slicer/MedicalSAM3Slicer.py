@@ -118,6 +118,7 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.cleanupCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
         self.ui.apiKeyLineEdit.editingFinished.connect(self.onApiKeyEdited)
         self.ui.testConnectionButton.clicked.connect(self.onTestConnection)
+        self.ui.checkpointFolderButton.clicked.connect(self.onChooseCheckpointFolder)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
 
         self.initializeParameterNode()
@@ -156,7 +157,9 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         node = self.logic.getParameterNode()
         Parameters(node).set_defaults()
         if not node.GetNodeReference("InputVolume"):
-            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            # GetFirstNodeByClass also matches subclasses: a label map volume is a scalar volume, but no input.
+            volume = next((n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                           if not n.IsA("vtkMRMLLabelMapVolumeNode")), None)
             if volume:
                 node.SetNodeReferenceID("InputVolume", volume.GetID())
         self.setParameterNode(node)
@@ -225,7 +228,7 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             node.EndModify(wasModified)
 
     def _updateSourceRows(self, source: str) -> None:
-        for widget in (self.ui.checkpointLabel, self.ui.checkpointPathLineEdit):
+        for widget in (self.ui.checkpointLabel, self.ui.checkpointPathLineEdit, self.ui.checkpointFolderButton):
             widget.setVisible(source == "checkpoint")
         for widget in (self.ui.serverUrlLabel, self.ui.serverUrlLineEdit, self.ui.apiKeyLabel,
                        self.ui.apiKeyLineEdit, self.ui.testConnectionButton):
@@ -255,6 +258,13 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         ready = bool(node and node.GetNodeReference("InputVolume") and Parameters(node).prompt_list())
         button.enabled = ready
         button.toolTip = _(state.tooltip) if ready else _("Select an input volume and type at least one prompt.")
+
+    def onChooseCheckpointFolder(self) -> None:
+        """ctkPathLineEdit browses either files or folders; a model may be either, so folders get this button."""
+        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Model folder"),
+                                                     self.ui.checkpointPathLineEdit.currentPath)
+        if folder:
+            self.ui.checkpointPathLineEdit.currentPath = folder
 
     def onApiKeyEdited(self) -> None:
         qt.QSettings().setValue(API_KEY_SETTING, self.ui.apiKeyLineEdit.text)

@@ -76,6 +76,11 @@ def childWidgetVariables(widget) -> SimpleNamespace:
     return ui
 
 
+def getNodesByClass(className: str, scene=None) -> list:
+    """Nodes of ``className`` *or a subclass* (``IsA``), as a list, in scene order."""
+    return list((scene or slicer.mrmlScene).GetNodesByClass(className))
+
+
 def arrayFromVolume(volumeNode) -> np.ndarray:
     """The voxel array, indexed ``[k, j, i]`` (a view: changes show in the node, as in Slicer)."""
     return volumeNode.GetImageData().array
