@@ -347,13 +347,14 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
         cuda = nvidia_cuda_version() if any(r.module == "torch" for r in missing) else None
         qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
         try:
-            for args in install_commands(missing, cuda, core_source(__file__)):
+            for requirement, args in install_commands(missing, cuda, core_source(__file__)):
                 logging.info("pip install %s", " ".join(args))
                 try:
                     slicer.util.pip_install(args)
                 except Exception as err:  # pip fails with CalledProcessError, OSError ...; the user needs the reason
-                    raise InstallError(_("Installing {what} failed: {err}. See the Python console; check the network "
-                                         "connection.").format(what=args[0], err=err)) from err
+                    raise InstallError(_("Installing {what} ({purpose}) failed: {err}. See the Python console; check "
+                                         "the network connection.").format(
+                        what=requirement.distribution, purpose=requirement.purpose, err=err)) from err
         finally:
             qt.QApplication.restoreOverrideCursor()
         importlib.invalidate_caches()

@@ -572,7 +572,7 @@ def test_install_commands_put_torch_first_and_protect_slicer_packages():
     by_module = {r.module: r for r in REQUIREMENTS}
     missing = [by_module["httpx"], by_module["medsam3_core"], by_module["torch"]]
     commands = install_commands(missing, (12, 9), "/src/medsam3 checkout")
-    assert commands == [["torch>=2.4", "--index-url", "https://download.pytorch.org/whl/cu128"],
+    assert [args for _req, args in commands] == [["torch>=2.4", "--index-url", "https://download.pytorch.org/whl/cu128"],
                         ["--no-deps", "--upgrade", "/src/medsam3 checkout"], ["httpx>=0.27"]]
     assert torch_index_url(None).endswith("/cpu") and torch_index_url((11, 2)).endswith("/cpu")
     assert torch_index_url((13, 1)).endswith("/cu130")

@@ -147,15 +147,16 @@ def core_source(module_file: str) -> str:
 
 def install_commands(
     missing: Sequence[Requirement], cuda: Optional[tuple[int, int]], core: str
-) -> list[list[str]]:
-    """``pip install`` argument lists (for ``slicer.util.pip_install``), in order: torch from the right wheel index,
-    the core without its dependencies (so pip cannot replace Slicer's packages), then every other missing package.
-    Lists rather than strings keep Windows paths with spaces or backslashes intact."""
+) -> list[tuple[Requirement, list[str]]]:
+    """``(requirement, pip install argument list)`` pairs (for ``slicer.util.pip_install``), in order: torch from the
+    right wheel index, the core without its dependencies (so pip cannot replace Slicer's packages), then every other
+    missing package. Lists rather than strings keep Windows paths with spaces or backslashes intact; the requirement
+    names what failed in the user's message."""
     commands = []
     by_module = {r.module: r for r in missing}
     if "torch" in by_module:
-        commands.append([by_module["torch"].spec, "--index-url", torch_index_url(cuda)])
+        commands.append((by_module["torch"], [by_module["torch"].spec, "--index-url", torch_index_url(cuda)]))
     if "medsam3_core" in by_module:
-        commands.append(["--no-deps", "--upgrade", core])
-    commands += [[r.spec] for r in missing if r.module not in ("torch", "medsam3_core")]
+        commands.append((by_module["medsam3_core"], ["--no-deps", "--upgrade", core]))
+    commands += [(r, [r.spec]) for r in missing if r.module not in ("torch", "medsam3_core")]
     return commands
