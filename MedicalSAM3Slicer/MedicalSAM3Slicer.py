@@ -585,6 +585,8 @@ class MedicalSAM3SlicerTest(ScriptedLoadableModuleTest):
         self.test_phantom_demo_model()
 
     def test_phantom_demo_model(self) -> None:
+        # A fresh Slicer (and ctest) has no engine yet: install it before the first import of the core.
+        MedicalSAM3SlicerLogic().ensureDependencies(remote=False, askConfirmation=False)
         from medsam3_core.phantom import make_abdomen_phantom
 
         self.delayDisplay("Loading an oblique CT phantom")

@@ -140,3 +140,35 @@ def test_7_a_failed_install_names_the_package_not_a_pip_flag(qapp, monkeypatch):
     with pytest.raises(InstallError) as err:
         module.MedicalSAM3SlicerLogic().ensureDependencies(remote=True, askConfirmation=False)
     assert "--no-deps" not in str(err.value) and "Medical SAM3 engine" in str(err.value)
+
+
+class _NotInstalledYet:
+    """A meta-path finder that makes ``medsam3_core.phantom`` unimportable until pip has been asked to install."""
+
+    def __init__(self) -> None:
+        self.installed = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "medsam3_core.phantom" and not self.installed:
+            raise ImportError("No module named 'medsam3_core.phantom' (not installed yet)")
+        return None
+
+
+def test_5_self_test_installs_dependencies_before_importing_the_core(qapp, monkeypatch):
+    from MedicalSAM3SlicerLib.dependencies import REQUIREMENTS
+
+    finder = _NotInstalledYet()
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    monkeypatch.delitem(sys.modules, "medsam3_core.phantom", raising=False)
+    core = next(r for r in REQUIREMENTS if r.module == "medsam3_core")
+    monkeypatch.setattr(module, "missing_requirements", lambda remote: [] if finder.installed else [core])
+
+    def pip_install(args):
+        slicer.calls.append(("pip_install", args))
+        finder.installed = True
+
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install)
+    module.MedicalSAM3SlicerTest().runTest()
+    assert [c[0] for c in slicer.calls].count("pip_install") == 1
+    (output,) = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
+    assert output.GetSegmentation().GetNumberOfSegments() == 3
