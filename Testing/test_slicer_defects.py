@@ -28,7 +28,7 @@ def _clean_scene(monkeypatch):
     slicer.mrmlScene.Clear(True)
     slicer.calls.clear()
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(STANDIN), str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setattr(module.MedicalSAM3SlicerLogic, "cliModule", "threshold_cli")
+    monkeypatch.setattr(module.MedicalSAM3SlicerLogic, "serverModule", "threshold_server")
     yield
     slicer.mrmlScene.Clear(True)
 
@@ -80,7 +80,7 @@ def test_1_any_import_failure_becomes_an_error_event(qtbot, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("Importing of segment failed.")
 
-    monkeypatch.setattr(module.MedicalSAM3SlicerLogic, "importSegments", broken)
+    monkeypatch.setattr(module.scene, "importSegments", broken)
     _volume()
     widget = _widget()
     widget.ui.promptsTextEdit.setPlainText("liver")
@@ -130,16 +130,16 @@ def test_7_a_failed_install_names_the_package_not_a_pip_flag(qapp, monkeypatch):
     from MedicalSAM3SlicerLib import InstallError
     from MedicalSAM3SlicerLib.dependencies import REQUIREMENTS
 
-    core = next(r for r in REQUIREMENTS if r.module == "medsam3_core")
-    monkeypatch.setattr(module, "missing_requirements", lambda remote: [core])
+    torch = next(r for r in REQUIREMENTS if r.module == "torch")
+    monkeypatch.setattr(module, "missing_requirements", lambda remote: [torch])
 
     def failing(args):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(slicer.util, "pip_install", failing)
     with pytest.raises(InstallError) as err:
-        module.MedicalSAM3SlicerLogic().ensureDependencies(remote=True, askConfirmation=False)
-    assert "--no-deps" not in str(err.value) and "Medical SAM3 engine" in str(err.value)
+        module.MedicalSAM3SlicerLogic().ensureDependencies(remote=False, askConfirmation=False)
+    assert str(err.value).startswith("Installing torch (runs the model on this computer) failed: network unreachable")
 
 
 class _NotInstalledYet:
@@ -160,8 +160,8 @@ def test_5_self_test_installs_dependencies_before_importing_the_core(qapp, monke
     finder = _NotInstalledYet()
     monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
     monkeypatch.delitem(sys.modules, "medsam3_core.phantom", raising=False)
-    core = next(r for r in REQUIREMENTS if r.module == "medsam3_core")
-    monkeypatch.setattr(module, "missing_requirements", lambda remote: [] if finder.installed else [core])
+    scipy = next(r for r in REQUIREMENTS if r.module == "scipy")
+    monkeypatch.setattr(module, "missing_requirements", lambda remote: [] if finder.installed else [scipy])
 
     def pip_install(args):
         slicer.calls.append(("pip_install", args))

@@ -59,11 +59,30 @@ class _PythonQtProxy:
 
 
 def loadUI(path: str):
+    """Load a ``.ui`` like Slicer's loader. Its signal/slot connections name C++ signatures (``vtkMRMLScene*``) that
+    PyQt's ``uic`` cannot resolve, so they are made here by name, failing on any signal or slot a widget lacks."""
+    import io
+    import xml.etree.ElementTree as ET
+
     from qtpy import uic
 
     if not os.path.isfile(path):
         raise RuntimeError(f"UI file not found: {path}")
-    return uic.loadUi(path)
+    tree = ET.parse(path)
+    connections = tree.getroot().find("connections")
+    wanted = []
+    if connections is not None:
+        wanted = [tuple(c.findtext(k) for k in ("sender", "signal", "receiver", "slot")) for c in connections]
+        tree.getroot().remove(connections)
+    buffer = io.BytesIO()
+    tree.write(buffer, encoding="utf-8")
+    buffer.seek(0)
+    root = uic.loadUi(buffer)
+    objects = {w.objectName(): w for w in [root, *root.findChildren(object)] if w.objectName()}
+    for sender, signal, receiver, slot in wanted:
+        bound = getattr(objects[sender], signal.split("(")[0])  # AttributeError: no such signal, as Qt would warn
+        bound.connect(getattr(objects[receiver], slot.split("(")[0]))
+    return root
 
 
 def childWidgetVariables(widget) -> SimpleNamespace:
