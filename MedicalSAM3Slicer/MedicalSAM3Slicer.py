@@ -6,42 +6,43 @@ goes through the core's HTTP client in a thread, to a remote server or to the mo
 on 127.0.0.1 (started on first use, kept warm, stopped with Slicer). Torch never enters Slicer's process.
 """
 
-import contextlib
 import importlib
 import logging
-import os
 import sys
 import time
 from typing import Callable, Optional
 
-import numpy as np
 import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
+    ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
 
 from MedicalSAM3SlicerLib import (
     GUI_BINDINGS, Endpoint, InstallError, JobEvent, Parameters, ProcessingState, RunRequest, ThreadJob, WarmServer,
-    connection_work, default_python, describe_server, missing_requirements, segmentation_work, segments_from_labelmap,
-    summary_line,
+    connection_work, default_python, describe_server, missing_requirements, segmentation_work, summary_line,
 )
-from MedicalSAM3SlicerLib.dependencies import engine_folder, ensure_dependencies
 from MedicalSAM3SlicerLib.events import CANCELLED, DONE, ERROR, IMPORTING, PROGRESS
-from MedicalSAM3SlicerScene import scene
+from MedicalSAM3SlicerScene import installing, scene
 
 __all__ = ["MedicalSAM3Slicer", "MedicalSAM3SlicerWidget", "MedicalSAM3SlicerLogic", "MedicalSAM3SlicerTest"]
 
 POLL_INTERVAL_MS = 200
 API_KEY_SETTING = "MedicalSAM3/ApiKey"
 MODEL_SOURCE_LABELS = {"demo": "Demo model (built in)", "checkpoint": "Local checkpoint", "remote": "Remote server"}
+
+
+def pollJob(job: ThreadJob, onEvent: Callable[[JobEvent], object]) -> None:
+    """Hand ``job``'s events to ``onEvent`` on the GUI thread (a QTimer), until and including the terminal one."""
+    for event in job.poll():
+        onEvent(event)
+        if event.terminal:
+            return
+    qt.QTimer.singleShot(POLL_INTERVAL_MS, lambda: pollJob(job, onEvent))
 
 
 class MedicalSAM3Slicer(ScriptedLoadableModule):
@@ -241,12 +242,10 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._connectionJob.start()
         self.ui.testConnectionButton.enabled = False
         self.ui.statusLabel.text = _("Connecting...")
-        qt.QTimer.singleShot(POLL_INTERVAL_MS, self._checkConnection)
+        pollJob(self._connectionJob, self._onConnectionEvent)
 
-    def _checkConnection(self) -> None:
-        outcome = next((e for e in self._connectionJob.poll() if e.terminal), None)
-        if outcome is None:
-            qt.QTimer.singleShot(POLL_INTERVAL_MS, self._checkConnection)
+    def _onConnectionEvent(self, outcome: JobEvent) -> None:
+        if not outcome.terminal:
             return
         self._connectionJob = None
         self.ui.testConnectionButton.enabled = True
@@ -271,7 +270,7 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.setState(ProcessingState.FAILED, str(err))
             if err.restart_required and slicer.util.confirmOkCancelDisplay(_("Restart Slicer now?")):
                 slicer.util.restart()
-        except (ValueError, RuntimeError) as err:
+        except Exception as err:  # bad input (ValueError, the core's errors) or a run already going
             self.setState(ProcessingState.FAILED, str(err))
             slicer.util.errorDisplay(str(err))
 
@@ -288,19 +287,13 @@ class MedicalSAM3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.statusLabel.text = _("Running: {stage}").format(stage=event.stage)
         elif event.kind == IMPORTING:
             self.setState(ProcessingState.IMPORTING, _("Importing the result..."))
-        elif event.kind == DONE:
+        elif event.kind in (DONE, CANCELLED):
             output = self.logic.lastOutputSegmentation
-            if output is not None and self._parameterNode is not None:
+            if event.kind == DONE and output is not None and self._parameterNode is not None:
                 self._parameterNode.SetNodeReferenceID("OutputSegmentation", output.GetID())
-            self.setState(ProcessingState.IDLE, event.message)
-        elif event.kind == CANCELLED:
             self.setState(ProcessingState.IDLE, event.message)
         elif event.kind == ERROR:
             self.setState(ProcessingState.FAILED, _("Failed: {message}").format(message=event.message))
-
-
-def _raise_no_torch() -> None:
-    raise RuntimeError(_("the PyTorch extension did not install torch"))
 
 
 class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
@@ -317,52 +310,25 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
         self._job = None
         self._run: dict = {}
         self.lastOutputSegmentation = None
-        self.servers = WarmServer(python=lambda: self.serverPython or default_python(), env=self.serverEnvironment,
-                                  module=self.serverModule)
+        self.servers = WarmServer(python=lambda: self.serverPython or default_python(),
+                                  env=lambda: installing.serverEnvironment(__file__), module=self.serverModule)
         slicer.app.connect("aboutToQuit()", self.shutdown)
 
     def shutdown(self) -> None:
         """Stop the local server and every process under it (Slicer exits, the module reloads)."""
         self.servers.stop()
 
-    def serverEnvironment(self) -> dict:
-        """Slicer's startup environment (the launcher sets up Python itself) plus the engine's folder."""
-        env = dict(slicer.util.startupEnvironment())
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(engine_folder(__file__)), env.get("PYTHONPATH")) if p)
-        return env
-
-    # -- dependencies ---------------------------------------------------------------------------------------------
     def ensureDependencies(self, remote: bool, askConfirmation: bool = True) -> None:
-        """Make the bundled engine importable and install what a run needs (after asking); raise InstallError.
-        Torch comes from the PyTorch extension when it is installed; other packages through ``slicer.pydeps``
-        (Slicer 5.11+) or ``pip_install``."""
-        def confirm(listing: str) -> bool:
-            return slicer.util.confirmOkCancelDisplay(_(
-                "Medical SAM3 needs these Python packages, which will be downloaded and installed into Slicer "
-                "(this can take several minutes):\n\n{listing}").format(listing=listing), _("Install dependencies"))
-
-        pydeps, torchLogic = getattr(slicer, "pydeps", None), None
-        if hasattr(slicer.modules, "pytorchutils"):
-            import PyTorchUtils
-
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        with slicer.util.WaitCursor() if hasattr(slicer.util, "WaitCursor") else contextlib.nullcontext():
-            ensure_dependencies(
-                remote, __file__, confirm if askConfirmation else None, slicer.util.pip_install,
-                pip_ensure=pydeps and (lambda specs: pydeps.pip_ensure(specs, requester="MedicalSAM3")),
-                install_torch=torchLogic and (lambda spec: torchLogic.installTorch(
-                    askConfirmation=False, torchVersionRequirement=spec[len("torch"):]) or _raise_no_torch()),
-                missing_of=lambda remote: missing_requirements(remote))
+        """Make the bundled engine importable and install what a run needs (after asking); raise InstallError."""
+        installing.ensureDependencies(__file__, remote, askConfirmation, lambda remote: missing_requirements(remote))
 
     # -- running ----------------------------------------------------------------------------------------------
     def process(self, inputVolume, outputSegmentation, request: RunRequest, waitForCompletion: bool = True,
                 eventCallback: Optional[Callable[[JobEvent], None]] = None):
-        """Segment ``inputVolume`` by ``request.prompts`` into ``outputSegmentation`` (None: a new node).
-
-        Raises ``ValueError`` for bad inputs and ``InstallError`` for missing packages before anything starts.
-        Blocking mode returns the segmentation node (None if cancelled) and raises ``RuntimeError`` on failure;
-        otherwise progress and the outcome arrive through ``eventCallback`` on the GUI thread.
-        """
+        """Segment ``inputVolume`` by ``request.prompts`` into ``outputSegmentation`` (None: a new node). Raises
+        ``ValueError`` for bad inputs and ``InstallError`` for missing packages before anything starts. Blocking mode
+        returns the segmentation node (None if cancelled) and raises ``RuntimeError`` on failure; otherwise progress
+        and the outcome arrive through ``eventCallback`` on the GUI thread."""
         if self._job is not None:
             raise RuntimeError(_("A segmentation is already running."))
         if inputVolume is None or not inputVolume.IsA("vtkMRMLScalarVolumeNode") or inputVolume.GetImageData() is None:
@@ -370,21 +336,10 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
         request.validate()
         scene.checkOutputSegmentation(outputSegmentation)
         self.ensureDependencies(remote=request.remote)
-        from medsam3_core.errors import MedSam3Error
-        from medsam3_core.io.geometry import Volume
         from medsam3_core.segmenter import SegmentOptions
 
-        array = slicer.util.arrayFromVolume(inputVolume)
-        if array.ndim != 3:
-            raise ValueError(_("Only grey-scale volumes can be segmented; convert colour or multi-component volumes "
-                               "first (module 'Vector to Scalar Volume')."))
-        ijkToRas = scene.ijkToRasArray(inputVolume)
-        try:  # a copy: the upload reads it in a thread while the user may edit the volume
-            modality = scene.volumeModality(inputVolume) or None
-            volume = Volume.from_ijk_to_ras(np.array(array), ijkToRas, modality=modality)
-            options = SegmentOptions(**request.options_dict())
-        except MedSam3Error as err:
-            raise ValueError(str(err)) from None
+        volume, ijkToRas = scene.coreVolume(inputVolume)
+        options = SegmentOptions(**request.options_dict())
         if request.remote:
             self.servers.stop()  # the local model's memory is not needed while a remote server works
             source = lambda progress, cancel: Endpoint(request.server_url, request.api_key or None)  # noqa: E731
@@ -396,7 +351,7 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
                                                 None if request.remote else self.servers.check_alive))
         self._job.start()
         if not waitForCompletion:
-            qt.QTimer.singleShot(POLL_INTERVAL_MS, self._checkJob)
+            pollJob(self._job, self._handle)
             return None
         outcome = JobEvent(ERROR, message=_("The segmentation ended without a result."))
         for event in self._job.wait():
@@ -411,14 +366,6 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
         if self._job is not None:
             self._job.cancel()
 
-    def _checkJob(self) -> None:
-        if self._job is None:
-            return
-        for event in self._job.poll():
-            if self._handle(event).terminal:
-                return
-        qt.QTimer.singleShot(POLL_INTERVAL_MS, self._checkJob)
-
     def _handle(self, event: JobEvent) -> JobEvent:
         """Forward one event; on success import the result first. Returns the event that was reported."""
         callback = self._run["callback"]
@@ -426,38 +373,26 @@ class MedicalSAM3SlicerLogic(ScriptedLoadableModuleLogic):
             self._job = None
             if event.kind == DONE:
                 callback(JobEvent(IMPORTING))
+                run, report = self._run, event.report or {}
+                model = report.get("model") or run["request"].model
                 try:
-                    event = self._importEvent(event)
+                    self.lastOutputSegmentation, segments = scene.importResult(
+                        event.result, report, run["input"], run["ijkToRas"], run["output"], run["request"].prompts,
+                        model)
+                    event = JobEvent(DONE, message=summary_line(segments, report.get("timings", {}),
+                                                                time.monotonic() - run["start"], model), report=report)
                 except Exception as err:  # escaping this timer callback would leave the GUI locked in "Importing"
                     logging.exception("MedicalSAM3: importing the result failed")
                     event = JobEvent(ERROR, message=str(err) or type(err).__name__)
         callback(event)
         return event
 
-    def _importEvent(self, event: JobEvent) -> JobEvent:
-        run, result = self._run, event.result
-        labels = result.labelmap.array
-        if labels.shape != slicer.util.arrayFromVolume(run["input"]).shape or not np.allclose(
-                result.labelmap.ijk_to_ras(), run["ijkToRas"], atol=1e-3):
-            raise ValueError(_("The result does not lie on the input volume's voxel grid; it was not imported."))
-        report = event.report or {}
-        segments = segments_from_labelmap(labels, run["request"].prompts, report.get("segments", []))
-        model = report.get("model") or run["request"].model
-        self.lastOutputSegmentation = scene.importSegments(labels, segments, run["input"], run["output"], model)
-        for warning in report.get("warnings", []):
-            logging.warning("MedicalSAM3: %s", warning)
-        message = summary_line(segments, report.get("timings", {}), time.monotonic() - run["start"], model)
-        return JobEvent(DONE, message=message, report=report)
-
 
 class MedicalSAM3SlicerTest(ScriptedLoadableModuleTest):
     """Runs inside Slicer ("Reload and Test", ctest) and through the test stand-in; see MedicalSAM3SlicerScene."""
 
-    def setUp(self) -> None:
-        slicer.mrmlScene.Clear()
-
     def runTest(self) -> None:
         from MedicalSAM3SlicerScene.selftest import run_phantom_demo_model
 
-        self.setUp()
+        slicer.mrmlScene.Clear()
         run_phantom_demo_model(self, MedicalSAM3SlicerLogic())

@@ -68,7 +68,7 @@ def test_1_surface_output_segmentation_fails_cleanly_instead_of_locking_the_gui(
     widget.ui.outputSegmentationSelector.setCurrentNode(output)
     widget.ui.promptsTextEdit.setPlainText("liver")
     widget.ui.applyButton.click()
-    qtbot.waitUntil(lambda: not widget._state.busy, timeout=30000)
+    qtbot.waitUntil(lambda: not widget._state.busy, timeout=120000)
     assert widget._state == ProcessingState.FAILED
     assert "closed surface" in widget.ui.statusLabel.text.lower()
     assert widget.ui.applyButton.enabled and widget.ui.inputsCollapsibleButton.enabled
@@ -85,7 +85,7 @@ def test_1_any_import_failure_becomes_an_error_event(qtbot, monkeypatch):
     widget = _widget()
     widget.ui.promptsTextEdit.setPlainText("liver")
     widget.ui.applyButton.click()
-    qtbot.waitUntil(lambda: not widget._state.busy, timeout=30000)
+    qtbot.waitUntil(lambda: not widget._state.busy, timeout=120000)
     assert widget._state == ProcessingState.FAILED and "Importing of segment failed" in widget.ui.statusLabel.text
     widget.cleanup()
 

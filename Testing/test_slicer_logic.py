@@ -26,7 +26,6 @@ import slicer  # noqa: E402  (the stand-in)
 import vtk  # noqa: E402
 from MedicalSAM3SlicerLib import (  # noqa: E402
     TERMINOLOGY_TAG,
-    JobEvent,
     Parameters,
     ProcessingState,
     RunRequest,
@@ -255,7 +254,7 @@ def test_non_blocking_run_reports_server_start_then_progress_then_done(qtbot, lo
     events = []
     assert logic.process(node, None, RunRequest(prompts=["box"]), waitForCompletion=False,
                          eventCallback=events.append) is None
-    qtbot.waitUntil(lambda: bool(events) and events[-1].terminal, timeout=60000)
+    qtbot.waitUntil(lambda: bool(events) and events[-1].terminal, timeout=120000)
     kinds, stages = [e.kind for e in events], [e.stage for e in events if e.kind == "progress"]
     assert stages[0] == "server" and {"upload", "download"} <= set(stages)
     assert kinds[-2:] == ["importing", "done"], kinds
@@ -273,9 +272,9 @@ def test_cancel_goes_through_the_server_api_and_the_child_stays_warm(qtbot, logi
     slicer.util.updateVolumeFromArray(node, np.ones((30, 8, 8), np.int16))
     events = []
     logic.process(node, None, _model(tmp_path, "slow"), waitForCompletion=False, eventCallback=events.append)
-    qtbot.waitUntil(lambda: any(e.stage == "detect" for e in events), timeout=60000)
+    qtbot.waitUntil(lambda: any(e.stage == "detect" for e in events), timeout=120000)
     logic.cancel()
-    qtbot.waitUntil(lambda: bool(events) and events[-1].terminal, timeout=60000)
+    qtbot.waitUntil(lambda: bool(events) and events[-1].terminal, timeout=120000)
     assert events[-1].kind == "cancelled"
     last_detect = max(e.fraction for e in events if e.stage == "detect")
     assert last_detect < 1.0  # stopped mid-volume, not after it

@@ -97,8 +97,16 @@ def test_extension_cmake_lists_every_module_file():
         assert (ROOT / url_path).is_file(), url_path
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in top
     # the engine ships with the extension, next to the module, in the build tree and in the package
-    assert re.search(r"install\(DIRECTORY \"\$\{MEDICALSAM3_ENGINE_DIR\}\"\s+DESTINATION \"\$\{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR\}\"",
-                     module_cmake)
+    engine_rule = (r'install\(DIRECTORY "\$\{MEDICALSAM3_ENGINE_DIR\}"\s+'
+                   r'DESTINATION "\$\{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR\}"')
+    assert re.search(engine_rule, module_cmake)
+
+
+def test_the_module_file_stays_a_thin_shell():
+    """Under 400 lines; everything Slicer-free lives in the Lib, which never imports Slicer, Qt or VTK."""
+    assert len((MODULE_DIR / "MedicalSAM3Slicer.py").read_text().splitlines()) < 400
+    for path in (MODULE_DIR / "MedicalSAM3SlicerLib").glob("*.py"):
+        assert not re.search(r"^\s*(import|from) (slicer|qt|vtk|ctk)\b", path.read_text(), re.M), path.name
 
 
 def test_extensions_index_entry_matches_the_cmake_metadata():
@@ -184,7 +192,7 @@ def test_click_runs_then_imports_into_a_new_segmentation(qtbot):
     ui.promptsTextEdit.setPlainText("tissue\nnothing")
     ui.applyButton.click()
     assert ui.applyButton.text == "Cancel"
-    qtbot.waitUntil(lambda: widget._state == ProcessingState.IDLE, timeout=30000)
+    qtbot.waitUntil(lambda: widget._state == ProcessingState.IDLE, timeout=120000)
     output = widget.logic.getParameterNode().GetNodeReference("OutputSegmentation")
     assert output is not None and ui.outputSegmentationSelector.currentNode() is output
     assert output.GetSegmentation().GetNumberOfSegments() == 2
@@ -209,10 +217,10 @@ def test_click_again_cancels_and_the_scene_stays_unchanged(qtbot, tmp_path):
     ui.promptsTextEdit.setPlainText("liver")
     ui.applyButton.click()
     qtbot.waitUntil(lambda: widget._state == ProcessingState.RUNNING and "detect" in ui.progressBar.format,
-                    timeout=60000)
+                    timeout=120000)
     ui.applyButton.click()
     assert ui.applyButton.text == "Cancelling..." and not ui.applyButton.enabled
-    qtbot.waitUntil(lambda: widget._state == ProcessingState.IDLE, timeout=60000)
+    qtbot.waitUntil(lambda: widget._state == ProcessingState.IDLE, timeout=120000)
     assert "cancelled" in ui.statusLabel.text.lower()
     assert slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode") == []
     widget.cleanup()
@@ -224,7 +232,7 @@ def test_failure_shows_the_message_and_allows_a_retry(qtbot, tmp_path):
     _checkpoint(widget.ui, tmp_path, "crash-on-start")
     widget.ui.promptsTextEdit.setPlainText("liver")
     widget.ui.applyButton.click()
-    qtbot.waitUntil(lambda: widget._state == ProcessingState.FAILED, timeout=60000)
+    qtbot.waitUntil(lambda: widget._state == ProcessingState.FAILED, timeout=120000)
     assert "DLL load failed" in widget.ui.statusLabel.text
     assert widget.ui.applyButton.enabled and widget.ui.applyButton.text == "Segment by text"
     widget.cleanup()
@@ -254,12 +262,12 @@ def test_test_connection_runs_in_the_background_and_reports_the_server_or_the_er
         ui.apiKeyLineEdit.text = key
         ui.testConnectionButton.click()
         assert ui.statusLabel.text == "Connecting..." and not ui.testConnectionButton.enabled  # the GUI is free
-        qtbot.waitUntil(lambda: ui.testConnectionButton.enabled, timeout=30000)
+        qtbot.waitUntil(lambda: ui.testConnectionButton.enabled, timeout=120000)
         status = ui.statusLabel.text
         assert status.startswith("Connected to Medical SAM3 server") and "demo on cpu" in status
         ui.apiKeyLineEdit.text = "not-the-key-0123456789"
         ui.testConnectionButton.click()
-        qtbot.waitUntil(lambda: ui.testConnectionButton.enabled, timeout=30000)
+        qtbot.waitUntil(lambda: ui.testConnectionButton.enabled, timeout=120000)
     kind, message = slicer.calls[-1]
     assert kind == "error" and message.startswith("Could not reach the server.") and "key" in message.lower()
     widget.cleanup()

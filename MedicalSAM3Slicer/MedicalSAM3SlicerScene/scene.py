@@ -3,15 +3,30 @@
 Kept out of the module file so that stays a thin shell; everything Slicer-free lives in ``MedicalSAM3SlicerLib``.
 """
 
+import logging
+
 import numpy as np
 import slicer
 import vtk
 from slicer.i18n import tr as _
 
-from MedicalSAM3SlicerLib import CONFIDENCE_TAG, SOURCE_TAG, TERMINOLOGY_TAG
+from MedicalSAM3SlicerLib import CONFIDENCE_TAG, SOURCE_TAG, TERMINOLOGY_TAG, segments_from_labelmap
 
 __all__ = ["checkOutputSegmentation", "ijkToRasArray", "volumeModality", "importSegments", "showResult",
-           "firstInputVolume"]
+           "firstInputVolume", "coreVolume", "importResult"]
+
+
+def coreVolume(volumeNode):
+    """``(medsam3_core Volume, IJK->RAS matrix)`` of a scalar volume node; a copy of the voxels, because the upload
+    reads them in a thread while the user may edit the volume. ``ValueError`` for colour volumes."""
+    from medsam3_core.io.geometry import Volume
+
+    array = slicer.util.arrayFromVolume(volumeNode)
+    if array.ndim != 3:
+        raise ValueError(_("Only grey-scale volumes can be segmented; convert colour or multi-component volumes "
+                           "first (module 'Vector to Scalar Volume')."))
+    ijkToRas = ijkToRasArray(volumeNode)
+    return Volume.from_ijk_to_ras(np.array(array), ijkToRas, modality=volumeModality(volumeNode) or None), ijkToRas
 
 
 def firstInputVolume():
@@ -44,6 +59,20 @@ def volumeModality(volumeNode) -> str:
     if not uids or database is None:
         return ""
     return database.fileValue(database.fileForInstance(uids[0]), "0008,0060") or ""
+
+def importResult(result, report: dict, inputVolume, ijkToRas, segmentationNode, prompts, modelName: str):
+    """Check that a finished run's label map lies on the input's voxel grid, import it (:func:`importSegments`) and
+    log the run's warnings; returns the segmentation node and the per-prompt segments."""
+    labels = result.labelmap.array
+    if labels.shape != slicer.util.arrayFromVolume(inputVolume).shape or not np.allclose(
+            result.labelmap.ijk_to_ras(), ijkToRas, atol=1e-3):
+        raise ValueError(_("The result does not lie on the input volume's voxel grid; it was not imported."))
+    segments = segments_from_labelmap(labels, prompts, report.get("segments", []))
+    node = importSegments(labels, segments, inputVolume, segmentationNode, modelName)
+    for warning in report.get("warnings", []):
+        logging.warning("MedicalSAM3: %s", warning)
+    return node, segments
+
 
 def importSegments(labels, segments, inputVolume, segmentationNode, modelName: str):
     """Import the label map once into ``segmentationNode`` (created under the input's study if None): label k

@@ -3,9 +3,10 @@ the core, with a thresholding engine instead of the model, so the module's local
 progress, cancel through the API, process-tree shutdown) is tested in seconds.
 
 Same options as the real command (``--host --port --model --device``, the key from ``MEDSAM3_API_KEY``); label 1
-(the first prompt) = voxels above 0. The ``--model`` file name switches behaviours for the tests: ``slow`` sleeps
-per slice (cancel lands mid-run), ``crash-on-start`` exits like a torch DLL failure, ``die-in-run`` dies without a
-word while a job runs (out of memory); anything else (``demo``) thresholds at once. It writes one ``warning:`` line to stderr, as libraries do.
+(the first prompt) = voxels above 0. The ``--model`` file name switches behaviours for the tests: ``slow`` sleeps per
+slice (cancel lands mid-run), ``crash-on-start`` exits like a torch DLL failure, ``die-in-run`` dies without a word
+while a job runs (out of memory); anything else (``demo``) thresholds at once. It writes one ``warning:`` line to
+stderr, as libraries do.
 """
 
 import argparse
