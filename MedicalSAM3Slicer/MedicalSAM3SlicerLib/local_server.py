@@ -15,6 +15,7 @@ psutil terminates and kills on Windows, macOS and Linux alike (no POSIX signal n
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import os
@@ -197,8 +198,8 @@ class LocalServer:
             proc.wait(timeout=grace_s)  # reap our own child
         except subprocess.TimeoutExpired:
             pass
-        if proc.stderr is not None:
-            proc.stderr.close()
+        # The stderr pipe is left to its reader thread, which ends when the last writer is gone: closing it here
+        # would block on the reader's lock for as long as any escaped descendant still holds the pipe.
 
     def _read_stderr(self) -> None:
         """The child's log goes to Slicer's log: its warnings and errors as warnings, the rest as info."""
@@ -231,6 +232,7 @@ class WarmServer:
         self._python, self._env, self.module, self.attempts = python, env, module, attempts
         self._lock = threading.RLock()
         self.server: Optional[LocalServer] = None
+        atexit.register(self.stop)  # also when the host exits without a last word (no aboutToQuit, a script's end)
 
     def endpoint(self, config: ServerConfig, progress: Optional[Callable[[str, float], None]] = None,
                  cancel: Any = None) -> Endpoint:
