@@ -263,12 +263,17 @@ class WarmServer:
             progress("server", 1.0)
         return server.endpoint
 
-    def check_alive(self) -> Optional[Exception]:
-        """The error to report when the local server died under a run, else None."""
+    def check_alive(self, wait_s: float = 3.0) -> Optional[Exception]:
+        """After a lost connection: the error to report if the local server died under the run, else None. Waits
+        up to ``wait_s`` for the child to exit, because the connection drops a moment before the exit is seen."""
         server = self.server
-        if server is not None and not server.alive:
-            return server.failure("stopped unexpectedly")
-        return None
+        if server is None or server._proc is None:
+            return None
+        try:
+            server._proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            return None
+        return server.failure("stopped unexpectedly")
 
     def stop(self) -> None:
         with self._lock:
