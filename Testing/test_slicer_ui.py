@@ -139,6 +139,17 @@ def _widget():
     return widget
 
 
+def test_the_panel_root_hands_the_scene_to_every_mrml_widget(qapp):
+    """The .ui root is a qMRMLWidget whose mrmlSceneChanged signal is connected to each node selector, as in
+    Slicer's module template: the widget sets the scene once, on the root."""
+    widget = _widget()
+    assert widget.ui.inputVolumeSelector.mrmlScene() is slicer.mrmlScene
+    assert widget.ui.outputSegmentationSelector.mrmlScene() is slicer.mrmlScene
+    assert 'setMRMLScene(slicer.mrmlScene)' not in (MODULE_DIR / "MedicalSAM3Slicer.py").read_text().replace(
+        "uiWidget.setMRMLScene(slicer.mrmlScene)", "")
+    widget.cleanup()
+
+
 def test_widget_and_parameter_node_round_trip(qapp):
     volume = _volume()
     widget = _widget()
