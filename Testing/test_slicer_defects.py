@@ -5,7 +5,6 @@ a segment import into a segmentation whose source representation is not a binary
 ``RuntimeError``, and the scene's ``GetFirstNodeByClass`` matches subclasses (a label map *is* a scalar volume).
 """
 
-import os
 import sys
 from pathlib import Path
 
@@ -20,17 +19,13 @@ import slicer  # noqa: E402  (the stand-in)
 from slicer.mrml import CLOSED_SURFACE  # noqa: E402
 
 import MedicalSAM3Slicer as module  # noqa: E402
+from standin_testing import fresh_scene  # noqa: E402
 from MedicalSAM3SlicerLib import ProcessingState  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _clean_scene(monkeypatch):
-    slicer.mrmlScene.Clear(True)
-    slicer.calls.clear()
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(STANDIN), str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setattr(module.MedicalSAM3SlicerLogic, "serverModule", "threshold_server")
-    yield
-    slicer.mrmlScene.Clear(True)
+    yield from fresh_scene(monkeypatch, module)
 
 
 def _volume(name="CT"):

@@ -48,6 +48,7 @@ from MedicalSAM3SlicerLib.dependencies import (  # noqa: E402
 from MedicalSAM3SlicerScene import scene  # noqa: E402
 
 import MedicalSAM3Slicer as module  # noqa: E402
+from standin_testing import fresh_scene  # noqa: E402
 
 KEY = "slicer-test-key-0123456789"
 LAUNCHER = [sys.executable, str(STANDIN / "launcher.py"), sys.executable]
@@ -64,12 +65,7 @@ ORIGIN_LPS = (12.5, -40.0, 100.0)
 
 @pytest.fixture(autouse=True)
 def _clean_scene(monkeypatch):
-    slicer.mrmlScene.Clear(True)
-    slicer.calls.clear()
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(STANDIN), str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setattr(module.MedicalSAM3SlicerLogic, "serverModule", "threshold_server")
-    yield
-    slicer.mrmlScene.Clear(True)
+    yield from fresh_scene(monkeypatch, module)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ import slicer  # noqa: E402  (the stand-in)
 from qtpy.QtWidgets import QWidget  # noqa: E402
 
 import MedicalSAM3Slicer as module  # noqa: E402
+from standin_testing import fresh_scene  # noqa: E402
 from MedicalSAM3SlicerLib import Parameters, ProcessingState  # noqa: E402
 
 EXPECTED_CLASSES = {
@@ -42,12 +43,7 @@ EXPECTED_CLASSES = {
 
 @pytest.fixture(autouse=True)
 def _clean_scene(monkeypatch):
-    slicer.mrmlScene.Clear(True)
-    slicer.calls.clear()
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(STANDIN), str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setattr(module.MedicalSAM3SlicerLogic, "serverModule", "threshold_server")
-    yield
-    slicer.mrmlScene.Clear(True)
+    yield from fresh_scene(monkeypatch, module)
 
 
 def _names_used_by_module() -> set:
