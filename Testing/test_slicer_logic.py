@@ -544,3 +544,54 @@ def test_self_test_class_runs_through_the_standin(qapp):
     module.MedicalSAM3SlicerTest().runTest()
     (output,) = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
     assert output.GetSegmentation().GetNumberOfSegments() == 3
+
+
+def test_slicer_installers_use_the_pytorch_extension_and_pydeps_when_present(qapp, monkeypatch):
+    import types
+
+    from packaging.requirements import Requirement
+
+    calls = []
+
+    class PyTorchUtilsLogic:
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None,
+                         torchvisionVersionRequirement=None):
+            calls.append(("PyTorchUtils", torchVersionRequirement))
+            return object()  # the torch module
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    monkeypatch.setattr(slicer.modules, "pytorchutils", object(), raising=False)
+    done = []
+
+    def pip_ensure(reqs, requester):
+        calls.append(("pip_ensure", reqs, requester))
+        done.append(True)
+
+    monkeypatch.setattr(slicer, "pydeps", types.SimpleNamespace(pip_ensure=pip_ensure), raising=False)
+    by_module = {r.module: r for r in REQUIREMENTS}
+    monkeypatch.setattr(module, "missing_requirements",
+                        lambda remote: [] if done else [by_module["torch"], by_module["transformers"]])
+    monkeypatch.setattr(slicer.util, "pip_install", lambda args: pytest.fail(f"pip_install {args}"))
+    monkeypatch.setattr(slicer.util, "confirm_answer", True)
+    module.MedicalSAM3SlicerLogic().ensureDependencies(remote=False)
+    assert calls == [("PyTorchUtils", ">=2.4"), ("pip_ensure", [Requirement("transformers>=5.23,<6")], "MedicalSAM3")]
+    assert "transformers>=5.23,<6 (SAM3 model classes" in next(c[1] for c in slicer.calls if c[0] == "confirm")
+
+
+def test_a_port_taken_between_choice_and_bind_is_retried_on_another(logic, monkeypatch):
+    import socket
+
+    from MedicalSAM3SlicerLib import local_server
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    ports = [taken.getsockname()[1]]
+    real = local_server.free_port
+    monkeypatch.setattr(local_server, "free_port", lambda: ports.pop() if ports else real())
+    try:
+        node = _load_like_slicer(_itk_phantom())
+        assert logic.process(node, None, RunRequest(prompts=["box"])) is not None
+    finally:
+        taken.close()
+    assert not ports  # the taken port was tried first, then another one served the run
