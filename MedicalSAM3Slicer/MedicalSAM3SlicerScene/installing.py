@@ -19,12 +19,15 @@ __all__ = ["ensureDependencies", "serverEnvironment"]
 
 
 def _pipEnsure() -> Optional[Callable]:
-    pydeps = getattr(slicer, "pydeps", None)
-    if pydeps is None or not hasattr(pydeps, "pip_ensure"):
+    """``pip_ensure`` of ``slicer.pydeps`` (its released home, 5.11+) or of ``slicer.packaging`` (where some builds
+    put it), taking ``packaging`` requirement objects; None on Slicer versions without it."""
+    owner = next((o for o in (getattr(slicer, n, None) for n in ("pydeps", "packaging")) if hasattr(o, "pip_ensure")),
+                 None)
+    if owner is None:
         return None
     from packaging.requirements import Requirement
 
-    return lambda specs: pydeps.pip_ensure([Requirement(s) for s in specs], requester="MedicalSAM3")
+    return lambda specs: owner.pip_ensure([Requirement(s) for s in specs], requester="MedicalSAM3")
 
 
 def _torchInstaller() -> Optional[Callable]:
