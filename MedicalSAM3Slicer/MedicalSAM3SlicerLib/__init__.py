@@ -6,7 +6,7 @@ button, the typed parameter-node view, the dependency planner and the label map 
 The core (``medsam3_core``) is only imported lazily, because Slicer loads this package before it may be installed.
 """
 
-from .dependencies import REQUIREMENTS, InstallError, Requirement, core_source, install_commands, missing_requirements
+from .dependencies import REQUIREMENTS, InstallError, Requirement, engine_folder, install_commands, missing_requirements
 from .events import JobEvent
 from .local_server import Endpoint, LocalServer, ServerConfig, WarmServer, default_python
 from .parameters import FIELDS, GUI_BINDINGS, Parameters
@@ -20,7 +20,7 @@ from .state import ProcessingState
 from .thread import ThreadJob
 
 __all__ = [
-    "REQUIREMENTS", "InstallError", "Requirement", "core_source", "install_commands", "missing_requirements",
+    "REQUIREMENTS", "InstallError", "Requirement", "engine_folder", "install_commands", "missing_requirements",
     "JobEvent", "Endpoint", "LocalServer", "ServerConfig", "WarmServer", "default_python", "FIELDS", "GUI_BINDINGS",
     "Parameters", "describe_server", "RunRequest", "connection_work", "segmentation_work", "CONFIDENCE_TAG",
     "SOURCE_TAG", "TERMINOLOGY_TAG", "SegmentData", "segments_from_labelmap", "summary_line", "unique_names",

@@ -37,7 +37,6 @@ __all__ = [
     "torch_index_url",
     "install_commands",
     "install_missing",
-    "core_source",
     "engine_folder",
     "check_platform",
     "describe_missing",
@@ -158,9 +157,6 @@ def engine_folder(module_file: str) -> Path:
             return folder
     raise InstallError(f"The Medical SAM3 engine (medsam3_core) is missing from {here}; reinstall the extension.")
 
-
-#: Kept for callers of the first version: the folder the engine is used from.
-core_source = engine_folder
 
 
 def check_platform(remote: bool, version: tuple[int, int] = sys.version_info[:2], system: str = platform.system(),
