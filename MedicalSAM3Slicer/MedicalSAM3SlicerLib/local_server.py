@@ -118,6 +118,7 @@ class LocalServer:
     def start(self) -> None:
         """Launch the child (returns at once; :meth:`wait_ready` waits for the model to load)."""
         self.port = free_port()
+        self._stderr.clear()
         kwargs: dict[str, Any] = {}
         if sys.platform == "win32":
             hidden = subprocess.STARTUPINFO()  # type: ignore[attr-defined]
@@ -161,6 +162,10 @@ class LocalServer:
                 continue
             self.ready = True
             return info
+
+    def said(self, text: str) -> bool:
+        """Whether the child's recent log contains ``text``."""
+        return any(text in line for line in self._stderr)
 
     def failure(self, what: str) -> Exception:
         """The user's error (the core's ``RemoteError``) for a child that ended: its exit code and last words."""
@@ -215,7 +220,7 @@ class LocalServer:
                 lowered = line.lower()
                 level = logging.WARNING if ("warning" in lowered or "error" in lowered) else logging.INFO
                 _log.log(level, "server: %s", line)
-        except (OSError, ValueError):  # the pipe was closed by stop()
+        except (OSError, ValueError):  # the pipe broke: the child is gone
             return
 
 
@@ -254,7 +259,7 @@ class WarmServer:
                 server.wait_ready(cancel)
                 break
             except Exception:
-                port_lost = not server.alive and any("Cannot listen" in line for line in server._stderr)
+                port_lost = not server.alive and server.said("Cannot listen")
                 if not port_lost or attempt == self.attempts - 1:
                     raise
                 with self._lock:  # another program took the free port between our check and its bind: retry
