@@ -1,23 +1,29 @@
-"""What the module needs in Slicer's Python, what is missing, and the pip commands that would install it.
+"""What the module needs in Slicer's Python, what is missing, and how to install it the way Slicer's peers do.
 
-This file only *plans*: it finds missing or too-old packages without importing them (importing torch into Slicer's
-process would cost seconds and GPU memory for nothing: local runs happen in a child process) and turns them into
-``pip install`` argument strings. The module asks the user for consent and runs them with
-``slicer.util.pip_install``. Rules learnt from other Slicer extensions:
+This file plans and orchestrates; the module injects Slicer's functions (``slicer.util.pip_install``,
+``slicer.pydeps.pip_ensure`` where the Slicer version has it, the PyTorch extension's installer), so all of it is
+tested in plain Python. Nothing is imported to check it (importing torch into Slicer's process would cost seconds
+and GPU memory for nothing: the model runs in a server child process). Rules, learnt from other Slicer extensions:
 
-* never let pip replace packages Slicer ships (numpy, SimpleITK …): the core is installed with ``--no-deps`` and
-  each of its dependencies only when it cannot be imported at all;
-* torch comes first and, with an NVIDIA GPU present, from the PyTorch CUDA wheel index matching the driver;
-* every version requirement lives in one place, :data:`REQUIREMENTS`.
+* the engine (``medsam3_core``) is never fetched from a package index: the extension ships its own copy next to the
+  module (a source checkout uses the checkout), and that folder is put on ``sys.path`` and the server's
+  ``PYTHONPATH``;
+* torch comes from the PyTorch extension (``PyTorchUtils``: the right CUDA build for the driver) when it is
+  installed, else from the PyTorch wheel index matching the driver's CUDA version;
+* version ranges, never pins, in Slicer's shared site-packages, all in one place (:data:`REQUIREMENTS`);
+* Slicer older than 5.10 (Python < 3.10) and Intel Macs (no recent torch: remote mode only) get one clear sentence.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
+import platform
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -30,7 +36,11 @@ __all__ = [
     "nvidia_cuda_version",
     "torch_index_url",
     "install_commands",
-    "core_source",
+    "install_missing",
+    "engine_folder",
+    "check_platform",
+    "describe_missing",
+    "ensure_dependencies",
 ]
 
 TORCH_INDEX = "https://download.pytorch.org/whl"
@@ -58,9 +68,12 @@ class Requirement:
 
 REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("torch", "torch", "2.4", purpose="runs the model on this computer", local_only=True),
-    Requirement("transformers", "transformers", "5.23", "5.24", "SAM3 model classes", local_only=True),
+    Requirement("transformers", "transformers", "5.23", "6", "SAM3 model classes", local_only=True),
     Requirement("safetensors", "safetensors", "0.4", purpose="reads model weights", local_only=True),
-    Requirement("medsam3_core", "medsam3", "0.1", purpose="Medical SAM3 engine and remote client"),
+    Requirement("fastapi", "fastapi", "0.110", purpose="the local Medical SAM3 server", local_only=True),
+    Requirement("uvicorn", "uvicorn", "0.29", purpose="the local Medical SAM3 server", local_only=True),
+    Requirement("multipart", "python-multipart", "0.0.9", purpose="uploads to the local server", local_only=True),
+    Requirement("psutil", "psutil", "5.9", purpose="stops the local server and its processes", local_only=True),
     Requirement("scipy", "scipy", "1.11", purpose="label map clean-up", local_only=True),
     Requirement("nibabel", "nibabel", "5.0", purpose="NIfTI support of the engine", local_only=True),
     Requirement("pydicom", "pydicom", "2.4", purpose="DICOM support of the engine", local_only=True),
@@ -133,29 +146,105 @@ def torch_index_url(cuda: Optional[tuple[int, int]]) -> str:
     return f"{TORCH_INDEX}/cpu"
 
 
-def core_source(module_file: str) -> str:
-    """What to pip-install for ``medsam3_core``: the source checkout the module sits in, else the package name.
+def engine_folder(module_file: str) -> Path:
+    """The folder holding ``medsam3_core`` for this module: the extension's bundled copy (installed next to the
+    module file by the extension's CMake rules) or, for a module added to Slicer from a source checkout, the
+    checkout. Raises :class:`InstallError` when neither is there: the engine is never fetched from a package index
+    (the project owns no name there, and a look-alike package would run with the user's rights)."""
+    here = Path(module_file).resolve().parent
+    for folder in (here, here.parent):
+        if (folder / "medsam3_core" / "__init__.py").is_file():
+            return folder
+    raise InstallError(f"The Medical SAM3 engine (medsam3_core) is missing from {here}; reinstall the extension.")
 
-    The extension folder lives inside the project checkout (``<root>/MedicalSAM3Slicer``), so a module added to
-    Slicer from a checkout installs the matching core; a packaged extension falls back to the released package.
-    """
-    root = Path(module_file).resolve().parents[1]
-    if (root / "pyproject.toml").is_file() and (root / "medsam3_core").is_dir():
-        return str(root)
-    return next(r.spec for r in REQUIREMENTS if r.module == "medsam3_core")
+
+
+def check_platform(remote: bool, version: tuple[int, int] = sys.version_info[:2], system: str = platform.system(),
+                   machine: str = platform.machine()) -> None:
+    """One sentence for a Slicer that cannot run the module (too old) or cannot run the model (Intel Mac)."""
+    if version < (3, 10):
+        raise InstallError(f"Medical SAM3 needs 3D Slicer 5.10 or newer (Python 3.10+); this Slicer has Python "
+                           f"{version[0]}.{version[1]}. Install a current Slicer from download.slicer.org.")
+    if not remote and system == "Darwin" and machine.lower() in ("x86_64", "i386", "amd64"):
+        raise InstallError("Recent PyTorch is not built for Intel Macs, so the model cannot run on this computer; "
+                           "choose 'Remote server' and use a Medical SAM3 server on another machine.")
+
+
+def describe_missing(req: Requirement, version_of: Callable[[str], Optional[str]] = _installed_version) -> str:
+    """``transformers>=5.23,<6 (SAM3 model classes; 4.57 is installed)`` for the consent dialog and errors."""
+    installed = version_of(req.distribution)
+    return f"{req.spec} ({req.purpose}" + (f"; {installed} is installed)" if installed else ")")
 
 
 def install_commands(
-    missing: Sequence[Requirement], cuda: Optional[tuple[int, int]], core: str
-) -> list[list[str]]:
-    """``pip install`` argument lists (for ``slicer.util.pip_install``), in order: torch from the right wheel index,
-    the core without its dependencies (so pip cannot replace Slicer's packages), then every other missing package.
-    Lists rather than strings keep Windows paths with spaces or backslashes intact."""
-    commands = []
-    by_module = {r.module: r for r in missing}
-    if "torch" in by_module:
-        commands.append([by_module["torch"].spec, "--index-url", torch_index_url(cuda)])
-    if "medsam3_core" in by_module:
-        commands.append(["--no-deps", "--upgrade", core])
-    commands += [[r.spec] for r in missing if r.module not in ("torch", "medsam3_core")]
-    return commands
+    missing: Sequence[Requirement], cuda: Optional[tuple[int, int]]
+) -> list[tuple[Requirement, list[str]]]:
+    """``(requirement, pip install argument list)`` pairs for ``slicer.util.pip_install``: torch first, from the
+    wheel index for the driver's CUDA version, then each other package as a version range. Lists rather than strings
+    keep Windows paths intact; the requirement names what failed in the user's message."""
+    commands = [(r, [r.spec, "--index-url", torch_index_url(cuda)]) for r in missing if r.module == "torch"]
+    return commands + [(r, [r.spec]) for r in missing if r.module != "torch"]
+
+
+def install_missing(
+    missing: Sequence[Requirement],
+    pip_install: Callable[[list[str]], None],
+    pip_ensure: Optional[Callable[[list[str]], None]] = None,
+    install_torch: Optional[Callable[[str], None]] = None,
+    cuda: Callable[[], Optional[tuple[int, int]]] = lambda: nvidia_cuda_version(),
+) -> None:
+    """Install ``missing``: torch through ``install_torch(spec)`` (the PyTorch extension) when given, else pip from
+    the right wheel index; the rest through ``pip_ensure(specs)`` (Slicer 5.11+) when given, else one
+    ``pip_install`` per package. Any failure becomes an :class:`InstallError` naming the package."""
+    steps: list[tuple[Requirement, Callable[[], None]]] = []
+    torch = [r for r in missing if r.module == "torch"]
+    rest = [r for r in missing if r.module != "torch"]
+    if torch and install_torch is not None:
+        steps.append((torch[0], lambda: install_torch(torch[0].spec)))
+    elif torch:
+        (_req, args), = install_commands(torch, cuda())
+        steps.append((torch[0], lambda: pip_install(args)))
+    if rest and pip_ensure is not None:
+        steps.append((rest[0] if len(rest) == 1 else Requirement("", ", ".join(r.distribution for r in rest),
+                                                                 purpose="Medical SAM3's packages"),
+                      lambda: pip_ensure([r.spec for r in rest])))
+    else:
+        steps += [(r, (lambda args=args: pip_install(args))) for r, args in install_commands(rest, None)]
+    for requirement, step in steps:
+        try:
+            step()
+        except Exception as err:  # pip fails with CalledProcessError, OSError ...; the user needs the reason
+            raise InstallError(f"Installing {requirement.distribution} ({requirement.purpose}) failed: {err}. "
+                               "See the Python console; check the network connection.") from err
+
+
+def ensure_dependencies(
+    remote: bool,
+    module_file: str,
+    confirm: Optional[Callable[[str], bool]],
+    pip_install: Callable[[list[str]], None],
+    pip_ensure: Optional[Callable[[list[str]], None]] = None,
+    install_torch: Optional[Callable[[str], None]] = None,
+    missing_of: Callable[[bool], list[Requirement]] = lambda remote: missing_requirements(remote),
+) -> None:
+    """Everything a run needs, in Slicer's order: platform check, the bundled engine on ``sys.path``, then the
+    missing packages after ``confirm(listing)`` (None: do not ask). Raises :class:`InstallError` when the user
+    declines, an install fails, or a restart is needed before the new packages load."""
+    check_platform(remote)
+    folder = str(engine_folder(module_file))
+    if folder not in sys.path:
+        sys.path.append(folder)
+    missing = missing_of(remote)
+    if not missing:
+        return
+    listing = "\n".join(f"  {describe_missing(r)}" for r in missing)
+    if confirm is not None and not confirm(listing):
+        names = ", ".join(r.distribution for r in missing)
+        raise InstallError(f"Missing Python packages: {names}. Nothing was installed.")
+    install_missing(missing, pip_install, pip_ensure=pip_ensure, install_torch=install_torch)
+    importlib.invalidate_caches()
+    still = missing_of(remote)
+    if still:
+        names = ", ".join(r.distribution for r in still)
+        raise InstallError(f"Installed, but {names} cannot be loaded yet; restart Slicer to finish.",
+                           restart_required=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Parameters", "Field", "FIELDS", "MODEL_SOURCES", "DEVICES"]
+__all__ = ["Parameters", "Field", "FIELDS", "GUI_BINDINGS", "MODEL_SOURCES", "DEVICES"]
 
 MODEL_SOURCES = ("demo", "checkpoint", "remote")
 DEVICES = ("auto", "cpu", "cuda")
@@ -68,13 +68,31 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("checkpointPath", str, ""),
     Field("serverUrl", str, "http://localhost:8000"),
     Field("device", str, "auto", DEVICES),
-    Field("mode", str, "track", ("track", "detect")),
+    Field("mode", str, "track", ("track", "detect", "clips")),
     Field("useModelThreshold", bool, True),  # the model's recommended threshold instead of ``threshold``
     Field("threshold", float, 0.5),
-    Field("window", str, ""),
+    Field("window", str, "auto"),
     Field("sliceAxis", str, "axial", ("axial", "coronal", "sagittal")),
     Field("cleanup", bool, False),
 )}
+
+
+#: How each parameter shows in the panel: ``(parameter, widget object name, Qt property, change signal)``. The widget
+#: writes its parameter on the signal; the parameter writes the widget only when the two differ, so a refresh never
+#: rewrites the text being typed (which would move the cursor to the end). The model source combo box is bound by
+#: its item data, not its text, and node selectors by node reference, so neither is listed here.
+GUI_BINDINGS: tuple[tuple[str, str, str, str], ...] = (
+    ("prompts", "promptsTextEdit", "plainText", "textChanged"),
+    ("checkpointPath", "checkpointPathLineEdit", "currentPath", "currentPathChanged"),
+    ("serverUrl", "serverUrlLineEdit", "text", "textChanged"),
+    ("device", "deviceComboBox", "currentText", "currentTextChanged"),
+    ("mode", "modeComboBox", "currentText", "currentTextChanged"),
+    ("useModelThreshold", "modelThresholdCheckBox", "checked", "toggled"),
+    ("threshold", "thresholdSliderWidget", "value", "valueChanged"),
+    ("window", "windowComboBox", "currentText", "currentTextChanged"),
+    ("sliceAxis", "sliceAxisComboBox", "currentText", "currentTextChanged"),
+    ("cleanup", "cleanupCheckBox", "checked", "toggled"),
+)
 
 
 class Parameters:
@@ -105,10 +123,7 @@ class Parameters:
                 self.node.SetParameter(name, field.format(field.default))
 
     def prompt_list(self) -> list[str]:
-        """Prompts, one concept per line; blank lines and surrounding spaces ignored, duplicates dropped."""
-        seen: list[str] = []
-        for line in self.prompts.splitlines():
-            text = " ".join(line.split())
-            if text and text.lower() not in (s.lower() for s in seen):
-                seen.append(text)
-        return seen
+        """Prompts, one per line, as the command line would receive them as arguments: blank lines skipped and
+        surrounding spaces trimmed, nothing else. Synonyms and duplicates are the core's business
+        (``medsam3_core.prompts.resolve_prompts``), so Slicer and the command line give the same label maps."""
+        return [line.strip() for line in self.prompts.splitlines() if line.strip()]

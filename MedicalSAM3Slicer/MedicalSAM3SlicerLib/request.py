@@ -11,13 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+from .local_server import ServerConfig
 from .parameters import DEVICES, MODEL_SOURCES, Parameters
 
-__all__ = ["RunRequest", "WINDOW_PRESETS"]
-
-#: The core's CT window presets (``medsam3_core.engine.preprocess.CT_WINDOWS``, which imports torch and so cannot be
-#: imported into Slicer's process); a test keeps the two lists equal.
-WINDOW_PRESETS = ("soft-tissue", "lung", "bone", "brain")
+__all__ = ["RunRequest"]
 
 
 @dataclass
@@ -62,7 +59,7 @@ class RunRequest:
 
     @property
     def model(self) -> str:
-        """The ``--model`` value for a local run, or the server URL for a remote one (shown in reports)."""
+        """The model a local server serves, or the server URL for a remote run (shown in reports)."""
         if self.model_source == "checkpoint":
             return self.checkpoint
         return self.server_url if self.remote else "demo"
@@ -71,9 +68,6 @@ class RunRequest:
         """Raise ``ValueError`` with one actionable sentence for the first problem found."""
         if not self.prompts:
             raise ValueError("Type at least one prompt (one concept per line, e.g. 'liver').")
-        dashed = [p for p in self.prompts if p.startswith("-")]
-        if dashed:
-            raise ValueError(f"Prompts cannot start with '-': {dashed[0]!r}.")
         if self.model_source not in MODEL_SOURCES:
             raise ValueError(f"Unknown model source {self.model_source!r}.")
         if self.model_source == "checkpoint":
@@ -89,31 +83,22 @@ class RunRequest:
             raise ValueError(f"Device must be one of {', '.join(DEVICES)}.")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError("Threshold must be between 0 and 1.")
-        self.window_option()
 
-    def window_option(self) -> Optional[Any]:
-        """The window as the core's ``SegmentOptions.window`` expects it: None, a preset name or (centre, width)."""
-        text = self.window
-        if not text or text.lower() == "auto":
-            return None
-        if "," in text:
-            try:
-                centre, width = (float(v) for v in text.split(","))
-            except ValueError:
-                raise ValueError(f"Window {text!r}: use a preset name or CENTRE,WIDTH such as 40,400.") from None
-            if width <= 0:
-                raise ValueError("Window width must be positive.")
-            return (centre, width)
-        if text not in WINDOW_PRESETS:
-            raise ValueError(f"Window {text!r}: use auto, {', '.join(WINDOW_PRESETS)} or CENTRE,WIDTH such as 40,400.")
-        return text
+    def window_option(self) -> Optional[str]:
+        """The window as the core's ``SegmentOptions.window`` takes it: None (automatic), else the text as typed.
 
-    def cli_window(self) -> str:
-        """``--window`` text for the command line; empty for automatic windowing."""
-        return "" if self.window_option() is None else self.window
+        Preset names and ``CENTRE,WIDTH`` are parsed by the core (``medsam3_core.engine.preprocess.parse_window``)
+        on the server that runs the model, so there is one table of presets and one parser; a typo comes back as
+        the core's one-line error naming the presets."""
+        text = self.window.strip()
+        return None if not text or text.lower() == "auto" else text
+
+    def server_config(self) -> ServerConfig:
+        """The local server a local run needs (the model and device it serves)."""
+        return ServerConfig(model=self.model, device=self.device)
 
     def options_dict(self) -> dict[str, Any]:
-        """Keyword arguments of ``medsam3_core.segmenter.SegmentOptions`` for a remote run (threshold ``None``:
-        the server model's recommended one)."""
+        """Keyword arguments of ``medsam3_core.segmenter.SegmentOptions`` (threshold ``None``: the served model's
+        recommended one)."""
         return {"threshold": self.threshold, "window": self.window_option(), "slice_axis": self.slice_axis,
                 "mode": self.mode, "cleanup": self.cleanup}

@@ -1,7 +1,8 @@
 """Turn a label map plus the run's report into per-prompt segments: name, mask, colour and confidence.
 
-Kept apart from MRML so the mapping (label k = k-th prompt, colours, confidence tags, replacing same-named segments)
-is tested without Slicer; the module only copies :class:`SegmentData` into the segmentation node.
+Kept apart from MRML so the mapping (label k = k-th prompt, unique names, colours, confidence tags, standard
+terminology) is tested without Slicer; the module imports the label map once and copies :class:`SegmentData` onto
+the segments.
 """
 
 from __future__ import annotations
@@ -11,24 +12,58 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["SegmentData", "segments_from_labelmap", "summary_line", "CONFIDENCE_TAG", "SOURCE_TAG"]
+__all__ = [
+    "SegmentData", "segments_from_labelmap", "summary_line", "unique_names", "terminology_entry", "CONFIDENCE_TAG",
+    "SOURCE_TAG", "TERMINOLOGY_TAG",
+]
 
 #: Segment tag holding the detection confidence (0..1, as text) of a segment made by this module.
 CONFIDENCE_TAG = "MedicalSAM3.Confidence"
 #: Segment tag naming the model that produced a segment.
 SOURCE_TAG = "MedicalSAM3.Model"
 
+#: Segment tag Slicer reads the segment's standard terminology from (category, type; shown and saved in DICOM SEG).
+TERMINOLOGY_TAG = "TerminologyEntry"
+TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
+
 @dataclass
 class SegmentData:
-    """One segment to write: its name (the prompt), binary mask ``[k, j, i]``, colour and confidence."""
+    """One segment to write: its name (the prompt, made unique), label value, colour, confidence and the
+    standard terminology of the concept the model was asked for."""
 
     name: str
     label: int
-    mask: np.ndarray
     color: tuple[float, float, float]
     score: Optional[float]
     voxels: int
     volume_ml: Optional[float]
+    terminology: str = ""
+
+
+def unique_names(prompts: Sequence[str]) -> list[str]:
+    """Segment names for the prompts in label order: the prompt itself, ``liver 2`` for a second ``liver``.
+
+    The core keeps duplicate prompts as separate labels (as the command line does); Slicer finds segments by name
+    (case-insensitively), so each label needs a name of its own."""
+    names: list[str] = []
+    for prompt in prompts:
+        name, n = prompt, 2
+        while name.lower() in (existing.lower() for existing in names):
+            name, n = f"{prompt} {n}", n + 1
+        names.append(name)
+    return names
+
+
+def terminology_entry(concept: str) -> str:
+    """Slicer's serialized terminology (``context~category~type~modifier~anatomic context~region~modifier``, each
+    code ``scheme^value^meaning``) with the codes the core's DICOM SEG writer uses for the same concept."""
+    from medsam3_core.prompts import coded_concept
+
+    category, kind = coded_concept(concept)
+    codes = [f"{c.scheme}^{c.value}^{c.meaning}" for c in (category, kind)]
+    return "~".join([TERMINOLOGY_CONTEXT, *codes, "^^", ANATOMIC_CONTEXT, "^^", "^^"])
 
 
 def segments_from_labelmap(
@@ -36,27 +71,27 @@ def segments_from_labelmap(
 ) -> list[SegmentData]:
     """One :class:`SegmentData` per prompt, in prompt order (label k = k-th prompt, 1-based).
 
-    ``report_segments`` are the ``segments`` entries of the run's report; the score and volume of the entry with the
-    same label are attached. A prompt that found nothing still gets an (empty) segment, so the user sees that it was
-    looked for, and its confidence says why it is empty. Colours come from the core's table, so label k looks the
-    same in the CLI's pictures, the viewer and Slicer.
+    ``report_segments`` are the ``segments`` entries of the run's report; the score, volume and concept of the entry
+    with the same label are attached. A prompt that found nothing still gets an (empty) segment, so the user sees
+    that it was looked for, and its confidence says why it is empty. Colours come from the core's table, so label k
+    looks the same in the CLI's pictures, the viewer and Slicer.
     """
     from medsam3_core.io.colors import segment_color_float
 
     by_label = {int(s["label"]): s for s in report_segments if "label" in s}
-    found = set(np.unique(labelmap).tolist()) - {0}
-    unexpected = sorted(v for v in found if not 1 <= v <= len(prompts))
+    counts = np.bincount(np.asarray(labelmap).ravel().astype(np.int64, copy=False), minlength=len(prompts) + 1)
+    unexpected = [v for v in np.nonzero(counts)[0].tolist() if not 0 <= v <= len(prompts)]
     if unexpected:
         raise ValueError(f"label map has labels {unexpected} but only {len(prompts)} prompt(s) were given")
     result = []
-    for label, prompt in enumerate(prompts, start=1):
+    for label, (prompt, name) in enumerate(zip(prompts, unique_names(prompts)), start=1):
         info = by_label.get(label, {})
-        mask = (labelmap == label).astype(np.uint8)
         score = info.get("score")
         result.append(SegmentData(
-            name=prompt, label=label, mask=mask, color=segment_color_float(label),
-            score=None if score is None else float(score), voxels=int(mask.sum()),
+            name=name, label=label, color=segment_color_float(label),
+            score=None if score is None else float(score), voxels=int(counts[label]),
             volume_ml=None if info.get("volume_ml") is None else float(info["volume_ml"]),
+            terminology=terminology_entry(info.get("concept") or prompt),
         ))
     return result
 

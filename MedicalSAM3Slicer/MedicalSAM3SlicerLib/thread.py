@@ -1,9 +1,10 @@
-"""Run a ``Segmenter`` call in a Python thread and hand its progress to the GUI through a queue.
+"""Run a job (a segmentation through the core's HTTP client, a connection test) in a Python thread and hand its
+progress to the GUI through a queue.
 
-Remote runs only wait on HTTP, so a thread is enough (no process, no torch in Slicer). Qt objects must only be
-touched from the GUI thread: the worker never calls back into the widget, it only puts :class:`JobEvent` objects
-into a queue that the widget drains from a ``QTimer`` with :meth:`ThreadJob.poll` -- the same interface as
-:class:`~MedicalSAM3SlicerLib.process.CliJob`, so the widget does not care which kind of job it is watching.
+Runs only wait on HTTP (the model lives in a server process, local or remote), so a thread is enough and Slicer
+never imports torch. Qt objects must only be touched from the GUI thread: the worker never calls back into the
+widget, it only puts :class:`JobEvent` objects into a queue that the widget drains from a ``QTimer`` with
+:meth:`ThreadJob.poll`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class ThreadJob:
         self._work = work
         self._token = CancelToken()
         self._queue: "queue.Queue[JobEvent]" = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="MedicalSAM3-remote", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="MedicalSAM3-job", daemon=True)
         self._finished = False
 
     def start(self) -> None:

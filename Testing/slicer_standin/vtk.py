@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Callable
 
-__all__ = ["vtkCommand", "vtkObject", "vtkMatrix4x4", "reference"]
+__all__ = ["vtkCommand", "vtkObject", "vtkMatrix4x4", "vtkStringArray", "reference"]
 
 
 class vtkCommand:
@@ -54,6 +54,22 @@ class vtkMatrix4x4(vtkObject):
 
     def DeepCopy(self, other: "vtkMatrix4x4") -> None:
         self._m = [row[:] for row in other._m]
+
+
+class vtkStringArray(vtkObject):
+    def __init__(self) -> None:
+        super().__init__()
+        self._values: list[str] = []
+
+    def InsertNextValue(self, value: str) -> int:
+        self._values.append(str(value))
+        return len(self._values) - 1
+
+    def GetNumberOfValues(self) -> int:
+        return len(self._values)
+
+    def GetValue(self, index: int) -> str:
+        return self._values[index]
 
 
 class reference:

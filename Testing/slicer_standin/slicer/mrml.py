@@ -12,7 +12,8 @@ from vtk import vtkCommand, vtkMatrix4x4, vtkObject
 __all__ = [
     "vtkMRMLScene", "vtkMRMLNode", "vtkMRMLScriptedModuleNode", "vtkMRMLScalarVolumeNode",
     "vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLSegmentationDisplayNode", "vtkSegmentation",
-    "vtkSegment", "vtkOrientedImageData", "NODE_CLASSES",
+    "vtkSegment", "vtkOrientedImageData", "vtkMRMLSubjectHierarchyNode", "vtkSlicerSegmentationsModuleLogic",
+    "NODE_CLASSES", "BINARY_LABELMAP", "CLOSED_SURFACE",
 ]
 
 
@@ -228,13 +229,28 @@ class vtkSegment(vtkObject):
         return tag in self._tags
 
 
+BINARY_LABELMAP = "Binary labelmap"
+CLOSED_SURFACE = "Closed surface"
+
+
 class vtkSegmentation(vtkObject):
-    """Ordered segments with generated ids ``Segment_N`` (as Slicer generates them)."""
+    """Ordered segments with generated ids ``Segment_N`` (as Slicer generates them) and a source representation
+    (binary labelmap by default; closed surface for RTSTRUCT or model imports), which labelmap writes require."""
 
     def __init__(self) -> None:
         super().__init__()
         self._segments: dict[str, vtkSegment] = {}
         self._counter = itertools.count(1)
+        self._source = BINARY_LABELMAP
+
+    def GetSourceRepresentationName(self) -> str:
+        return self._source
+
+    def SetSourceRepresentationName(self, name: str) -> None:
+        self._source = name
+
+    def IsSourceRepresentationBinaryLabelmap(self) -> bool:
+        return self._source == BINARY_LABELMAP
 
     def AddEmptySegment(self, segmentId: str = "", segmentName: str = "", color=None) -> str:
         if not segmentId:
@@ -325,6 +341,72 @@ class vtkMRMLSegmentationNode(vtkMRMLNode):
         return tuple((labelmap.ijk_to_ras @ ijk1)[:3])
 
 
+class vtkSlicerSegmentationsModuleLogic(vtkObject):
+    """``slicer.modules.segmentations.logic()``: the one labelmap import the module uses."""
+
+    imports = 0  # how many imports ran (a test checks one per run, not one per prompt)
+
+    def ImportLabelmapToSegmentationNode(self, labelmapNode, segmentationNode, updatedSegmentIDs) -> bool:
+        """Label ``k`` goes to segment ``updatedSegmentIDs[k-1]`` (replacing its voxels), on the label map's grid.
+        Like Slicer, returns False (does not raise) when the segmentation's source representation is not a binary
+        labelmap."""
+        segmentation = segmentationNode.GetSegmentation()
+        if not segmentation.IsSourceRepresentationBinaryLabelmap():
+            return False
+        if labelmapNode.GetTransformNodeID() != segmentationNode.GetTransformNodeID():
+            raise NotImplementedError("the stand-in does not resample between transforms")
+        vtkSlicerSegmentationsModuleLogic.imports += 1
+        labels, matrix = labelmapNode.GetImageData().array, vtkMatrix4x4()
+        labelmapNode.GetIJKToRASMatrix(matrix)
+        ijk_to_ras = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+        for index in range(updatedSegmentIDs.GetNumberOfValues()):
+            segment = segmentation.GetSegment(updatedSegmentIDs.GetValue(index))
+            if segment is not None:
+                segment.labelmap = vtkOrientedImageData((labels == index + 1).astype(np.uint8), ijk_to_ras)
+        segmentationNode.Modified()
+        return True
+
+
+class vtkMRMLSubjectHierarchyNode(vtkMRMLNode):
+    """Items (ids > 0) with parents; data nodes get an item under the scene item when added, as in Slicer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._items: dict[int, dict] = {}
+        self._ids = itertools.count(2)
+        self.sceneItem = 1
+
+    @staticmethod
+    def GetSubjectHierarchyNode(scene: "vtkMRMLScene") -> "vtkMRMLSubjectHierarchyNode":
+        return scene._subjectHierarchy
+
+    def GetSceneItemID(self) -> int:
+        return self.sceneItem
+
+    def _add(self, parent: int, name: str, level: str = "", node=None) -> int:
+        item = next(self._ids)
+        self._items[item] = {"parent": parent, "name": name, "level": level, "node": node}
+        return item
+
+    def CreateSubjectItem(self, parent: int, name: str) -> int:
+        return self._add(parent, name, "Patient")
+
+    def CreateStudyItem(self, parent: int, name: str) -> int:
+        return self._add(parent, name, "Study")
+
+    def GetItemByDataNode(self, node) -> int:
+        return next((i for i, d in self._items.items() if d["node"] is node), 0)
+
+    def GetItemParent(self, item: int) -> int:
+        return self._items[item]["parent"] if item in self._items else 0
+
+    def SetItemParent(self, item: int, parent: int) -> None:
+        self._items[item]["parent"] = parent
+
+    def GetItemLevel(self, item: int) -> str:
+        return self._items.get(item, {}).get("level", "")
+
+
 NODE_CLASSES = {cls.__name__: cls for cls in (
     vtkMRMLScriptedModuleNode, vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode,
     vtkMRMLSegmentationDisplayNode,
@@ -338,6 +420,7 @@ class vtkMRMLScene(vtkObject):
         super().__init__()
         self._nodes: dict[str, vtkMRMLNode] = {}
         self._ids = itertools.count(1)
+        self._subjectHierarchy = vtkMRMLSubjectHierarchyNode()
 
     def AddNode(self, node: vtkMRMLNode) -> vtkMRMLNode:
         node._id = f"{type(node).__name__}{next(self._ids)}"
@@ -345,6 +428,8 @@ class vtkMRMLScene(vtkObject):
         if not node.GetName():
             node._name = self.GenerateUniqueName(type(node).__name__.replace("vtkMRML", "").replace("Node", ""))
         self._nodes[node._id] = node
+        if not isinstance(node, (vtkMRMLScriptedModuleNode, vtkMRMLSegmentationDisplayNode)):
+            self._subjectHierarchy._add(self._subjectHierarchy.sceneItem, node.GetName(), node=node)
         self.InvokeEvent(self.NodeAddedEvent)
         return node
 
@@ -355,6 +440,8 @@ class vtkMRMLScene(vtkObject):
 
     def RemoveNode(self, node: vtkMRMLNode) -> None:
         self._nodes.pop(node.GetID(), None)
+        item = self._subjectHierarchy.GetItemByDataNode(node)
+        self._subjectHierarchy._items.pop(item, None)
         self.InvokeEvent(self.NodeRemovedEvent)
 
     def GetNodeByID(self, node_id: Optional[str]):
@@ -385,4 +472,5 @@ class vtkMRMLScene(vtkObject):
     def Clear(self, removeSingletons: bool = False) -> None:
         self.InvokeEvent(self.StartCloseEvent)
         self._nodes = {k: n for k, n in self._nodes.items() if n.SingletonTag and not removeSingletons}
+        self._subjectHierarchy = vtkMRMLSubjectHierarchyNode()
         self.InvokeEvent(self.EndCloseEvent)

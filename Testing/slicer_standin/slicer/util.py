@@ -59,11 +59,30 @@ class _PythonQtProxy:
 
 
 def loadUI(path: str):
+    """Load a ``.ui`` like Slicer's loader. Its signal/slot connections name C++ signatures (``vtkMRMLScene*``) that
+    PyQt's ``uic`` cannot resolve, so they are made here by name, failing on any signal or slot a widget lacks."""
+    import io
+    import xml.etree.ElementTree as ET
+
     from qtpy import uic
 
     if not os.path.isfile(path):
         raise RuntimeError(f"UI file not found: {path}")
-    return uic.loadUi(path)
+    tree = ET.parse(path)
+    connections = tree.getroot().find("connections")
+    wanted = []
+    if connections is not None:
+        wanted = [tuple(c.findtext(k) for k in ("sender", "signal", "receiver", "slot")) for c in connections]
+        tree.getroot().remove(connections)
+    buffer = io.BytesIO()
+    tree.write(buffer, encoding="utf-8")
+    buffer.seek(0)
+    root = uic.loadUi(buffer)
+    objects = {w.objectName(): w for w in [root, *root.findChildren(object)] if w.objectName()}
+    for sender, signal, receiver, slot in wanted:
+        bound = getattr(objects[sender], signal.split("(")[0])  # AttributeError: no such signal, as Qt would warn
+        bound.connect(getattr(objects[receiver], slot.split("(")[0]))
+    return root
 
 
 def childWidgetVariables(widget) -> SimpleNamespace:
@@ -74,6 +93,11 @@ def childWidgetVariables(widget) -> SimpleNamespace:
         if child.objectName():
             setattr(ui, child.objectName(), _PythonQtProxy(child))
     return ui
+
+
+def getNodesByClass(className: str, scene=None) -> list:
+    """Nodes of ``className`` *or a subclass* (``IsA``), as a list, in scene order."""
+    return list((scene or slicer.mrmlScene).GetNodesByClass(className))
 
 
 def arrayFromVolume(volumeNode) -> np.ndarray:
@@ -103,6 +127,9 @@ def updateSegmentBinaryLabelmapFromArray(narray, segmentationNode, segmentId: st
     segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
     if segment is None:
         raise ValueError(f"no segment {segmentId!r}")
+    if not segmentationNode.GetSegmentation().IsSourceRepresentationBinaryLabelmap():
+        # Slicer's SetBinaryLabelmapToSegment refuses other source representations and util turns that into this.
+        raise RuntimeError("Importing of segment failed.")
     segment.labelmap = slicer.vtkOrientedImageData(np.array(narray, dtype=np.uint8), ijk_to_ras)
     segmentationNode.Modified()
 
@@ -134,10 +161,13 @@ def errorDisplay(text: str, windowTitle: Optional[str] = None, **kwargs) -> None
 
 @contextlib.contextmanager
 def tryWithErrorDisplay(message: Optional[str] = None, show: bool = True, waitCursor: bool = False):
+    """Shows the error, then re-raises it, as Slicer's does: code after the ``with`` block does not run, and an
+    error inside a Qt slot or timer callback escapes to the event loop."""
     try:
         yield
     except Exception as err:
         slicer.calls.append(("error", f"{message}\n{err}" if message else str(err)))
+        raise
 
 
 def setSliceViewerLayers(**kwargs) -> None:
