@@ -2,7 +2,8 @@
 
 Also runs as a single process (``python -m training.run``). A run resumes automatically from
 ``<output_dir>/checkpoints/last.pt`` when it exists, so re-issuing the same command after a crash or a kill continues
-where it stopped. Exit codes: 0 done, 2 configuration/data error (one line on stderr, no traceback).
+where it stopped. Exit codes: 0 done, 2 configuration/data error (one line on stderr, no traceback), 3 stopped by Ctrl-C, SIGTERM
+or SIGHUP (after writing a checkpoint).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import argparse
 import sys
 from typing import Optional
 
-from medsam3_core.errors import MedSam3Error
+from medsam3_core.errors import Cancelled, MedSam3Error
+from medsam3_core.signals import cancel_on_signals
 
 from training.engine import distributed as dist
 from training.config import apply_overrides, load_config
@@ -52,15 +54,23 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         from training.engine.trainer import Trainer
 
-        trainer = Trainer(cfg)
-        try:
-            results = trainer.fit()
-        finally:
-            trainer.close()
+        with cancel_on_signals() as signals:  # Ctrl-C, SIGTERM, SIGHUP: checkpoint, then exit 3
+            with signals.immediately():
+                trainer = Trainer(cfg)
+            try:
+                results = trainer.fit(cancel=signals.token)
+            finally:
+                trainer.close()
         if dist.is_main():
             dice = f"  (validation mean Dice {results['mean']:.3f})" if results else ""
             print(f"done: {cfg.output_dir}/final{dice}")
         return 0
+    except Cancelled as err:
+        print(str(err), file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("Interrupted; the latest checkpoint is kept and the same command resumes from it.", file=sys.stderr)
+        return 3
     except MedSam3Error as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

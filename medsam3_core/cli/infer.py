@@ -11,17 +11,18 @@ Exit codes: 0 success, 2 user error (one line on stderr, nothing written), 3 can
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 from medsam3_core.errors import Cancelled, InputError, MedSam3Error
 from medsam3_core.progress import CancelToken
 from medsam3_core.segmenter import MODES, SLICE_AXES, SegmentOptions
+from medsam3_core.signals import cancel_on_signals
 
 __all__ = ["add_arguments", "run", "main", "EXIT_OK", "EXIT_USER_ERROR", "EXIT_CANCELLED"]
 
@@ -109,7 +110,9 @@ def emit(event: dict[str, Any]) -> None:
     print(json.dumps(event), flush=True)
 
 
-def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: _Progress) -> dict[str, Any]:
+def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: _Progress,
+                       loading: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> dict[str, Any]:
+    """Read, segment, write. ``loading()`` wraps the model load (a region a signal may abort at once)."""
     from medsam3_core.segmenters.opening import open_input, open_segmenter
     from medsam3_core.io.export import write_outputs
     from medsam3_core.prompts import duplicate_concepts, resolve_prompts
@@ -129,7 +132,8 @@ def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: 
     if args.dicom_seg and "dicom_files" not in volume.metadata:
         raise InputError("--dicom-seg needs a DICOM series as input.")
 
-    segmenter = open_segmenter(args.model, args.device, args.server, args.api_key, progress)
+    with loading():
+        segmenter = open_segmenter(args.model, args.device, args.server, args.api_key, progress)
     result = segmenter.segment(volume, [r.raw for r in resolutions], options, progress=progress, cancel=cancel,
                                concepts=[r.concept for r in resolutions])
     result.timings = {"read": read_s, **result.timings}
@@ -145,7 +149,7 @@ def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: 
         "input_warnings": list(volume.metadata.get("warnings", [])),
     }
     written = write_outputs(result, args.output, fmt=args.format, per_segment=args.per_segment,
-                            confidence=args.confidence_map, extra_report=extra)
+                            confidence=args.confidence_map, extra_report=extra, cancel=cancel)
     try:
         if args.dicom_seg:
             from medsam3_core.io.dicom_seg import write_dicom_seg
@@ -159,6 +163,7 @@ def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: 
             written["png"] = Path(args.png)
             write_overlays(volume, result.labelmap, result.segments, args.png, slice_axis=args.slice_axis,
                            window=options.window)
+        cancel.raise_if_cancelled()  # a signal during the extra outputs takes the label map with it too
     except BaseException:
         _remove(written.values())  # all or nothing: a failed extra output takes the label map with it
         raise
@@ -191,16 +196,9 @@ def run(args: argparse.Namespace) -> int:
     """Run ``infer``; returns the process exit code (never raises for user errors)."""
     style = "none" if args.quiet and args.progress == "bar" else args.progress
     progress = _Progress(style)
-    cancel = CancelToken()
-
-    def _on_sigint(signum, frame):  # first Ctrl-C: stop after the current batch; second: abort at once
-        if cancel.cancelled:
-            raise KeyboardInterrupt
-        cancel.cancel()
-
-    previous = signal.signal(signal.SIGINT, _on_sigint)
     try:
-        outcome = _segment_and_write(args, cancel, progress)
+        with cancel_on_signals() as signals:  # Ctrl-C, SIGTERM, SIGHUP: stop cleanly, exit 3, nothing written
+            outcome = _segment_and_write(args, signals.token, progress, loading=signals.immediately)
     except Cancelled as err:
         return _fail(args, progress, str(err), EXIT_CANCELLED)
     except KeyboardInterrupt:
@@ -208,7 +206,6 @@ def run(args: argparse.Namespace) -> int:
     except MedSam3Error as err:
         return _fail(args, progress, str(err), EXIT_USER_ERROR)
     finally:
-        signal.signal(signal.SIGINT, previous)
         progress.close()
     if args.progress == "json":
         emit({"event": "done", "output": str(Path(args.output).resolve()),
