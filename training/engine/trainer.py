@@ -41,6 +41,8 @@ from training.config import TrainConfig
 from training.losses.criterion import SetCriterion
 from training.data.samples import collate
 from training.data.sampler import BalancedSampler
+from training.data.checks import check_data
+from training.data.problems import DataProblems
 from training.data.sources import build_datasets
 from training.evaluate import CALIBRATION_THRESHOLDS, dataset_means, distributed_sweep, format_table, pick_threshold
 from training.engine.lora import apply_lora, merged
@@ -95,6 +97,10 @@ class Trainer:
         self._tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
         d = cfg.data
+        # every problem of the data at once, before hours of training (rank 0 reads the files, the others wait)
+        problems = dist.broadcast_object(check_data(d) if dist.is_main() else None)
+        if problems:
+            raise DataProblems(problems)
         self.train_sets, self.val_sets, weights = build_datasets(d, cfg.model.image_size, e.seed,
                                                                  keep_aspect=self.model.keep_aspect)
         sizes = [len(s) for s in self.train_sets]
@@ -108,7 +114,8 @@ class Trainer:
         self._validated: Optional[tuple[int, dict]] = None  # (step, results) of the latest validation
         self._cancel: Optional[CancelToken] = None
         if self.ckpt_path.is_file():
-            self.state = load_checkpoint(self.ckpt_path, self.trainable, self.optimizer, self.scheduler)
+            self.state = load_checkpoint(self.ckpt_path, self.trainable, self.optimizer, self.scheduler,
+                                         config=cfg.to_dict())
         self.writer = None
         if dist.is_main():
             self.out_dir.mkdir(parents=True, exist_ok=True)
