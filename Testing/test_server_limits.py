@@ -14,7 +14,6 @@ import httpx
 import numpy as np
 import pytest
 
-from medsam3_core.engine.allocator import release_memory
 from medsam3_core.errors import InputError
 from medsam3_core.segmenter import SegmentOptions
 from medsam3_core.server import wire
@@ -130,6 +129,8 @@ def _rss_bytes() -> int:
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_release_memory_hands_freed_heap_pages_back():
     """Heap blocks freed below a live one cannot be trimmed from the top; ``release_memory`` returns them anyway."""
+    from medsam3_core.engine.allocator import release_memory
+
     blocks = [bytearray(100_000) for _ in range(600)]  # ~60 MB of heap, below glibc's mmap threshold
     for block in blocks:
         block[::4096] = b"\x01" * len(block[::4096])  # touch every page

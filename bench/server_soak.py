@@ -112,10 +112,12 @@ def main() -> None:
             print(f"idle RSS after one small job: {idle / 1024:.0f} MB")
             for n in range(args.rounds):
                 codes = {name: _submit(http, npz, header).status_code for name, npz in bombs.items()}
+                after_bombs = _status_kb(server.pid, "VmRSS")
                 t0 = time.perf_counter()
                 _run_job(http, job_npz, header)
                 rss = _status_kb(server.pid, "VmRSS")
-                print(f"round {n + 1}: bombs {codes}, job {time.perf_counter() - t0:.1f} s, RSS {rss / 1024:.0f} MB")
+                print(f"round {n + 1}: bombs {codes}, RSS after them {after_bombs / 1024:.0f} MB; job "
+                      f"{time.perf_counter() - t0:.1f} s, RSS after it {rss / 1024:.0f} MB")
                 if any(code != 422 for code in codes.values()):
                     raise SystemExit("a bomb was not refused with 422")
             time.sleep(1.0)
