@@ -139,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
     except MedSam3Error as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # A server lives on between jobs, so memory a job freed should go back to the operating system instead of staying
+    # reserved for the next batch (medsam3_core/engine/allocator.py); MEDSAM3_MALLOC_TUNING=1 keeps the tuning.
+    os.environ.setdefault("MEDSAM3_MALLOC_TUNING", "0")
     with sock, cancel_on_signals() as signals:
         try:
             with signals.immediately():  # loading holds nothing worth waiting for: a signal stops it at once
