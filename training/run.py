@@ -2,7 +2,8 @@
 
 Also runs as a single process (``python -m training.run``). A run resumes automatically from
 ``<output_dir>/checkpoints/last.pt`` when it exists, so re-issuing the same command after a crash or a kill continues
-where it stopped. Exit codes: 0 done, 2 configuration/data error (one line on stderr, no traceback).
+where it stopped. Exit codes: 0 done, 2 configuration/data error (one line on stderr, no traceback), 3 stopped by
+Ctrl-C, SIGTERM or SIGHUP (after writing a checkpoint).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import argparse
 import sys
 from typing import Optional
 
-from medsam3_core.errors import MedSam3Error
+from medsam3_core.errors import Cancelled, MedSam3Error
+from medsam3_core.signals import cancel_on_signals
 
 from training.engine import distributed as dist
-from training.config import apply_overrides, load_config
+from training.config import TrainConfig, apply_overrides, load_config
 
 __all__ = ["build_parser", "main"]
 
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="where checkpoints, TensorBoard logs and exported models go")
     p.add_argument("--init", help="initial weights: tiny, demo, sam3, a model folder or checkpoint file")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    p.add_argument("--check-data", action="store_true",
+                   help="read every case of every data source, print one line per problem and exit (0: no problems)")
     return p
 
 
@@ -50,24 +54,48 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
+        if args.check_data:
+            return _check_data(cfg)
         from medsam3_core.io.outputs import check_output_folder
         from training.engine.trainer import Trainer
 
         check_output_folder(cfg.output_dir, "training output folder")  # before the model and data are loaded
-        trainer = Trainer(cfg)
-        try:
-            results = trainer.fit()
-        finally:
-            trainer.close()
+        with cancel_on_signals() as signals:  # Ctrl-C, SIGTERM, SIGHUP: checkpoint, then exit 3
+            with signals.immediately():
+                trainer = Trainer(cfg)
+            try:
+                results = trainer.fit(cancel=signals.token)
+            finally:
+                trainer.close()
         if dist.is_main():
             dice = f"  (validation mean Dice {results['mean']:.3f})" if results else ""
             print(f"done: {cfg.output_dir}/final{dice}")
         return 0
+    except Cancelled as err:
+        print(str(err), file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("Interrupted; the latest checkpoint is kept and the same command resumes from it.", file=sys.stderr)
+        return 3
     except MedSam3Error as err:
-        print(f"error: {err}", file=sys.stderr)
+        for line in getattr(err, "problems", [str(err)]):  # training-data problems: one line each
+            print(f"error: {line}", file=sys.stderr)
         return 2
     finally:
         dist.shutdown()
+
+
+def _check_data(cfg: TrainConfig) -> int:
+    """``--check-data``: every problem of the configured data on stderr, one line each, and a summary on stdout."""
+    from training.data.checks import check_data
+
+    seen: list[str] = []
+    problems = check_data(cfg.data, on_case=lambda source, case: seen.append(case))
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    verdict = f"{len(problems)} problem(s)" if problems else "no problems"
+    print(f"checked {len(cfg.data.sources)} source(s), {len(seen)} case(s): {verdict}")
+    return 2 if problems else 0
 
 
 if __name__ == "__main__":

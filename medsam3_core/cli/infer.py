@@ -12,17 +12,18 @@ Exit codes: 0 success, 2 user error (one line on stderr, nothing written), 3 can
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 from medsam3_core.cli.options import add_common_arguments, progress_style, segment_options
 from medsam3_core.cli.segment_case import OutputPlan, segment_and_write
 from medsam3_core.errors import Cancelled, MedSam3Error
 from medsam3_core.progress import CancelToken
+from medsam3_core.signals import cancel_on_signals
 
 __all__ = ["add_arguments", "run", "main", "EXIT_OK", "EXIT_USER_ERROR", "EXIT_CANCELLED"]
 
@@ -83,7 +84,9 @@ def emit(event: dict[str, Any]) -> None:
     print(json.dumps(event), flush=True)
 
 
-def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: _Progress) -> dict[str, Any]:
+def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: _Progress,
+                       loading: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> dict[str, Any]:
+    """Read, segment, write. ``loading()`` wraps the model load (a region a signal may abort at once)."""
     from medsam3_core.segmenters.opening import open_input, open_segmenter
     from medsam3_core.io.outputs import check_output_targets
     from medsam3_core.prompts import resolve_prompts
@@ -101,7 +104,8 @@ def _segment_and_write(args: argparse.Namespace, cancel: CancelToken, progress: 
     read_s = time.perf_counter() - t0
     plan.check_input(volume)
 
-    segmenter = open_segmenter(args.model, args.device, args.server, args.api_key, progress)
+    with loading():
+        segmenter = open_segmenter(args.model, args.device, args.server, args.api_key, progress)
     return segment_and_write(segmenter, volume, resolutions, options, plan, input_text=args.input,
                              read_seconds=read_s, progress=progress, cancel=cancel)
 
@@ -121,16 +125,9 @@ def _print_summary(outcome: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``infer``; returns the process exit code (never raises for user errors)."""
     progress = _Progress(progress_style(args))
-    cancel = CancelToken()
-
-    def _on_sigint(signum, frame):  # first Ctrl-C: stop after the current batch; second: abort at once
-        if cancel.cancelled:
-            raise KeyboardInterrupt
-        cancel.cancel()
-
-    previous = signal.signal(signal.SIGINT, _on_sigint)
     try:
-        outcome = _segment_and_write(args, cancel, progress)
+        with cancel_on_signals() as signals:  # Ctrl-C, SIGTERM, SIGHUP: stop cleanly, exit 3, nothing written
+            outcome = _segment_and_write(args, signals.token, progress, loading=signals.immediately)
     except Cancelled as err:
         return _fail(args, progress, str(err), EXIT_CANCELLED)
     except KeyboardInterrupt:
@@ -138,7 +135,6 @@ def run(args: argparse.Namespace) -> int:
     except MedSam3Error as err:
         return _fail(args, progress, user_message(err), EXIT_USER_ERROR)
     finally:
-        signal.signal(signal.SIGINT, previous)
         progress.close()
     if args.progress == "json":
         emit({"event": "done", "output": str(Path(args.output).resolve()),

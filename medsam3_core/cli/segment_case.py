@@ -101,7 +101,7 @@ def segment_and_write(
     from medsam3_core.io.export import write_outputs
 
     written = write_outputs(result, plan.folder, fmt=plan.fmt, per_segment=plan.per_segment,
-                            confidence=plan.confidence, extra_report=extra)
+                            confidence=plan.confidence, extra_report=extra, cancel=cancel)
     try:
         if plan.dicom_seg is not None:
             from medsam3_core.io.dicom_seg import write_dicom_seg
@@ -115,6 +115,7 @@ def segment_and_write(
             written["png"] = Path(plan.png)
             write_overlays(volume, result.labelmap, result.segments, plan.png, slice_axis=options.slice_axis,
                            window=options.window)
+        cancel.raise_if_cancelled()  # a signal during the extra outputs takes the label map with it too
     except BaseException:
         for path in written.values():  # all or nothing: a failed extra output takes the label map with it
             remove_path(path)

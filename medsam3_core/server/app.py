@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from medsam3_core import __version__
+from medsam3_core.engine.allocator import release_memory
 from medsam3_core.errors import InputError
 from medsam3_core.segmenter import Segmenter
 from medsam3_core.server.jobs import JobQueue, NotFinished, QueueFull, UnknownJob
@@ -198,13 +199,13 @@ def create_app(
             volume, header = form.get("volume"), form.get("request")
             if not isinstance(volume, UploadFile) or not isinstance(header, str):
                 raise HTTPException(422, "The upload needs a 'volume' file part (.npz) and a 'request' JSON field.")
-            data = await volume.read()
+            # decoded from the spooled upload file itself: no in-memory copy of the compressed body
+            job = await run_in_threadpool(decode_request, header, volume.file, max_voxels=max_voxels)
+        except InputError as exc:
+            await run_in_threadpool(release_memory)  # whatever the refused upload made the process allocate
+            raise HTTPException(422, str(exc)) from None
         finally:
             await form.close()
-        try:
-            job = await run_in_threadpool(decode_request, header, data, max_voxels=max_voxels)
-        except InputError as exc:
-            raise HTTPException(422, str(exc)) from None
         try:
             status = queue.submit(job)
         except QueueFull:

@@ -19,9 +19,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from medsam3_core.errors import MedSam3Error
+from medsam3_core.errors import Cancelled, MedSam3Error
 from medsam3_core.io.geometry import Volume
 from medsam3_core.segmenter import SegmentOptions
+from medsam3_core.signals import cancel_on_signals
 
 __all__ = ["add_arguments", "run", "main", "API_KEY_ENV", "MIN_KEY_LENGTH"]
 
@@ -124,7 +125,9 @@ def _warm_segmenter(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted; 0 after a clean shutdown, 2 for a user error (one line on stderr)."""
+    """Serve until interrupted; 0 after a clean shutdown, 2 for a user error (one line on stderr), 3 when a signal
+    (Ctrl-C, SIGTERM, SIGHUP) arrives before the server is ready. Once it serves, those signals are its normal stop:
+    the running job is cancelled, waiting ones are dropped, and it exits with 0."""
     from medsam3_core.server.app import DEFAULT_MAX_VOXELS, create_app
     from medsam3_core.server.runner import bind_socket, is_loopback, serve
 
@@ -136,9 +139,17 @@ def run(args: argparse.Namespace) -> int:
     except MedSam3Error as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with sock:
+    # A server lives on between jobs, so memory a job freed should go back to the operating system instead of staying
+    # reserved for the next batch (medsam3_core/engine/allocator.py); MEDSAM3_MALLOC_TUNING=1 keeps the tuning.
+    os.environ.setdefault("MEDSAM3_MALLOC_TUNING", "0")
+    with sock, cancel_on_signals() as signals:
         try:
-            segmenter, model_info = _warm_segmenter(args)
+            with signals.immediately():  # loading holds nothing worth waiting for: a signal stops it at once
+                segmenter, model_info = _warm_segmenter(args)
+            signals.token.raise_if_cancelled()
+        except Cancelled:
+            print("Cancelled while loading the model; the server did not start.", file=sys.stderr)
+            return 3
         except MedSam3Error as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -164,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         with contextlib.suppress(KeyboardInterrupt):
-            serve(app, sock, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+            serve(app, sock, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, stop=signals.token)
     return 0
 
 

@@ -6,6 +6,9 @@ than piling up. Each job carries a :class:`~medsam3_core.progress.CancelToken`; 
 cancelling the running one stops it within one batch. When CUDA runs out of memory the job is retried with half
 the batch size, down to 1, before it fails with a message that says so.
 
+After every job the worker hands the memory it freed back to the operating system, so a server that has run a large
+job returns to its idle size (``bench/server_soak.py`` measures it).
+
 Results stay in memory (encoded ``.npz`` bytes) until the client downloads them — the download deletes them — or
 until ``result_ttl_s`` after the job finished, whichever comes first; nothing is written to disk.
 """
@@ -23,6 +26,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from medsam3_core.engine.allocator import release_memory
 from medsam3_core.errors import Cancelled, DeviceError, MedSam3Error
 from medsam3_core.progress import CancelToken
 from medsam3_core.segmenter import Segmenter, SegmentOptions
@@ -226,6 +230,8 @@ class JobQueue:
                 job.state, job.stage = RUNNING, "starting"
                 self._running = job
             self._execute(job)
+            del job  # the volume and every intermediate are unreferenced now: give their memory back to the OS
+            release_memory()
 
     def _execute(self, job: Job) -> None:
         request = job.request

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import uvicorn
 
 from medsam3_core.errors import MedSam3Error
+from medsam3_core.progress import CancelToken
 
 __all__ = ["bind_socket", "is_loopback", "BackgroundServer", "serve"]
 
@@ -61,9 +62,28 @@ def serve(
     ssl_certfile: Optional[str] = None,
     ssl_keyfile: Optional[str] = None,
     log_level: str = "info",
+    stop: Optional[CancelToken] = None,
 ) -> None:
-    """Serve ``app`` on an already bound socket (from :func:`bind_socket`) until Ctrl+C / SIGTERM (blocking)."""
-    uvicorn.Server(_config(app, log_level, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)).run(sockets=[sock])
+    """Serve ``app`` on an already bound socket (from :func:`bind_socket`) until Ctrl+C / SIGTERM (blocking).
+
+    uvicorn itself shuts down gracefully on SIGINT and SIGTERM while it runs; ``stop`` (set by
+    :func:`medsam3_core.signals.cancel_on_signals`) adds what it does not see: SIGHUP, and a signal that arrived
+    between the model load and uvicorn installing its own handlers.
+    """
+    config = _config(app, log_level, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+    server = uvicorn.Server(config) if stop is None else _StoppableServer(config, stop)
+    server.run(sockets=[sock])
+
+
+class _StoppableServer(uvicorn.Server):
+    """A uvicorn server that also shuts down gracefully once ``stop`` is set (checked on uvicorn's 0.1 s tick)."""
+
+    def __init__(self, config: uvicorn.Config, stop: CancelToken) -> None:
+        super().__init__(config)
+        self.stop = stop
+
+    async def on_tick(self, counter: int) -> bool:
+        return await super().on_tick(counter) or self.stop.cancelled
 
 
 class BackgroundServer:

@@ -19,12 +19,13 @@ geometry, so the label map lies on exactly the grid that was sent.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, BinaryIO, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -57,6 +58,7 @@ WIRE_METADATA_KEYS = ("window",)
 # Dtypes a scan or a label map can have; anything else (object, strings, structured, complex) is refused.
 _VOXEL_DTYPES = {"|b1", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f2", "<f4", "<f8"}
 _NPY_HEADER_LIMIT = 4096
+_INFLATE_CHUNK = 8 * 2**20
 
 # The JSON type of every SegmentOptions field; a test keeps this table in step with the dataclass.
 _OPTION_TYPES: dict[str, tuple[type, ...]] = {
@@ -91,16 +93,26 @@ def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 def read_npz(
-    data: bytes, *, required: Sequence[str], optional: Sequence[str] = (), max_elements: int, what: str
+    data: Union[bytes, BinaryIO],
+    *,
+    required: Sequence[str],
+    optional: Sequence[str] = (),
+    max_elements: int,
+    what: str,
+    check_header: Optional[Callable[[str, tuple[int, ...], np.dtype], None]] = None,
 ) -> dict[str, np.ndarray]:
-    """Decode an ``.npz`` archive without pickle, refusing unexpected members, dtypes and oversized arrays.
+    """Decode an ``.npz`` archive (bytes or a seekable binary file) without pickle, refusing unexpected members,
+    dtypes and oversized arrays.
 
-    ``max_elements`` bounds every array's element count; it is checked against the ``.npy`` header and the zip's
-    declared uncompressed size *before* decompression, and ``zipfile`` never inflates a member past its declared
-    size, so a small hostile upload cannot expand into gigabytes.
+    Everything that decides the memory an array needs is checked *before* a byte of it is decompressed: the ``.npy``
+    header's dtype and shape (``max_elements`` for every array, and ``check_header(name, shape, dtype)`` for the
+    caller's own rules, e.g. the exact voxel limit of a grey or RGB volume) and the zip's declared uncompressed size.
+    The data is then inflated in chunks straight into one array of exactly that size, with a hard cap: a member that
+    holds more (or less) than its header declares is refused, so a small hostile upload cannot expand into
+    gigabytes and no intermediate copy of the decompressed bytes is ever made.
     """
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data)
         members = {info.filename: info for info in archive.infolist()}
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise InputError(f"The {what} is not a valid .npz archive ({exc}).") from None
@@ -135,18 +147,35 @@ def read_npz(
                         f"Array {name!r} in the {what} has {count} elements, more than this server accepts "
                         f"({max_elements}); crop or downsample the volume."
                     )
-                if info.file_size > count * dtype.itemsize + f.tell():
-                    raise InputError(f"Array {name!r} in the {what} declares more data than its shape holds.")
-                array = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
-                if array.size != count:
-                    raise ValueError("truncated array data")
-                array = array.reshape(shape, order="F" if fortran else "C")
-                arrays[name] = array.astype(dtype.newbyteorder("="))  # native order, writable
+                if check_header is not None:
+                    check_header(name, tuple(shape), dtype)
+                expected = count * dtype.itemsize + f.tell()
+                if info.file_size != expected:
+                    more = "more" if info.file_size > expected else "less"
+                    raise InputError(f"Array {name!r} in the {what} declares {more} data than its shape holds.")
+                arrays[name] = _inflate(f, shape, fortran, dtype)
         except InputError:
             raise
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
             raise InputError(f"Array {name!r} in the {what} is corrupt ({exc}).") from None
     return arrays
+
+
+def _inflate(f: BinaryIO, shape: tuple[int, ...], fortran: bool, dtype: np.dtype) -> np.ndarray:
+    """The array data of an open ``.npy`` member, read in chunks into one preallocated array (native byte order)."""
+    flat = np.empty(math.prod(shape), dtype=dtype)
+    view = memoryview(flat.view(np.uint8))
+    filled = 0
+    while filled < len(view):
+        n = f.readinto(view[filled : filled + _INFLATE_CHUNK])
+        if not n:
+            raise ValueError("truncated array data")
+        filled += n
+    if f.read(1):
+        raise ValueError("more data than the shape holds")
+    if not dtype.isnative:
+        flat = flat.byteswap().view(dtype.newbyteorder("="))
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 # -- upload --------------------------------------------------------------------------------------------------------
@@ -245,14 +274,22 @@ def _options(value: Any) -> SegmentOptions:
         len(window) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)
     ):
         raise InputError("Option 'window' must be a preset name or [centre, width].")
+    if (isinstance(window, str) and window.strip().lower() not in ("", "auto")) or isinstance(window, list):
+        from medsam3_core.engine.preprocess import parse_window  # the engine's own rule: preset, "C,W", width > 0
+
+        parse_window(window)
     options = SegmentOptions.from_dict(value)  # range checks (threshold, mode, axis …) live in SegmentOptions
     if options.batch_size > MAX_BATCH_SIZE or options.memory_size > MAX_MEMORY_SIZE:
         raise InputError(f"batch_size and memory_size are limited to {MAX_BATCH_SIZE} on this server.")
     return options
 
 
-def decode_request(header_json: str, volume_npz: bytes, *, max_voxels: int) -> JobRequest:
-    """Validate a job upload and rebuild its parts; raises :class:`InputError` naming the first problem."""
+def decode_request(header_json: str, volume_npz: Union[bytes, BinaryIO], *, max_voxels: int) -> JobRequest:
+    """Validate a job upload and rebuild its parts; raises :class:`InputError` naming the first problem.
+
+    The JSON header is checked completely (geometry, prompts, every option) before the volume is decompressed, so
+    a job that would fail later is refused at submission and a bad header costs no memory.
+    """
     try:
         header = json.loads(header_json, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
@@ -279,17 +316,23 @@ def decode_request(header_json: str, volume_npz: bytes, *, max_voxels: int) -> J
             raise InputError("concepts must have one entry per prompt.")
     options = _options(header.get("options", {}))
 
-    array = read_npz(volume_npz, required=["array"], max_elements=max_voxels * 3, what="volume upload")["array"]
-    voxels = math.prod(array.shape[:3])
-    rgb = array.ndim == 4 and array.shape[-1] == 3 and array.shape[0] == 1
-    if not (array.ndim == 3 or rgb) or voxels == 0:
-        raise InputError(f"The volume must be (K, J, I) or a (1, J, I, 3) RGB image, got shape {array.shape}.")
-    if voxels > max_voxels:
-        raise InputError(f"The volume has {voxels} voxels, more than this server accepts ({max_voxels}).")
+    array = read_npz(volume_npz, required=["array"], max_elements=max_voxels * 3, what="volume upload",
+                     check_header=functools.partial(_check_volume_header, max_voxels=max_voxels))["array"]
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InputError("The volume contains NaN or infinite values.")
     volume = Volume(array, tuple(spacing), tuple(origin), direction, modality, dict(metadata))
     return JobRequest(volume, prompts, options, concepts)
+
+
+def _check_volume_header(name: str, shape: tuple[int, ...], dtype: np.dtype, *, max_voxels: int) -> None:
+    """The volume's declared shape, before it is decompressed: grey ``(K, J, I)`` or RGB ``(1, J, I, 3)``, with at
+    most ``max_voxels`` voxels (an RGB image may hold three values per voxel, a grey volume only one)."""
+    voxels = math.prod(shape[:3])
+    rgb = len(shape) == 4 and shape[-1] == 3 and shape[0] == 1
+    if not (len(shape) == 3 or rgb) or voxels == 0:
+        raise InputError(f"The volume must be (K, J, I) or a (1, J, I, 3) RGB image, got shape {shape}.")
+    if voxels > max_voxels:
+        raise InputError(f"The volume has {voxels} voxels, more than this server accepts ({max_voxels}).")
 
 
 def _reject_constant(name: str) -> Any:

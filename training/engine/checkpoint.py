@@ -17,7 +17,12 @@ import torch
 from medsam3_core.io.atomic import atomic_path
 from medsam3_core.errors import CheckpointError
 
-__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng"]
+__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "architecture_changes"]
+
+# Model settings that decide the network's parameters (``training.config.ModelConfig``); the tiny model's sizes count
+# only when it is the init. ``seed`` does not: it only draws the initial weights, which a resume replaces.
+_ARCHITECTURE_KEYS = ("init", "image_size", "tracker", "lora_rank", "lora_alpha")
+_TINY_KEYS = ("patch_size", "hidden", "vit_hidden", "vit_layers", "text_hidden", "num_queries")
 
 
 class TrainState(dict):
@@ -64,13 +69,26 @@ def save_checkpoint(
     return path
 
 
+def architecture_changes(saved: dict, current: dict) -> list[str]:
+    """``model.KEY=saved (now current)`` for every architecture setting that differs between two config dicts."""
+    saved_model, model = saved.get("model", {}), current.get("model", {})
+    keys = _ARCHITECTURE_KEYS + (_TINY_KEYS if model.get("init") == "tiny" else ())
+    return [f"model.{k}={saved_model[k]!r} (now {model.get(k)!r})"
+            for k in keys if k in saved_model and saved_model[k] != model.get(k)]
+
+
 def load_checkpoint(
     path: Path,
     model: torch.nn.Module,
     optimizer: Optional[torch.optim.Optimizer] = None,
     scheduler: Any = None,
+    config: Optional[dict] = None,
 ) -> TrainState:
-    """Restore ``model`` (and optimiser/scheduler/RNG when given) from ``path``; returns its :class:`TrainState`."""
+    """Restore ``model`` (and optimiser/scheduler/RNG when given) from ``path``; returns its :class:`TrainState`.
+
+    With ``config`` (the run's settings as a dict) a checkpoint written with other architecture settings is refused
+    in one line naming them, instead of failing deep inside ``load_state_dict``.
+    """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
@@ -78,7 +96,17 @@ def load_checkpoint(
     missing = {"model", "state"} - set(payload)
     if missing:
         raise CheckpointError(f"{path} is not a training checkpoint (missing {', '.join(sorted(missing))})")
-    model.load_state_dict(payload["model"])
+    changes = architecture_changes(payload.get("config") or {}, config) if config is not None else []
+    if changes:
+        raise CheckpointError(
+            f"{path} was written with other model settings: {', '.join(changes)}; resume with the settings it was "
+            "written with, or train into a new --output-dir"
+        )
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not fit this model ({str(err).splitlines()[0][:200]}); "
+                              "train into a new --output-dir") from None
     if optimizer is not None:
         optimizer.load_state_dict(payload["optimizer"])
     if scheduler is not None:

@@ -72,6 +72,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on at least one rank, known on every rank (so all ranks stop at the same step)."""
+    if not is_initialized():
+        return flag
+    on_cuda = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+    t = torch.tensor([float(flag)], device=torch.device("cuda", torch.cuda.current_device()) if on_cuda else "cpu")
+    return bool(all_reduce_sum(t).item() > 0)
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` on every rank (pickled; for small things such as a decision or a path)."""
     if not is_initialized():

@@ -29,9 +29,11 @@ from typing import Callable, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from medsam3_core.errors import Cancelled
 from medsam3_core.io.atomic import atomic_path
 from medsam3_core.model.bundle import Sam3Bundle, select_device
 from medsam3_core.model.tokenizer import bundled_tokenizer, tokenize
+from medsam3_core.progress import CancelToken
 
 from training.engine import distributed as dist
 from training.engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
@@ -39,6 +41,8 @@ from training.config import TrainConfig
 from training.losses.criterion import SetCriterion
 from training.data.samples import collate
 from training.data.sampler import BalancedSampler
+from training.data.checks import check_data
+from training.data.problems import DataProblems
 from training.data.sources import build_datasets
 from training.evaluate import CALIBRATION_THRESHOLDS, dataset_means, distributed_sweep, format_table, pick_threshold
 from training.engine.lora import apply_lora, merged
@@ -93,6 +97,10 @@ class Trainer:
         self._tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
         d = cfg.data
+        # every problem of the data at once, before hours of training (rank 0 reads the files, the others wait)
+        problems = dist.broadcast_object(check_data(d) if dist.is_main() else None)
+        if problems:
+            raise DataProblems(problems)
         self.train_sets, self.val_sets, weights = build_datasets(d, self.model.image_size, e.seed,
                                                                  keep_aspect=self.model.keep_aspect)
         sizes = [len(s) for s in self.train_sets]
@@ -104,8 +112,10 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(build_param_groups(self.trainable, cfg.optim), cfg.optim)
         self.state = TrainState.fresh()
         self._validated: Optional[tuple[int, dict]] = None  # (step, results) of the latest validation
+        self._cancel: Optional[CancelToken] = None
         if self.ckpt_path.is_file():
-            self.state = load_checkpoint(self.ckpt_path, self.trainable, self.optimizer, self.scheduler)
+            self.state = load_checkpoint(self.ckpt_path, self.trainable, self.optimizer, self.scheduler,
+                                         config=cfg.to_dict())
         self.writer = None
         if dist.is_main():
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,8 +153,13 @@ class Trainer:
         return logs
 
     # -- loop ---------------------------------------------------------------------------------------------------
-    def fit(self) -> dict:
-        """Train until ``epochs`` or ``max_steps``; returns the last validation summary (dataset → mean Dice)."""
+    def fit(self, cancel: Optional[CancelToken] = None) -> dict:
+        """Train until ``epochs`` or ``max_steps``; returns the last validation summary (dataset → mean Dice).
+
+        ``cancel`` (set by a signal, :mod:`medsam3_core.signals`) is checked after every optimiser step on all ranks
+        together: the run then writes its checkpoint and raises :class:`Cancelled`, so the same command resumes it.
+        """
+        self._cancel = cancel
         e = self.cfg.engine
         max_steps = e.max_steps or e.epochs * self.steps_per_epoch
         bar = self._bar(max_steps)
@@ -157,12 +172,14 @@ class Trainer:
                 self.state.update(epoch=self.state["epoch"] + 1, position=0)
                 results = self.validate()
                 self._save()
+                self._stop_if_cancelled(saved=True)
         finally:
             if bar is not None:
                 bar.close()
         if self._validated is None or self._validated[0] != self.state["step"]:
             results = self.validate()  # the final weights (a step budget that ends mid-epoch) get calibrated too
         self._save()
+        self._stop_if_cancelled(saved=True)
         self.export("final", {"validation": results, "step": self.state["step"]} if results else None)
         dist.barrier()
         return results
@@ -216,12 +233,22 @@ class Trainer:
                     self.writer.add_scalar(f"lr/{g['name']}", g["lr"], step)
                 self.writer.add_scalar("train/sec_per_step", (time.time() - t0) / e.log_every, step)
                 t0 = time.time()
+            self._stop_if_cancelled()
             if step % e.checkpoint_every == 0:
                 self._save()
             if step >= max_steps:
                 break
         self.optimizer.zero_grad(set_to_none=True)  # a partial accumulation at the epoch end is dropped
         return self.sampler.per_rank - self.state["position"] < d.batch_size * e.grad_accum
+
+    def _stop_if_cancelled(self, saved: bool = False) -> None:
+        """After a signal (on any rank): write the checkpoint unless just ``saved``, then raise :class:`Cancelled`."""
+        if not dist.any_rank(self._cancel is not None and self._cancel.cancelled):
+            return
+        if not saved:
+            self._save()
+        raise Cancelled(f"Training stopped at step {self.state['step']}; its checkpoint {self.ckpt_path} is saved and "
+                        "the same command resumes it.")
 
     # -- validation, checkpoints, export -----------------------------------------------------------------------
     def validate(self) -> dict:
