@@ -95,8 +95,8 @@ def test_big_endian_uploads_are_read_in_place_with_the_right_values():
         ({"window": [40, 0]}, "width must be a positive"),
         ({"window": [40, -5]}, "width must be a positive"),
         ({"window": "40,abc"}, "not two numbers"),
-        ({"slice_axis": "oblique"}, "--slice-axis"),
-        ({"memory_size": 0}, "--memory-size"),
+        ({"slice_axis": "oblique"}, "slice axis must be one of"),
+        ({"memory_size": 0}, "memory size must be at least 1"),
     ],
 )
 def test_every_option_is_checked_at_submission_with_422_and_nothing_queued(options, message):
