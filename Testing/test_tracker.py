@@ -150,5 +150,5 @@ def test_memory_bank_is_bounded_and_turning_keeps_the_seed(bundle, encoded):
 
 
 def test_memory_size_must_fit_the_checkpoint(bundle):
-    with pytest.raises(ModelError, match="memory-size"):
+    with pytest.raises(ModelError, match="memory size must be between"):
         MemoryTracker(bundle, bundle.tracker.num_maskmem + 1, 10)
