@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from medsam3_core.engine.detector import Detections, Detector
-from medsam3_core.engine.volume_engine import VolumeEngine, _Sweep
+from medsam3_core.engine.sweeps import Sweep as _Sweep
+from medsam3_core.engine.volume_engine import VolumeEngine
 from medsam3_core.errors import Cancelled
 from medsam3_core.engine.fusion import FusionRule
 from medsam3_core.io.geometry import Volume
@@ -49,7 +50,7 @@ class ScriptedDetector(Detector):
         self.encoded.append(self._slices)
         return super().encode_images(pixel_values)
 
-    def detect(self, vision, text, top_k=None, min_score=0.0):
+    def detect(self, vision, text, top_k=None, min_score=0.0, on_host=True):
         side = 4 * self.bundle.tracker.prompt_encoder.image_embedding_size[0]
         b, p, q = len(self._slices), len(text), 4
         logits = torch.full((b, p, q, side, side), -8.0)
