@@ -16,10 +16,10 @@ from typing import Optional, Sequence
 import torch
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-from medsam3_core.errors import InputError, PromptError
 from medsam3_core.engine.heads import SharedHeads, SliceContext
-from medsam3_core.model.bundle import Sam3Bundle, append_prompt_token, geometry_cls_token
 from medsam3_core.engine.preprocess import Letterbox
+from medsam3_core.errors import InputError, PromptError
+from medsam3_core.model.bundle import Sam3Bundle, append_prompt_token, geometry_cls_token
 from medsam3_core.model.tokenizer import tokenize
 
 __all__ = ["Detections", "Detector", "TextFeatures"]
@@ -173,8 +173,8 @@ class Detector:
         (``heads.EMPTY_MASK_LOGIT``) without running the mask head: pass the threshold you will apply.
 
         Pair ``n`` is slice ``n // P`` with prompt ``n % P``. The prompt-independent part of the heads runs once per
-        slice (:mod:`~medsam3_core.engine.heads`); ``last_hidden_state`` is never read (only the FPN levels), and at 1008²
-        it is the largest tensor of the encoding.
+        slice (:mod:`~medsam3_core.engine.heads`); ``last_hidden_state`` is never read (only the FPN levels), and at
+        1008² it is the largest tensor of the encoding.
         """
         num_slices = int(vision.fpn_hidden_states[0].shape[0])
         num_prompts = len(text)

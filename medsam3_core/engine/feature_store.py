@@ -244,6 +244,12 @@ class FeatureStore:
         return index in self._where
 
     @property
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held per tier (``device``, ``host``, ``file``)."""
+        return {"device": self._device_tier.used, "host": self._host_tier.used,
+                "file": self._spill.bytes_on_disk if self._spill is not None else 0}
+
+    @property
     def tier_counts(self) -> dict[str, int]:
         """How many slices each tier holds (``device``, ``host``, ``file``)."""
         counts = {"device": 0, "host": 0, "file": 0}
@@ -256,8 +262,9 @@ class FeatureStore:
         if self._spill is not None:
             self._spill.close()
             self._spill = None
-        self._device_tier.records.clear()
-        self._host_tier.records.clear()
+        for tier in self._tiers().values():
+            tier.records.clear()
+            tier.used = 0
         self._where.clear()
 
     def __enter__(self) -> "FeatureStore":

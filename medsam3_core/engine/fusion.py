@@ -1,8 +1,8 @@
 """Fusing the detector's and the tracker's view of each slice, and the life cycle of 3D objects (tracks).
 
 No model, only tensors on the engine's device: the engine hands in probabilities on the model's low-resolution
-grid, one prompt at a time (objects of different prompts are never matched to each other — "liver" and "liver tumour" may overlap; the final
-label map resolves overlaps between prompts by pixel-wise maximum confidence).
+grid, one prompt at a time (objects of different prompts are never matched to each other — "liver" and "liver
+tumour" may overlap; the final label map resolves overlaps between prompts by pixel-wise maximum confidence).
 
 The rule, applied on every slice after the tracker has propagated the prompt's live objects
 ---------------------------------------------------------------------------------------------
@@ -21,12 +21,12 @@ only detections at or above the user's threshold are passed in). A track *t* has
    bank, so a detection corrects the tracker's drift from the next slice on.
 3. **Unmatched track** → the tracker's mask alone with confidence ``s_t``. Without a confirming detection the
    confidence therefore decays geometrically with the tracker's presence probability.
-4. **Unmatched detection** → if at least ``absorb_fraction`` of it lies inside an object on this slice (its
-   tracked or its fused mask), it is *absorbed* into that object (pixel-wise max of probabilities): a structure
-   that splits into two pieces within the slice (a bifurcating vessel, the two lobes of a gland) keeps one 3D identity. Otherwise, if
+4. **Unmatched detection** → if at least ``absorb_fraction`` of it lies inside an object on this slice (its tracked or
+   its fused mask), it is *absorbed* into that object (pixel-wise max of probabilities): a structure that splits into
+   two pieces within the slice (a bifurcating vessel, the two lobes of a gland) keeps one 3D identity. Otherwise, if
    ``s_d ≥ spawn_score``, it **starts a new object** (new id) seeded with its mask — unless it duplicates a
-   better-scoring detection that is starting an object on this slice (same ``absorb_fraction`` test), in which
-   case it joins that one (offline, transformers' SAM3 skips its NMS, so duplicates do reach us).
+   better-scoring detection that is starting an object on this slice (same ``absorb_fraction`` test), in which case it
+   joins that one (offline, transformers' SAM3 skips its NMS, so duplicates do reach us).
 5. **Presence and ending**: an object is on the slice when its confidence ≥ ``keep_score`` and its mask is not empty;
    otherwise it contributes nothing to the output and counts a miss. ``patience`` consecutive misses **end** the
    track (an organ has ended; one doubtful slice inside it does not end it). Ended objects keep their id; a later

@@ -16,10 +16,10 @@ Two modes (``SegmentOptions.mode``):
        :mod:`~medsam3_core.engine.feature_store`), so the sweeps never run the ViT or the neck again
        (:mod:`~medsam3_core.engine.detection_pass`).
     2. **Forward sweep** from the lowest seed slice upwards. Each prompt's objects start on its most confident
-       detection's slice (the seed); the memory tracker (:mod:`~medsam3_core.engine.tracker`) propagates all live objects of
-       all prompts in one batched call per slice; :func:`~medsam3_core.engine.fusion.fuse_slice` merges them with that
-       slice's detections, starts new objects from unmatched confident detections and ends objects that stay absent
-       (rule in :mod:`~medsam3_core.engine.fusion`); fused masks go back into each object's memory bank
+       detection's slice (the seed); the memory tracker (:mod:`~medsam3_core.engine.tracker`) propagates all live
+       objects of all prompts in one batched call per slice; :func:`~medsam3_core.engine.fusion.fuse_slice` merges
+       them with that slice's detections, starts new objects from unmatched confident detections and ends objects
+       that stay absent (rule in :mod:`~medsam3_core.engine.fusion`); fused masks go back into each object's memory bank
        (:mod:`~medsam3_core.engine.sweeps`).
     3. **Backward sweep** from the highest seed downwards: every object (seeded or started on the way up) is propagated
        below its first slice from the same conditioning memory. Below its prompt's seed the slice's detections are
