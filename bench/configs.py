@@ -1,7 +1,7 @@
 """The benchmark model configurations (tiny, small, full) and the shared volume/prompt inputs.
 
-``tiny`` and ``small`` are exactly the configurations of /work/shared/BASELINE.md §1, so the numbers compare with
-that baseline; ``full`` is transformers' default ``Sam3VideoConfig`` (SAM3 at 1008², ViT-L). Weights are random:
+``tiny`` and ``small`` are the small random configurations the stock pipeline was first measured with, so the
+numbers compare with those measurements; ``full`` is transformers' default ``Sam3VideoConfig`` (SAM3 at 1008², ViT-L). Weights are random:
 the benchmarks measure cost, not quality.
 """
 
