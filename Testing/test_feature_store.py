@@ -114,15 +114,26 @@ def tracking_bundle():
     return bundle
 
 
-def test_resident_pinned_and_spilled_stores_give_bitwise_equal_label_maps(tracking_bundle):
+def test_resident_pinned_and_spilled_stores_give_bitwise_equal_label_maps(tracking_bundle, monkeypatch):
+    tiers = []
+    original_close = FeatureStore.close
+
+    def spy(self):
+        tiers.append(self.tier_counts)
+        original_close(self)
+
+    monkeypatch.setattr(FeatureStore, "close", spy)
     rng = np.random.default_rng(5)
     volume = Volume(rng.normal(60, 25, (8, 26, 30)).astype(np.float32), modality="MR")
     options = SegmentOptions(threshold=0.12, window=(60.0, 100.0), batch_size=3)
     results = {}
     for name, budget in {"device": StoreBudget(1 << 30, 0), "host": StoreBudget(0, 1 << 30),
-                         "file": StoreBudget(0, 0), "too small": StoreBudget(40_000, 40_000)}.items():
+                         "file": StoreBudget(0, 0), "too small": StoreBudget(300_000, 300_000)}.items():
         engine = VolumeEngine(tracking_bundle, max_objects=3, store_budget=budget)
         results[name] = engine.run(volume, ["liver", "spleen"], options)
+    assert tiers[0] == {"device": 8, "host": 0, "file": 0} and tiers[1] == {"device": 0, "host": 8, "file": 0}
+    assert tiers[2] == {"device": 0, "host": 0, "file": 8}
+    assert all(tiers[3].values()) and sum(tiers[3].values()) == 8  # too small: spread over all three, no error
     reference = results["file"]
     assert reference.labels.any() and reference.objects
     for name, result in results.items():

@@ -132,7 +132,7 @@ def main(argv=None) -> int:
 
     if "vit_floor" not in args.skip:
         detector = Detector(bundle)
-        stack, _ = slice_stack(volume, 0)
+        stack, _ = slice_stack(volume, options.slice_axis)
         normalize = IntensityNormalizer.for_volume(volume, options.window)
         letterbox = detector.letterbox(stack.shape[1], stack.shape[2])
 

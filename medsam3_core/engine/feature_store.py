@@ -164,9 +164,10 @@ class _ResidentTier:
             self.used += size
         if self.device is not None:  # stays where it was computed: a copy of the row, not a view of the batch
             self.records[index] = [part.detach().clone() for part in parts]
-        else:
-            copies = [part.detach().to("cpu", copy=True) for part in parts]
-            self.records[index] = [c.pin_memory() if self.pin else c for c in copies]
+        else:  # page-locked when the device is a GPU, so the copy back can run asynchronously
+            self.records[index] = [
+                torch.empty(part.shape, dtype=part.dtype, pin_memory=self.pin).copy_(part.detach()) for part in parts
+            ]
 
 
 class FeatureStore:
