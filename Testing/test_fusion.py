@@ -161,3 +161,17 @@ def test_painting_all_objects_at_once_equals_painting_them_one_by_one(seed):
     np.testing.assert_array_equal(got_owner[1], owner)
     np.testing.assert_array_equal(got_confidence[1], confidence)
     assert not got_owner[0].any()
+
+
+def test_canvas_ids_widen_beyond_16_bits():
+    import torch
+
+    from medsam3_core.engine.canvas import Canvas
+
+    canvas = Canvas((1, 2, 2))
+    probs = torch.tensor([[[0.9, 0.1], [0.9, 0.9]], [[0.1, 0.9], [0.1, 0.1]]])
+    canvas.paint(0, probs, [0.5, 0.7], [7, 40_000])
+    owner, confidence = canvas.to_host()
+    np.testing.assert_array_equal(owner[0], [[7, 40_000], [7, 7]])
+    np.testing.assert_allclose(confidence[0], [[0.45, 0.63], [0.45, 0.45]], rtol=1e-6)
+    assert canvas.covered_by(0, torch.tensor([[True, True], [False, False]]), {40_000}) == 0.5

@@ -23,11 +23,14 @@ __all__ = ["Canvas"]
 
 
 class Canvas:
-    """Confidence (float32) and owning object id (int32, 0 = background) per voxel of the slice stack."""
+    """Confidence (float32) and owning object id (0 = background) per voxel of the slice stack.
+
+    Ids are 16-bit (6 bytes per voxel in all) until an id beyond 32 767 appears; the ids then widen to 32 bits.
+    """
 
     def __init__(self, shape: tuple[int, int, int], device: Union[torch.device, str] = "cpu") -> None:
         self.confidence = torch.zeros(shape, dtype=torch.float32, device=device)
-        self.owner = torch.zeros(shape, dtype=torch.int32, device=device)
+        self.owner = torch.zeros(shape, dtype=torch.int16, device=device)
 
     def paint(self, index: int, probs: torch.Tensor, scores: Sequence[float], object_ids: Sequence[int]) -> None:
         """Paint objects ``(K, H, W)`` with their confidences and ids on slice ``index`` (in this order)."""
@@ -35,7 +38,9 @@ class Canvas:
             return
         probs = torch.as_tensor(probs).to(self.confidence.device, torch.float32)
         score = torch.as_tensor(np.asarray(scores, np.float32), device=probs.device)
-        ids = torch.as_tensor(np.asarray(object_ids, np.int32), device=probs.device)
+        if max(object_ids) > torch.iinfo(self.owner.dtype).max:
+            self.owner = self.owner.to(torch.int32)
+        ids = torch.as_tensor(np.asarray(object_ids, np.int32), device=probs.device).to(self.owner.dtype)
         conf = probs * score[:, None, None]
         conf = torch.where(probs > MASK_THRESHOLD, conf, torch.full_like(conf, float("-inf")))
         best, which = conf.max(dim=0)
@@ -49,7 +54,8 @@ class Canvas:
         area = int(mask.sum())
         if area == 0 or not owners:
             return 0.0
-        ids = torch.as_tensor(list(owners), dtype=torch.int32, device=self.owner.device)
+        limit = torch.iinfo(self.owner.dtype).max  # a larger id was never painted, so it owns nothing yet
+        ids = torch.as_tensor([o for o in owners if o <= limit], dtype=self.owner.dtype, device=self.owner.device)
         return float(torch.isin(self.owner[index][mask], ids).sum()) / area
 
     def to_host(self) -> tuple[np.ndarray, np.ndarray]:

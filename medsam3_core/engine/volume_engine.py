@@ -35,7 +35,7 @@ Two modes (``SegmentOptions.mode``):
 Streaming and memory: on the CPU, features exist only for one batch of slices (those of the others wait on disk, in
 the page cache, not in the process) and each object keeps a bounded memory bank, so working memory does not grow
 with the number of slices; on a GPU the store keeps them on the device while they fit in its budget. What does grow
-is the output itself (per-voxel confidence and object ids, 8 bytes per voxel on the device, one copy to the host at
+is the output itself (per-voxel confidence and object ids, 6 bytes per voxel on the device, one copy to the host at
 the end) and the compact detections. Slices per batch follow the device's free memory, halving on out-of-memory
 (:mod:`~medsam3_core.engine.batching`).
 
