@@ -148,8 +148,9 @@ def fuse_slice(
     track_masks = track_probs > MASK_THRESHOLD
 
     matches = match_by_iou(mask_iou(track_masks, det_masks).cpu().numpy(), rule.match_iou) if num_tracks else {}
+    det_score_list, evidence_list = scores_host.tolist(), evidence.tolist()  # exact: float32 values as floats
     for row, col in matches.items():
-        s_d, s_t = float(scores_host[col]), float(evidence[row])
+        s_d, s_t = det_score_list[col], evidence_list[row]
         total = s_d + s_t
         if total > 0:
             weighted = s_d * det_probs[col] + s_t * track_probs[row]
@@ -161,8 +162,9 @@ def fuse_slice(
     # Where the tracker or the fusion puts the object (a matched detection may disagree with part of the track).
     fused_masks = (probs > MASK_THRESHOLD) | track_masks
     det_flat = det_masks.flatten(1).float()
-    covered = (det_flat @ fused_masks.flatten(1).float().T).cpu()  # (N, M) exact pixel counts
-    areas = det_flat.sum(1).cpu()
+    covered = (det_flat @ fused_masks.flatten(1).float().T).cpu().tolist()  # (N, M) exact pixel counts
+    areas = det_flat.sum(1).cpu().tolist()
+    may_spawn = (scores_host >= rule.spawn_score).tolist()  # compared in float32, as the scores are
     absorbed: dict[int, int] = {}
     spawn: list[int] = []
     spawn_probs: list[torch.Tensor] = []
@@ -170,7 +172,7 @@ def fuse_slice(
     for col in torch.argsort(-scores_host, stable=True).tolist():
         if col in matched_cols:
             continue
-        owner = _owner(covered[col], float(areas[col]), rule.absorb_fraction)
+        owner = _owner(covered[col], areas[col], rule.absorb_fraction)
         if owner is not None:
             absorbed[col] = owner
             probs[owner] = torch.maximum(probs[owner], det_probs[col])
@@ -179,11 +181,11 @@ def fuse_slice(
         twin = None
         if spawn_probs and areas[col] > 0:
             starting = torch.stack(spawn_probs) > MASK_THRESHOLD
-            twin_cover = (starting & det_masks[col][None]).flatten(1).sum(1).float().cpu()
-            twin = _owner(twin_cover, float(areas[col]), rule.absorb_fraction)
+            twin_cover = (starting & det_masks[col][None]).flatten(1).sum(1).cpu().tolist()
+            twin = _owner(twin_cover, areas[col], rule.absorb_fraction)
         if twin is not None:
             spawn_probs[twin] = torch.maximum(spawn_probs[twin], det_probs[col])
-        elif scores_host[col] >= rule.spawn_score and areas[col] > 0:
+        elif may_spawn[col] and areas[col] > 0:
             spawn.append(col)
             spawn_probs.append(det_probs[col].clone())
 
@@ -193,13 +195,13 @@ def fuse_slice(
     return SliceFusion(probs, scores, present, matches, absorbed, spawn, stacked)
 
 
-def _owner(covered: torch.Tensor, area: float, fraction: float) -> Optional[int]:
-    """The fused object covering at least ``fraction`` of a mask of ``area`` pixels (the one covering most), given
-    the pixels ``covered`` by each object (host, one small vector)."""
-    if area == 0 or covered.numel() == 0:
+def _owner(covered: list, area: float, fraction: float) -> Optional[int]:
+    """The fused object covering at least ``fraction`` of a mask of ``area`` pixels (the one covering most, the first
+    of equals), given the pixels ``covered`` by each object (host, a few numbers)."""
+    if area == 0 or not covered:
         return None
-    best = int(torch.argmax(covered))
-    return best if float(covered[best]) >= fraction * area else None
+    best = max(range(len(covered)), key=covered.__getitem__)
+    return best if covered[best] >= fraction * area else None
 
 
 @dataclass

@@ -178,11 +178,11 @@ class Sweep:
                 ctx.rule,
             )
             changed = sorted(set(fusion.matches) | set(fusion.absorbed.values()))
-            for j, row in enumerate(rows):
+            for j, (row, on_slice, score) in enumerate(zip(rows, fusion.present.tolist(), fusion.scores.tolist())):
                 item = live[row]
-                here = bool(fusion.present[j]) and not self._merged(index, item, fusion.probs[j], direction)
+                here = on_slice and not self._merged(index, item, fusion.probs[j], direction)
                 present[row] = here
-                self.book.record(item.track, index, float(fusion.scores[j]), here)
+                self.book.record(item.track, index, score, here)
             if changed:
                 targets = torch.tensor([rows[j] for j in changed], device=fused_logits.device)
                 logits = _logit(fusion.probs[torch.tensor(changed, device=fusion.probs.device)])
