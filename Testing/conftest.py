@@ -23,3 +23,15 @@ def random_bundle():
     from medsam3_core.model.bundle import build_random_bundle
 
     return build_random_bundle(seed=0, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tracking_bundle():
+    """The tiny random model with a tracker that keeps objects present (random init drops every track at once), so
+    the sweeps visit every slice; for tests comparing whole engine runs."""
+    from medsam3_core.model.bundle import build_random_bundle
+
+    bundle = build_random_bundle(seed=0, device="cpu")
+    with torch.no_grad():
+        bundle.tracker.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
+    return bundle

@@ -104,16 +104,6 @@ def test_store_errors_are_clear():
             store.put([1], torch.zeros(1, 3))
 
 
-@pytest.fixture(scope="module")
-def tracking_bundle():
-    from medsam3_core.model.bundle import build_random_bundle
-
-    bundle = build_random_bundle(seed=0)
-    with torch.no_grad():  # objects stay present, so the sweeps visit every slice
-        bundle.tracker.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
-    return bundle
-
-
 def test_resident_pinned_and_spilled_stores_give_bitwise_equal_label_maps(tracking_bundle, monkeypatch):
     tiers = []
     original_close = FeatureStore.close

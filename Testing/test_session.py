@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from medsam3_core.engine.session import VolumeSession
 from medsam3_core.engine.volume_engine import VolumeEngine
@@ -11,16 +10,6 @@ from medsam3_core.segmenter import SegmentOptions
 from medsam3_core.segmenters.local import LocalSegmenter
 
 OPTIONS = SegmentOptions(threshold=0.12, window=(60.0, 100.0), batch_size=3)
-
-
-@pytest.fixture(scope="module")
-def tracking_bundle():
-    from medsam3_core.model.bundle import build_random_bundle
-
-    bundle = build_random_bundle(seed=0)
-    with torch.no_grad():  # objects stay present, so the sweeps visit every slice
-        bundle.tracker.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
-    return bundle
 
 
 @pytest.fixture(scope="module")
