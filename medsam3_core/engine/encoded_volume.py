@@ -40,7 +40,7 @@ class EncodedVolume:
         volume: the volume.
         window: intensity window (``SegmentOptions.window``), slice_axis: ``SegmentOptions.slice_axis``.
         keep_vision: also keep the ViT's output (sessions).
-        budget: feature-store budget; :meth:`StoreBudget.for_device` when ``None``.
+        budget: feature-store budget (shared by both stores); :meth:`StoreBudget.for_device` when ``None``.
     """
 
     def __init__(self, detector: Detector, volume: Volume, window, slice_axis, keep_vision: bool = False,
@@ -55,6 +55,9 @@ class EncodedVolume:
         self.normalize = IntensityNormalizer.for_volume(volume, window)
         self.letterbox = detector.letterbox(self.stack.shape[1], self.stack.shape[2])
         device = detector.bundle.device
+        budget = budget if budget is not None else StoreBudget.for_device(device)
+        if keep_vision:  # two stores share the budget (their records are about the same size at full size)
+            budget = StoreBudget(budget.device_bytes // 2, budget.host_bytes // 2)
         self.tracker_store = FeatureStore(self.num_slices, device, budget)
         self.vision_store = FeatureStore(self.num_slices, device, budget) if keep_vision else None
         self.top_pos: Optional[torch.Tensor] = None
