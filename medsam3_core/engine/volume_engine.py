@@ -83,9 +83,6 @@ from medsam3_core.segmenter import SegmentOptions
 
 __all__ = ["EngineResult", "ObjectRecord", "VolumeEngine"]
 
-_Sweep = Sweep  # the sweeps' earlier name, kept for code that patches it
-
-
 @dataclass
 class ObjectRecord:
     """One object of the result: id, prompt index, voxels in the output, confidence per slice (slice-axis index)."""

@@ -69,7 +69,17 @@ class LocalSegmenter:
         """A session over ``volume``: its slices are encoded by the first call and kept for the next ones."""
         return LocalSession(self, volume)
 
-    def _segment(self, volume, prompts, options, progress, cancel, concepts, session: Optional[VolumeSession]):
+    def _segment(
+        self,
+        volume: Volume,
+        prompts: Sequence[str],
+        options: Optional[SegmentOptions],
+        progress: Optional[ProgressCallback],
+        cancel: Optional[CancelToken],
+        concepts: Optional[Sequence[str]],
+        session: Optional[VolumeSession],
+    ) -> SegmentationResult:
+        """:meth:`segment`, in ``session`` when one is given (the session is over ``volume``)."""
         prompts = [str(p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
         concepts = list(prompts if concepts is None else concepts)
         if len(concepts) != len(prompts):
