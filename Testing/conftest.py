@@ -25,12 +25,19 @@ def random_bundle():
     return build_random_bundle(seed=0, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def present_bundle():
-    """Tiny random model whose tracker keeps objects present (random init would drop every track at once)."""
+@pytest.fixture(scope="session")
+def tracking_bundle():
+    """The tiny random model with a tracker that keeps objects present (random init drops every track at once), so
+    the sweeps visit every slice; for tests comparing whole engine runs."""
     from medsam3_core.model.bundle import build_random_bundle
 
-    bundle = build_random_bundle(seed=0)
+    bundle = build_random_bundle(seed=0, device="cpu")
     with torch.no_grad():
         bundle.tracker.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
     return bundle
+
+
+@pytest.fixture(scope="session")
+def present_bundle(tracking_bundle):
+    """The engine and clips tests' name for :func:`tracking_bundle`."""
+    return tracking_bundle

@@ -6,15 +6,16 @@ import pytest
 import torch
 
 from medsam3_core.engine.detector import Detections, Detector
-from medsam3_core.engine.volume_engine import VolumeEngine, _Sweep
-from medsam3_core.errors import Cancelled
 from medsam3_core.engine.fusion import FusionRule
-from medsam3_core.io.geometry import Volume
 from medsam3_core.engine.postprocess import instances_for, pixelwise_max_labelmap
 from medsam3_core.engine.preprocess import IntensityNormalizer, Letterbox, to_model_input
+from medsam3_core.engine.sweeps import Sweep as _Sweep
+from medsam3_core.engine.tracker import MemoryTracker, TrackStep
+from medsam3_core.engine.volume_engine import VolumeEngine
+from medsam3_core.errors import Cancelled
+from medsam3_core.io.geometry import Volume
 from medsam3_core.progress import CancelToken
 from medsam3_core.segmenter import SegmentOptions
-from medsam3_core.engine.tracker import MemoryTracker, TrackStep
 
 NUM_SLICES, ROWS, COLS = 9, 24, 30
 WINDOW = (40.0, 80.0)  # slice k has intensity 10·k: each slice maps to its own grey level
@@ -39,7 +40,7 @@ class ScriptedDetector(Detector):
         self.encoded.append(self._slices)
         return super().encode_images(pixel_values)
 
-    def detect(self, vision, text, top_k=None, min_score=0.0):
+    def detect(self, vision, text, top_k=None, min_score=0.0, on_host=True):
         side = 4 * self.bundle.tracker.prompt_encoder.image_embedding_size[0]
         b, p, q = len(self._slices), len(text), 4
         logits = torch.full((b, p, q, side, side), -8.0)
@@ -260,3 +261,63 @@ def test_single_slice_and_rgb_image_use_the_same_engine(random_bundle, mode):
         result = VolumeEngine(random_bundle).run(Volume(array), ["lesion"], SegmentOptions(mode=mode, threshold=0.2))
         assert result.labels.shape == (1, 18, 22) and result.confidence.shape == (1, 18, 22)
         assert result.labels.any() and all(o.slice_range == (0, 0) for o in result.objects)
+
+
+def test_stage_timings_add_up_to_the_total(present_bundle):
+    script = {k: [(0, 0.9, (4, 14, 4, 14))] for k in range(NUM_SLICES)}
+    result = _engine(present_bundle, script).run(_graded_volume(), ["liver"], SegmentOptions(window=WINDOW))
+    stages = {k: v for k, v in result.timings.items() if k != "total"}
+    assert {"text", "encode", "heads", "store", "track", "fuse", "cleanup"} <= set(stages)
+    assert all(v >= 0 for v in stages.values())
+    assert sum(stages.values()) == pytest.approx(result.timings["total"], abs=1e-9)
+
+
+def test_stage_timer_books_nested_stages_exclusively():
+    from medsam3_core.engine.timing import StageTimer
+
+    ticks = iter(range(100))
+    timer = StageTimer("cpu", clock=lambda: float(next(ticks)))  # every reading is one second later; other: 0 -> 1
+    with timer.stage("a"):  # a: 1 -> 2, b: 2 -> 3, a again: 3 -> 4
+        with timer.stage("b"):
+            pass
+    with timer.stage("b"):  # other: 4 -> 5, b: 5 -> 6
+        pass
+    assert timer.totals() == {"other": 3.0, "a": 2.0, "b": 2.0, "total": 7.0}  # other again: 6 -> 7
+
+
+def test_out_of_memory_halves_the_batch_retries_and_says_so(present_bundle):
+    script = {k: [(0, 0.9, (4, 14, 4, 14))] for k in (2, 3, 4)}
+    options = SegmentOptions(window=WINDOW, batch_size=4)
+    fitting = _engine(present_bundle, script).run(
+        _graded_volume(), ["liver"], SegmentOptions(window=WINDOW, batch_size=2)
+    )
+    engine = _engine(present_bundle, script)
+    original = engine.detector.encode_images
+
+    def small_memory(pixels):
+        if pixels.shape[0] > 2:
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        return original(pixels)
+
+    engine.detector.encode_images = small_memory
+    result = engine.run(_graded_volume(), ["liver"], options)
+    assert result.notes == ["Ran out of device memory with 4 slices per batch; continued with 2."]
+    np.testing.assert_array_equal(result.labels, fitting.labels)
+    assert [o.slice_range for o in result.objects] == [o.slice_range for o in fitting.objects]
+
+
+def test_a_single_slice_that_does_not_fit_is_a_clear_error(present_bundle):
+    from medsam3_core.engine.batching import fitting_batch_size
+    from medsam3_core.errors import ModelError
+
+    engine = _engine(present_bundle, {})
+
+    def never(pixels):
+        raise torch.OutOfMemoryError("out of memory (simulated)")
+
+    engine.detector.encode_images = never
+    with pytest.raises(ModelError, match="single slice"):
+        engine.run(_graded_volume(), ["liver"], SegmentOptions(window=WINDOW, batch_size=3))
+    assert fitting_batch_size(8, per_slice_bytes=100, free_bytes=500) == 4  # 80 % of the free memory
+    assert fitting_batch_size(8, per_slice_bytes=100, free_bytes=50) == 1
+    assert fitting_batch_size(8, per_slice_bytes=0, free_bytes=50) == 8

@@ -104,3 +104,74 @@ def test_rule_validation():
         FusionRule(patience=0)
     with pytest.raises(ValueError):
         FusionRule(match_iou=1.5)
+
+
+# -- the torch implementation against the former numpy one (fusion_reference.py) -------------------------------------
+def _random_case(rng, num_tracks, num_dets):
+    """Overlapping random boxes with soft edges, so matches, absorptions, duplicates and spawns all occur."""
+    def maps(n):
+        out = np.full((n, SIDE, SIDE), 0.02, np.float32)
+        for m in out:
+            y0, x0 = rng.integers(0, SIDE - 4, 2)
+            y1, x1 = y0 + rng.integers(2, 9), x0 + rng.integers(2, 9)
+            m[y0:y1, x0:x1] = rng.uniform(0.3, 1.0, (min(y1, SIDE) - y0, min(x1, SIDE) - x0))
+        return out
+
+    return (maps(num_tracks), rng.uniform(0, 1, num_tracks).astype(np.float32), rng.uniform(0, 1, num_tracks).tolist(),
+            maps(num_dets), rng.uniform(0, 1, num_dets).astype(np.float32))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_torch_fusion_equals_the_numpy_rule(seed):
+    import fusion_reference
+
+    rng = np.random.default_rng(seed)
+    case = _random_case(rng, int(rng.integers(0, 4)), int(rng.integers(0, 5)))
+    rule = FusionRule(match_iou=0.2, spawn_score=float(rng.uniform(0, 0.6)), keep_score=float(rng.uniform(0, 0.6)),
+                      absorb_fraction=float(rng.uniform(0.3, 0.7)))
+    old = fusion_reference.fuse_slice(*case, rule)
+    new = fuse_slice(*case, rule)
+    assert new.matches == old["matches"] and new.absorbed == old["absorbed"] and new.spawn == old["spawn"]
+    np.testing.assert_array_equal(new.probs.numpy(), old["probs"])
+    np.testing.assert_array_equal(new.scores.numpy(), old["scores"])
+    np.testing.assert_array_equal(new.present.numpy(), old["present"])
+    np.testing.assert_array_equal(new.spawn_probs.numpy().reshape(old["spawn_probs"].shape), old["spawn_probs"])
+    tracks, dets = case[0] > 0.5, case[3] > 0.5
+    np.testing.assert_array_equal(mask_iou(tracks, dets).numpy(), fusion_reference.mask_iou(tracks, dets))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_painting_all_objects_at_once_equals_painting_them_one_by_one(seed):
+    import fusion_reference
+    import torch
+
+    from medsam3_core.engine.canvas import Canvas
+
+    rng = np.random.default_rng(seed)
+    probs = rng.choice([0.2, 0.6, 0.8, 1.0], (5, 7, 9)).astype(np.float32)  # ties between objects on purpose
+    scores = rng.choice([0.5, 0.8, 1.0], 5).tolist()
+    ids = [3, 1, 4, 2, 5]
+    canvas = Canvas((2, 7, 9))
+    canvas.confidence[1] = torch.from_numpy(rng.choice([0.0, 0.5], (7, 9)).astype(np.float32))
+    confidence, owner = canvas.confidence[1].numpy().copy(), np.zeros((7, 9), np.int32)
+    canvas.paint(1, torch.from_numpy(probs[:2]), scores[:2], ids[:2])
+    canvas.paint(1, torch.from_numpy(probs[2:]), scores[2:], ids[2:])
+    fusion_reference.paint_sequentially(confidence, owner, probs, scores, ids)
+    got_owner, got_confidence = canvas.to_host()
+    np.testing.assert_array_equal(got_owner[1], owner)
+    np.testing.assert_array_equal(got_confidence[1], confidence)
+    assert not got_owner[0].any()
+
+
+def test_canvas_ids_widen_beyond_16_bits():
+    import torch
+
+    from medsam3_core.engine.canvas import Canvas
+
+    canvas = Canvas((1, 2, 2))
+    probs = torch.tensor([[[0.9, 0.1], [0.9, 0.9]], [[0.1, 0.9], [0.1, 0.1]]])
+    canvas.paint(0, probs, [0.5, 0.7], [7, 40_000])
+    owner, confidence = canvas.to_host()
+    np.testing.assert_array_equal(owner[0], [[7, 40_000], [7, 7]])
+    np.testing.assert_allclose(confidence[0], [[0.45, 0.63], [0.45, 0.45]], rtol=1e-6)
+    assert canvas.covered_by(0, torch.tensor([[True, True], [False, False]]), {40_000}) == 0.5

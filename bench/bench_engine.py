@@ -7,7 +7,9 @@ Prints ratios measured in one run (timed tests would be flaky on shared CPUs; ra
 * ``memory`` — one run in *this* process, printing its peak RSS (``ru_maxrss``) as JSON; ``all`` starts one fresh
   subprocess per (implementation, slice count) so peaks do not contaminate each other.
 * ``full``   — 1 vs 5 prompts with the full-size (1008², ViT-L) configuration on a few slices.
-* ``device`` — the GPU variant: full size in bfloat16 on a 300×512² volume with 5 prompts (goal < 15 s on one H100).
+* ``device`` — the GPU variant: full size in bfloat16 on a 300×512² volume with 5 prompts (one run; every GPU
+  measurement at once is ``bench/gpu_check.py``).
+* ``session`` — a volume session's second prompt against a cold 1-prompt run, alternating repeats, medians.
 * ``all``    — speed for tiny and small, memory for 100 and 400 slices (tiny), optionally ``--full``.
 
 Engine settings mirror the stock pipeline's (``bench/stock.py``): threshold 0 and at most 3 objects per prompt, and
@@ -36,11 +38,11 @@ from configs import PROMPTS, build_video, random_volume  # noqa: E402
 from stock import run_stock, video_frames  # noqa: E402
 
 from medsam3_core.engine.allocator import reuse_freed_memory  # noqa: E402
-from medsam3_core.engine.volume_engine import VolumeEngine  # noqa: E402
 from medsam3_core.engine.fusion import FusionRule  # noqa: E402
+from medsam3_core.engine.tracker import MemoryTracker  # noqa: E402
+from medsam3_core.engine.volume_engine import VolumeEngine  # noqa: E402
 from medsam3_core.model.bundle import bundle_from_video_model, select_device  # noqa: E402
 from medsam3_core.segmenter import SegmentOptions  # noqa: E402
-from medsam3_core.engine.tracker import MemoryTracker  # noqa: E402
 
 # Objects never end and every detection may start one: the engine keeps 3 objects per prompt, like stock.
 KEEP_ALL = FusionRule(spawn_score=0.0, keep_score=0.0, patience=10**9)
@@ -196,6 +198,35 @@ def device_run(config: str, device: str, slices: int, size: int, prompts: int, b
     }
 
 
+def session(config: str, slices: int, repeats: int) -> dict:
+    """CPU time of a cold 1-prompt run against a second 1-prompt call in a volume session (the session's first
+    call, which encodes, is untimed), alternating within each repeat; plus the session's first call for reference."""
+    from medsam3_core.engine.session import VolumeSession
+
+    video = build_video(config)
+    size = video.config.detector_config.vision_config.backbone_config.image_size
+    volume = random_volume(slices, size)
+    bundle = bundle_from_video_model(video, "cpu", source="bench")
+    engine = VolumeEngine(bundle, max_objects=3, rule=KEEP_ALL, clock=time.process_time)
+    options = SegmentOptions(threshold=0.0, mode="track", batch_size=4)
+    engine.run(volume, PROMPTS[:1], options)  # warm-up
+    cold, first, second, stages = [], [], [], {}
+    for _ in range(repeats):
+        cold.append(_timed(engine.run, volume, PROMPTS[:1], options)[1])
+        with VolumeSession(engine, volume) as kept:
+            first.append(_timed(kept.run, PROMPTS[:1], options)[1])
+            _, cpu, result = _timed(kept.run, PROMPTS[1:2], options)
+            second.append(cpu)
+            stages = {k: round(v, 3) for k, v in result.timings.items()}
+            assert result.encoder_calls == 0
+    med = {name: statistics.median(v) for name, v in (("cold", cold), ("first", first), ("second", second))}
+    return {"config": config, "slices": slices, "repeats": repeats,
+            "cpu_s": {"cold 1-prompt run": cold, "session first prompt": first, "session second prompt": second},
+            "second_prompt_stages": stages,
+            "ratios": {"session second prompt / cold 1-prompt run (goal <= 0.5)": med["second"] / med["cold"],
+                       "session first prompt / cold 1-prompt run": med["first"] / med["cold"]}}
+
+
 def _memory_all() -> list[dict]:
     runs = [(impl, n) for impl in ("engine", "stock") for n in (100, 400)]
     return [_subprocess(["memory", "--impl", impl, "--slices", str(n)]) for impl, n in runs]
@@ -228,6 +259,10 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--prompts", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8)
+    p = sub.add_parser("session", help="volume session: second prompt vs a cold 1-prompt run (CPU)")
+    p.add_argument("--config", default="tiny", choices=["tiny", "small"])
+    p.add_argument("--slices", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
     p = sub.add_parser("all")
     p.add_argument("--full", action="store_true", help="also the full-size configuration (minutes per slice on CPU)")
     p.add_argument("--repeats", type=int, default=3)
@@ -242,6 +277,8 @@ def main(argv=None) -> int:
         print(json.dumps(memory(args.config, args.slices, args.impl, args.prompts)))
     elif args.command == "memory-all":
         print(json.dumps(_memory_all(), indent=1))
+    elif args.command == "session":
+        print(json.dumps(session(args.config, args.slices, args.repeats)))
     elif args.command == "full":
         print(json.dumps(full(args.slices)))
     elif args.command == "device":

@@ -134,11 +134,12 @@ def merge_clips(
     return labels, confidence, objects
 
 
-def _shared_window(volume: Volume, options: SegmentOptions) -> tuple[float, float]:
-    """The whole volume's intensity mapping as an explicit ``(centre, width)``, so every clip uses the same one."""
+def _shared_window(volume: Volume, options: SegmentOptions) -> tuple[tuple[float, float], str]:
+    """The whole volume's intensity mapping as an explicit ``(centre, width)``, so every clip uses the same one, and
+    the note that explains it when it rests on a guess (an untagged scan read as CT)."""
     normalize = IntensityNormalizer.for_volume(volume, options.window)
     width = normalize.high - normalize.low
-    return ((normalize.high + normalize.low) / 2.0, width if width > 0 else 1.0)
+    return ((normalize.high + normalize.low) / 2.0, width if width > 0 else 1.0), normalize.inferred
 
 
 def run_clips(
@@ -162,8 +163,11 @@ def run_clips(
     depth = int(stack.shape[0])
     ranges = clip_ranges(depth, length)
     clip_options = replace(options, mode="track")
+    notes: list[str] = []
     if len(ranges) > 1:
-        clip_options = replace(clip_options, window=_shared_window(volume, options))
+        window, inferred = _shared_window(volume, options)
+        clip_options = replace(clip_options, window=window)
+        notes += [inferred] if inferred else []
     results: list[ClipResult] = []
     timings: dict[str, float] = {}
     for number, (start, stop) in enumerate(ranges):
@@ -172,16 +176,17 @@ def run_clips(
         result = engine.run(part, replace(plan, options=clip_options), progress=scaled, cancel=cancel)
         for stage, seconds in result.timings.items():
             timings[stage] = timings.get(stage, 0.0) + seconds
+        notes += [note for note in result.notes if note not in notes]
         results.append(ClipResult(start, np.moveaxis(result.labels, axis, 0), np.moveaxis(result.confidence, axis, 0),
                                   result.objects))
     if len(results) == 1:  # the whole volume in one clip: exactly track mode
         only = results[0]
         return EngineResult(unstack(only.labels, axis), unstack(only.confidence, axis), only.objects, axis, "clips",
-                            timings)
+                            timings, notes)
     labels, confidence, objects = merge_clips(depth, results, len(concepts), options.clip_fusion)
     return EngineResult(
         np.ascontiguousarray(unstack(labels, axis)), np.ascontiguousarray(unstack(confidence, axis)),
-        [o for o in objects if o.voxels > 0], axis, "clips", timings,
+        [o for o in objects if o.voxels > 0], axis, "clips", timings, notes,
     )
 
 

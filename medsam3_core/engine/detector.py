@@ -16,10 +16,10 @@ from typing import Optional, Sequence
 import torch
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-from medsam3_core.errors import InputError, PromptError
 from medsam3_core.engine.heads import SharedHeads, SliceContext
-from medsam3_core.model.bundle import Sam3Bundle, append_prompt_token, geometry_cls_token
 from medsam3_core.engine.preprocess import Letterbox
+from medsam3_core.errors import InputError, PromptError
+from medsam3_core.model.bundle import Sam3Bundle, append_prompt_token, geometry_cls_token
 from medsam3_core.model.tokenizer import tokenize
 
 __all__ = ["Detections", "Detector", "TextFeatures"]
@@ -46,7 +46,8 @@ class TextFeatures:
 
 @dataclass
 class Detections:
-    """SAM3's raw per-query predictions for ``B`` slices × ``P`` prompts (CPU, float32).
+    """SAM3's raw per-query predictions for ``B`` slices × ``P`` prompts (CPU, float32, unless asked to stay on the
+    device).
 
     ``Q`` is the model's number of object queries (200 for SAM3), or the detector's ``top_k`` best-scoring ones;
     queries are always ordered best first.
@@ -143,6 +144,18 @@ class Detector:
         with torch.inference_mode():
             return self.model.get_vision_features(pixel_values=pixels)
 
+    def vision_from_hidden(self, hidden: torch.Tensor) -> Sam3VisionEncoderOutput:
+        """The FPN neck on a stored ViT output ``(B, h*w, C)`` (``last_hidden_state`` of :meth:`encode_images`):
+        the same maths as the second half of :meth:`encode_images`, so a volume session that keeps only the ViT's
+        output gets the very same features without running the ViT again."""
+        encoder = self.model.vision_encoder
+        side = self.bundle.image_size // encoder.config.backbone_config.patch_size
+        hidden = hidden.to(self.bundle.device)
+        spatial = hidden.view(hidden.shape[0], side, side, -1).permute(0, 3, 1, 2)
+        with torch.inference_mode():
+            fpn, positions = encoder.neck(spatial)
+        return Sam3VisionEncoderOutput(last_hidden_state=hidden, fpn_hidden_states=fpn, fpn_position_encoding=positions)
+
     # -- heads ------------------------------------------------------------------------------------------------
     def detect(
         self,
@@ -150,11 +163,13 @@ class Detector:
         text: TextFeatures,
         top_k: Optional[int] = None,
         min_score: float = 0.0,
+        on_host: bool = True,
     ) -> Detections:
         """Every prompt on every encoded slice: ``B × P`` pairs in ``ceil(B·P / max_batch)`` head calls.
 
         ``top_k`` overrides the detector's own for this call (a caller that keeps only its best few detections
-        saves computing the other queries' masks). Pairs with no query scoring ``min_score`` or more get empty masks
+        saves computing the other queries' masks). ``on_host=False`` leaves the outputs on the device in the model's
+        dtype (the engine keeps working there). Pairs with no query scoring ``min_score`` or more get empty masks
         (``heads.EMPTY_MASK_LOGIT``) without running the mask head: pass the threshold you will apply.
 
         Pair ``n`` is slice ``n // P`` with prompt ``n % P``. The prompt-independent part of the heads runs once per
@@ -172,9 +187,8 @@ class Detector:
             cls = geometry_cls_token(self.model, vision) if self.geometry_cls else None  # per slice, not per pair
             for start in range(0, total, step):
                 pairs = torch.arange(start, min(start + step, total), device=vision.fpn_hidden_states[0].device)
-                parts.append(
-                    self._run_heads(ctx, text, pairs // num_prompts, pairs % num_prompts, cls, top_k, min_score)
-                )
+                out = self._run_heads(ctx, text, pairs // num_prompts, pairs % num_prompts, cls, top_k, min_score)
+                parts.append(tuple(_host(t) for t in out) if on_host else out)
         masks, scores, presence, boxes = (torch.cat(group) for group in zip(*parts))
         shape = (num_slices, num_prompts)
         return Detections(
@@ -194,14 +208,14 @@ class Detector:
         top_k: Optional[int],
         min_score: float,
     ) -> tuple[torch.Tensor, ...]:
-        """One head call for the given pairs: masks, scores, presence, boxes on CPU in float32."""
+        """One head call for the given pairs: masks, scores, presence, boxes (on the device)."""
         prompt = text.embeds.index_select(0, prompt_idx)
         mask = text.attention_mask.index_select(0, prompt_idx)
         if cls is not None:  # Meta's prompt = text tokens + the slice's geometry CLS token (model.append_geometry_cls)
             prompt, mask = append_prompt_token(prompt, mask, cls.index_select(0, slice_idx))
         out = self.heads.run(ctx, slice_idx, prompt, mask, top_k=top_k, min_score=min_score)
+        return out.mask_logits, out.scores, out.presence, out.boxes
 
-        def host(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device="cpu", dtype=torch.float32)
 
-        return host(out.mask_logits), host(out.scores), host(out.presence), host(out.boxes)
+def _host(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(device="cpu", dtype=torch.float32)

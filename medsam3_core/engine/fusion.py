@@ -1,8 +1,8 @@
 """Fusing the detector's and the tracker's view of each slice, and the life cycle of 3D objects (tracks).
 
-Pure numpy, no model: the engine hands in probabilities on the model's low-resolution grid, one prompt at a time
-(objects of different prompts are never matched to each other — "liver" and "liver tumour" may overlap; the final
-label map resolves overlaps between prompts by pixel-wise maximum confidence).
+No model, only tensors on the engine's device: the engine hands in probabilities on the model's low-resolution
+grid, one prompt at a time (objects of different prompts are never matched to each other — "liver" and "liver
+tumour" may overlap; the final label map resolves overlaps between prompts by pixel-wise maximum confidence).
 
 The rule, applied on every slice after the tracker has propagated the prompt's live objects
 ---------------------------------------------------------------------------------------------
@@ -21,11 +21,11 @@ only detections at or above the user's threshold are passed in). A track *t* has
    bank, so a detection corrects the tracker's drift from the next slice on.
 3. **Unmatched track** → the tracker's mask alone with confidence ``s_t``. Without a confirming detection the
    confidence therefore decays geometrically with the tracker's presence probability.
-4. **Unmatched detection** → if at least ``absorb_fraction`` of it lies inside an object on this slice (its
-   tracked or its fused mask), it is *absorbed* into that object (pixel-wise max of probabilities): a structure
-   that splits into two pieces within the slice (a bifurcating vessel, the two lobes of a gland) keeps one 3D identity.
-   Otherwise, if ``s_d ≥ spawn_score``, it **starts a new object** (new id) seeded with its mask — unless it duplicates
-   a better-scoring detection that is starting an object on this slice (same ``absorb_fraction`` test), in which case it
+4. **Unmatched detection** → if at least ``absorb_fraction`` of it lies inside an object on this slice (its tracked or
+   its fused mask), it is *absorbed* into that object (pixel-wise max of probabilities): a structure that splits into
+   two pieces within the slice (a bifurcating vessel, the two lobes of a gland) keeps one 3D identity. Otherwise, if
+   ``s_d ≥ spawn_score``, it **starts a new object** (new id) seeded with its mask — unless it duplicates a
+   better-scoring detection that is starting an object on this slice (same ``absorb_fraction`` test), in which case it
    joins that one (offline, transformers' SAM3 skips its NMS, so duplicates do reach us).
 5. **Presence and ending**: an object is on the slice when its confidence ≥ ``keep_score`` and its mask is not empty;
    otherwise it contributes nothing to the output and counts a miss. ``patience`` consecutive misses **end** the
@@ -38,9 +38,10 @@ Identities: an object keeps its id across all slices of both propagation directi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 
 from medsam3_core.engine.postprocess import MASK_THRESHOLD
@@ -69,39 +70,42 @@ class FusionRule:
 
 @dataclass
 class SliceFusion:
-    """Outcome of :func:`fuse_slice` for one prompt on one slice.
+    """Outcome of :func:`fuse_slice` for one prompt on one slice (tensors on the engine's device, except ``scores``
+    and ``present``, which the bookkeeping reads on the host).
 
     Attributes:
         probs: ``(M, h, w)`` fused probabilities of the M tracks (same order as given).
-        scores: ``(M,)`` fused confidence of each track on this slice.
-        present: ``(M,)`` whether each track is on this slice (rule 5).
+        scores: ``(M,)`` fused confidence of each track on this slice (host, float32).
+        present: ``(M,)`` whether each track is on this slice (rule 5; host, bool).
         matches: ``{track row: detection index}`` of matched pairs (rule 2).
         absorbed: ``{detection index: track row}`` of detections merged into an object (rule 4).
         spawn: detection indices that start new objects, best score first.
         spawn_probs: ``(S, h, w)`` their probabilities, merged with lower-scoring duplicates (pixel-wise max).
     """
 
-    probs: np.ndarray
-    scores: np.ndarray
-    present: np.ndarray
+    probs: torch.Tensor
+    scores: torch.Tensor
+    present: torch.Tensor
     matches: dict[int, int] = field(default_factory=dict)
     absorbed: dict[int, int] = field(default_factory=dict)
     spawn: list[int] = field(default_factory=list)
-    spawn_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
+    spawn_probs: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 0, 0)))
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix ``(M, N)`` of bool masks ``a (M, h, w)`` and ``b (N, h, w)``; 0 where both are empty."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    a2 = a.reshape(len(a), int(np.prod(a.shape[1:]))).astype(np.float32)
-    b2 = b.reshape(len(b), int(np.prod(b.shape[1:]))).astype(np.float32)
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU matrix ``(M, N)`` of bool masks ``a (M, h, w)`` and ``b (N, h, w)``; 0 where both are empty.
+
+    Counts are exact in float32 up to 2^24 pixels per mask (the low-res grid has 288² = 82 944)."""
+    a2 = torch.as_tensor(a).flatten(1).float()
+    b2 = torch.as_tensor(b).flatten(1).float()
     inter = a2 @ b2.T
     union = a2.sum(1)[:, None] + b2.sum(1)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
 
 
 def match_by_iou(iou: np.ndarray, min_iou: float) -> dict[int, int]:
     """One-to-one rows→columns maximising total IoU, keeping pairs with IoU ≥ ``min_iou`` (and > 0)."""
+    iou = np.asarray(iou)
     if iou.size == 0:
         return {}
     rows, cols = linear_sum_assignment(-iou)
@@ -109,76 +113,94 @@ def match_by_iou(iou: np.ndarray, min_iou: float) -> dict[int, int]:
 
 
 def fuse_slice(
-    track_probs: np.ndarray,
-    track_presence: np.ndarray,
-    track_confidence: np.ndarray,
-    det_probs: np.ndarray,
-    det_scores: np.ndarray,
+    track_probs: torch.Tensor,
+    track_presence: torch.Tensor,
+    track_confidence: Sequence[float],
+    det_probs: torch.Tensor,
+    det_scores: torch.Tensor,
     rule: FusionRule,
 ) -> SliceFusion:
     """Apply the fusion rule (module docstring) to one prompt's tracks and detections on one slice.
 
+    Runs on the device of ``track_probs``/``det_probs``. What the host needs to decide is copied once as a few small
+    matrices (IoU of tracks × detections for the Hungarian matching, detection coverage by the fused objects, scores);
+    only a detection that may duplicate another one starting an object on the slice costs one more small copy.
+
     Args:
-        track_probs: ``(M, h, w)`` tracker mask probabilities.
+        track_probs: ``(M, h, w)`` tracker mask probabilities (tensors, or arrays: taken as CPU tensors).
         track_presence: ``(M,)`` tracker presence probabilities ``q_t``.
         track_confidence: ``(M,)`` confidences ``c_t`` carried from the previous slice.
         det_probs: ``(N, h, w)`` detection mask probabilities on the same grid.
         det_scores: ``(N,)`` detection scores.
         rule: thresholds.
     """
-    track_probs = np.asarray(track_probs, dtype=np.float32)
-    det_probs = np.asarray(det_probs, dtype=np.float32)
-    det_scores = np.asarray(det_scores, dtype=np.float32).reshape(-1)
-    evidence = np.asarray(track_presence, dtype=np.float32) * np.asarray(track_confidence, dtype=np.float32)
-    num_tracks = len(track_probs)
-    probs = track_probs.copy()
-    scores = evidence.reshape(num_tracks).copy()
+    track_probs, det_probs = torch.as_tensor(track_probs), torch.as_tensor(det_probs)
+    device = det_probs.device if det_probs.numel() else track_probs.device
+    track_probs = track_probs.to(device=device, dtype=torch.float32)
+    det_probs = det_probs.to(device=device, dtype=torch.float32)
+    scores_host = torch.as_tensor(det_scores, dtype=torch.float32).reshape(-1).cpu()
+    num_tracks = track_probs.shape[0]
+    presence = torch.as_tensor(track_presence, dtype=torch.float32).reshape(num_tracks).cpu()
+    evidence = presence * torch.as_tensor(list(track_confidence), dtype=torch.float32).reshape(num_tracks)
+    probs = track_probs.clone()
+    scores = evidence.clone()
     det_masks = det_probs > MASK_THRESHOLD
+    track_masks = track_probs > MASK_THRESHOLD
 
-    matches = match_by_iou(mask_iou(track_probs > MASK_THRESHOLD, det_masks), rule.match_iou) if num_tracks else {}
+    matches = match_by_iou(mask_iou(track_masks, det_masks).cpu().numpy(), rule.match_iou) if num_tracks else {}
+    det_score_list, evidence_list = scores_host.tolist(), evidence.tolist()  # exact: float32 values as floats
     for row, col in matches.items():
-        s_d, s_t = float(det_scores[col]), float(evidence[row])
+        s_d, s_t = det_score_list[col], evidence_list[row]
         total = s_d + s_t
-        probs[row] = (s_d * det_probs[col] + s_t * track_probs[row]) / total if total > 0 else det_probs[col]
+        if total > 0:
+            weighted = s_d * det_probs[col] + s_t * track_probs[row]
+            probs[row] = weighted / torch.full_like(weighted, total)
+        else:
+            probs[row] = det_probs[col]
         scores[row] = max(s_d, s_t)
 
+    # Where the tracker or the fusion puts the object (a matched detection may disagree with part of the track).
+    fused_masks = (probs > MASK_THRESHOLD) | track_masks
+    det_flat = det_masks.flatten(1).float()
+    covered = (det_flat @ fused_masks.flatten(1).float().T).cpu().tolist()  # (N, M) exact pixel counts
+    areas = det_flat.sum(1).cpu().tolist()
+    may_spawn = (scores_host >= rule.spawn_score).tolist()  # compared in float32, as the scores are
     absorbed: dict[int, int] = {}
     spawn: list[int] = []
-    spawn_probs: list[np.ndarray] = []
-    # Where the tracker or the fusion puts the object (a matched detection may disagree with part of the track).
-    fused_masks = (probs > MASK_THRESHOLD) | (track_probs > MASK_THRESHOLD)
+    spawn_probs: list[torch.Tensor] = []
     matched_cols = set(matches.values())
-    for col in np.argsort(-det_scores, kind="stable"):
-        col = int(col)
+    for col in torch.argsort(-scores_host, stable=True).tolist():
         if col in matched_cols:
             continue
-        owner = _owner(det_masks[col], fused_masks, rule.absorb_fraction)
+        owner = _owner(covered[col], areas[col], rule.absorb_fraction)
         if owner is not None:
             absorbed[col] = owner
-            probs[owner] = np.maximum(probs[owner], det_probs[col])
+            probs[owner] = torch.maximum(probs[owner], det_probs[col])
             continue
         # A lower-scoring duplicate of a detection that is starting an object joins it (SAM3 would run NMS here).
-        twin = _owner(det_masks[col], np.array([p > MASK_THRESHOLD for p in spawn_probs]), rule.absorb_fraction)
+        twin = None
+        if spawn_probs and areas[col] > 0:
+            starting = torch.stack(spawn_probs) > MASK_THRESHOLD
+            twin_cover = (starting & det_masks[col][None]).flatten(1).sum(1).cpu().tolist()
+            twin = _owner(twin_cover, areas[col], rule.absorb_fraction)
         if twin is not None:
-            spawn_probs[twin] = np.maximum(spawn_probs[twin], det_probs[col])
-        elif det_scores[col] >= rule.spawn_score and det_masks[col].any():
+            spawn_probs[twin] = torch.maximum(spawn_probs[twin], det_probs[col])
+        elif may_spawn[col] and areas[col] > 0:
             spawn.append(col)
-            spawn_probs.append(det_probs[col].copy())
+            spawn_probs.append(det_probs[col].clone())
 
-    nonempty = (probs > MASK_THRESHOLD).reshape(num_tracks, -1 if num_tracks else 0).any(axis=1)
+    nonempty = (probs > MASK_THRESHOLD).flatten(1).any(dim=1).cpu()
     present = (scores >= rule.keep_score) & nonempty
-    shape = (0,) + det_probs.shape[1:]
-    stacked = np.stack(spawn_probs) if spawn_probs else np.zeros(shape, np.float32)
+    stacked = torch.stack(spawn_probs) if spawn_probs else det_probs.new_zeros((0,) + tuple(det_probs.shape[1:]))
     return SliceFusion(probs, scores, present, matches, absorbed, spawn, stacked)
 
 
-def _owner(mask: np.ndarray, fused_masks: np.ndarray, fraction: float) -> Optional[int]:
-    """The fused object covering at least ``fraction`` of ``mask`` (the one covering most), if any."""
-    area = int(mask.sum())
-    if area == 0 or len(fused_masks) == 0:
+def _owner(covered: list, area: float, fraction: float) -> Optional[int]:
+    """The fused object covering at least ``fraction`` of a mask of ``area`` pixels (the one covering most, the first
+    of equals), given the pixels ``covered`` by each object (host, a few numbers)."""
+    if area == 0 or not covered:
         return None
-    covered = (fused_masks & mask[None]).reshape(len(fused_masks), -1).sum(axis=1)
-    best = int(np.argmax(covered))
+    best = max(range(len(covered)), key=covered.__getitem__)
     return best if covered[best] >= fraction * area else None
 
 

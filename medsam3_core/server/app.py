@@ -9,6 +9,7 @@ POST      ``/v1/jobs``                 multipart: ``volume`` (``.npz`` file) + `
 GET       ``/v1/jobs/{id}``            ``{state, stage, fraction, position, error, …}``
 GET       ``/v1/jobs/{id}/result``     ``.npz`` bytes (label map, confidence, report); the job is deleted afterwards
 DELETE    ``/v1/jobs/{id}``            cancel a queued/running job, or discard a finished one
+POST …    ``/v1/sessions…``            volume sessions: upload once, prompt many times (:mod:`.sessions`)
 ========  ===========================  ===============================================================================
 
 Failures answer ``{"detail": "<one line for the user>"}`` with 401 (missing/wrong key), 404 (unknown or expired
@@ -38,7 +39,8 @@ from medsam3_core import __version__
 from medsam3_core.engine.allocator import release_memory
 from medsam3_core.errors import InputError
 from medsam3_core.segmenter import Segmenter
-from medsam3_core.server.jobs import JobQueue, NotFinished, QueueFull, UnknownJob
+from medsam3_core.server.jobs import NotFinished, QueueFull, UnknownJob
+from medsam3_core.server.sessions import SessionJobQueue, VolumeSessions, add_session_routes
 from medsam3_core.server.wire import MAX_PROMPTS, WIRE_VERSION, decode_request
 
 __all__ = ["create_app", "DEFAULT_MAX_VOXELS", "API_PREFIX"]
@@ -112,6 +114,9 @@ def create_app(
     result_ttl_s: float = 600.0,
     max_voxels: int = DEFAULT_MAX_VOXELS,
     model_info: Optional[dict[str, Any]] = None,
+    session_ttl_s: float = 1800.0,
+    max_sessions: int = 4,
+    max_session_mb: float = 16384.0,
 ) -> FastAPI:
     """Build the API around ``segmenter`` (kept warm for the app's lifetime).
 
@@ -124,8 +129,11 @@ def create_app(
         result_ttl_s: seconds a finished job's result waits for its download.
         max_voxels: limit on the uncompressed volume (protects memory against zip bombs and huge grids).
         model_info: facts shown by ``/v1/info`` (model source, device, dtype …).
+        session_ttl_s, max_sessions, max_session_mb: limits of volume sessions (:mod:`~medsam3_core.server.sessions`).
     """
-    queue = JobQueue(segmenter, queue_size=queue_size, result_ttl_s=result_ttl_s)
+    sessions = VolumeSessions(segmenter, ttl_s=session_ttl_s, max_sessions=max_sessions,
+                              max_bytes=int(max_session_mb * 2**20))
+    queue = SessionJobQueue(segmenter, sessions, queue_size=queue_size, result_ttl_s=result_ttl_s)
     key_bytes = api_key.encode("utf-8") if api_key else None
 
     @contextlib.asynccontextmanager
@@ -239,4 +247,5 @@ def create_app(
         except UnknownJob:
             raise unknown_job() from None
 
+    add_session_routes(app, queue, require_key, submit, API_PREFIX)  # upload once, prompt many times (sessions.py)
     return app

@@ -36,7 +36,7 @@ from medsam3_core.progress import CancelToken, ProgressCallback, report
 from medsam3_core.segmenter import SegmentationResult, SegmentOptions
 from medsam3_core.server.wire import decode_result, encode_volume
 
-__all__ = ["RemoteSegmenter"]
+__all__ = ["RemoteSegmenter", "RemoteSession"]
 
 _API = "/v1"
 # Engine errors re-raised on the client with their own type, so the CLI treats them exactly like local ones.
@@ -101,28 +101,42 @@ class RemoteSegmenter:
         options = options or SegmentOptions()
         cancel = cancel or CancelToken()
         cancel.raise_if_cancelled()
-        volume_npz, header = encode_volume(volume, prompts, options, concepts)
         with self._session() as http:
-            self._check_upload_size(http, len(volume_npz))
-            status = self._json(
-                http,
-                "POST",
-                "/jobs",
-                files={
-                    "volume": ("volume.npz", _UploadReader(volume_npz, progress, cancel), "application/octet-stream")
-                },
-                data={"request": json.dumps(header)},
-            )
-            job_id = status.get("job_id")
-            if not isinstance(job_id, str):
-                raise RemoteError(f"{self.url} did not answer like a Medical SAM3 server (no job id); check the URL.")
-            try:
-                status = self._wait(http, job_id, status, progress, cancel)
-                report(progress, "download", 0.0)
-                data = self._call(http, "GET", f"/jobs/{job_id}/result").content
-            except BaseException:  # cancelled, Ctrl+C or a failure: do not leave the job running on the server
-                self._discard(http, job_id)
-                raise
+            status = self._upload(http, "/jobs", volume, prompts, options, progress, cancel, concepts)
+            return self._finish_job(http, status, volume, progress, cancel)
+
+    def open_session(self, volume: Volume) -> "RemoteSession":
+        """A volume session on the server: the volume is uploaded by the first call and kept there for the next ones
+        (the server keeps its features too, so a new prompt runs no ViT; ``medsam3_core.server.sessions``)."""
+        return RemoteSession(self, volume)
+
+    # -- job life cycle --------------------------------------------------------------------------------------------
+    def _upload(self, http: httpx.Client, path: str, volume: Volume, prompts, options: SegmentOptions,
+                progress: Optional[ProgressCallback], cancel: CancelToken, concepts) -> dict[str, Any]:
+        """Send the volume and the request (``POST /jobs`` or ``/sessions``); the server's job status."""
+        volume_npz, header = encode_volume(volume, prompts, options, concepts)
+        self._check_upload_size(http, len(volume_npz))
+        return self._json(
+            http,
+            "POST",
+            path,
+            files={"volume": ("volume.npz", _UploadReader(volume_npz, progress, cancel), "application/octet-stream")},
+            data={"request": json.dumps(header)},
+        )
+
+    def _finish_job(self, http: httpx.Client, status: dict[str, Any], volume: Volume,
+                    progress: Optional[ProgressCallback], cancel: CancelToken) -> SegmentationResult:
+        """Wait for a queued job, download and decode its result on the caller's ``volume``."""
+        job_id = status.get("job_id")
+        if not isinstance(job_id, str):
+            raise RemoteError(f"{self.url} did not answer like a Medical SAM3 server (no job id); check the URL.")
+        try:
+            status = self._wait(http, job_id, status, progress, cancel)
+            report(progress, "download", 0.0)
+            data = self._call(http, "GET", f"/jobs/{job_id}/result").content
+        except BaseException:  # cancelled, Ctrl+C or a failure: do not leave the job running on the server
+            self._discard(http, job_id)
+            raise
         try:
             result = decode_result(data, volume)
         except InputError as exc:
@@ -130,7 +144,6 @@ class RemoteSegmenter:
         report(progress, "download", 1.0)
         return result
 
-    # -- job life cycle --------------------------------------------------------------------------------------------
     def _wait(
         self,
         http: httpx.Client,
@@ -234,3 +247,64 @@ def _detail(response: httpx.Response) -> str:
 def _reason(exc: Exception) -> str:
     text = str(exc)
     return "connection refused" if "refused" in text.lower() or not text else text
+
+
+class RemoteSession:
+    """A volume kept on the server between prompts (:meth:`RemoteSegmenter.open_session`).
+
+    :meth:`segment` has the contract of :meth:`RemoteSegmenter.segment` without the volume. The first call uploads
+    the volume; later calls send only the prompts. A session the server has expired or closed is opened again by
+    uploading once more, so a call never fails because the session ended. :meth:`close` frees it on the server.
+    """
+
+    def __init__(self, client: RemoteSegmenter, volume: Volume) -> None:
+        self.client, self.volume = client, volume
+        self.session_id: Optional[str] = None
+
+    def segment(
+        self,
+        prompts: Sequence[str],
+        options: Optional[SegmentOptions] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+        concepts: Optional[Sequence[str]] = None,
+    ) -> SegmentationResult:
+        options = options or SegmentOptions()
+        cancel = cancel or CancelToken()
+        cancel.raise_if_cancelled()
+        client = self.client
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        with client._session() as http:
+            status = None
+            if self.session_id is not None:
+                sent = {k: v for k, v in options.to_dict().items() if not (k == "threshold" and v is None)}
+                body = {"prompts": prompts, "options": sent}
+                if concepts is not None:
+                    body["concepts"] = list(concepts)
+                try:
+                    status = client._json(http, "POST", f"/sessions/{self.session_id}/jobs", json=body)
+                except RemoteError as exc:
+                    if "Unknown or expired session" not in str(exc):
+                        raise
+                    self.session_id = None  # expired on the server: upload again below
+            if status is None:
+                status = client._upload(http, "/sessions", self.volume, prompts, options, progress, cancel, concepts)
+                self.session_id = status.get("session_id")
+            return client._finish_job(http, status, self.volume, progress, cancel)
+
+    def close(self) -> None:
+        """Close the session on the server (best effort: an unreachable server forgets it when it expires)."""
+        if self.session_id is None:
+            return
+        with self.client._session() as http:
+            try:
+                self.client._json(http, "DELETE", f"/sessions/{self.session_id}")
+            except MedSam3Error:
+                pass
+        self.session_id = None
+
+    def __enter__(self) -> "RemoteSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -3,13 +3,19 @@
 The thread talks to the window only through queued Qt signals (progress, success, failure, cancellation), so the
 event loop keeps painting while the model runs. Cancel sets the shared :class:`~medsam3_core.progress.CancelToken`,
 which the engine (or the remote client, which also cancels the server job) honours within one batch.
+
+Prompting the same volume again reuses a volume session when the segmenter offers one (``open_session``: local and
+remote segmenters do), so the second and later prompts run no ViT (local) or upload nothing (remote). One session is
+kept per segmenter, for the volume last segmented: the viewer shows one volume at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Callable, Optional, Sequence
+import weakref
+from typing import Any, Callable, Optional, Sequence
 
 from qtpy.QtCore import QThread, Signal
 
@@ -26,6 +32,26 @@ log = logging.getLogger(__name__)
 SegmenterFactory = Callable[[Optional[ProgressCallback]], Segmenter]
 
 _MIN_INTERVAL_S = 0.05  # at most ~20 progress updates per second reach the GUI
+
+_SESSIONS: "weakref.WeakKeyDictionary[Any, tuple[Volume, Any]]" = weakref.WeakKeyDictionary()
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _session_for(segmenter: Segmenter, volume: Volume) -> Optional[Any]:
+    """The segmenter's session on ``volume`` (opened, and the previous volume's closed, when the volume changes);
+    ``None`` when the segmenter has no sessions."""
+    opener = getattr(segmenter, "open_session", None)
+    if opener is None:
+        return None
+    with _SESSIONS_LOCK:
+        kept = _SESSIONS.get(segmenter)
+        if kept is not None and kept[0] is volume:
+            return kept[1]
+        if kept is not None:
+            kept[1].close()
+        session = opener(volume)
+        _SESSIONS[segmenter] = (volume, session)
+        return session
 
 
 class SegmentationThread(QThread):
@@ -71,9 +97,15 @@ class SegmentationThread(QThread):
         try:
             segmenter = self._segmenter(self._progress)
             self.token.raise_if_cancelled()
-            result: SegmentationResult = segmenter.segment(
-                self._volume, self._concepts, self._options, progress=self._progress, cancel=self.token
-            )
+            session = _session_for(segmenter, self._volume)
+            if session is not None:
+                result: SegmentationResult = session.segment(
+                    self._concepts, self._options, progress=self._progress, cancel=self.token
+                )
+            else:
+                result = segmenter.segment(
+                    self._volume, self._concepts, self._options, progress=self._progress, cancel=self.token
+                )
             self.token.raise_if_cancelled()
         except Cancelled:
             self.cancelled.emit()
