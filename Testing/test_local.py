@@ -85,3 +85,11 @@ def test_bad_prompts_and_cancel(random_bundle, volume):
     token.cancel()
     with pytest.raises(Cancelled):
         segmenter.segment(volume, ["liver"], cancel=token)
+
+
+def test_seconds_counts_the_engine_total_once(random_bundle):
+    """The engine's stages add up to its total; the call's seconds add only what ran outside it (reading)."""
+    volume = Volume(np.random.default_rng(0).normal(size=(4, 32, 32)).astype(np.float32), modality="MR")
+    result = LocalSegmenter(random_bundle).segment(volume, ["liver"], SegmentOptions(mode="detect"))
+    result.timings = {"read": 0.5, **result.timings}
+    assert abs(result.seconds - (0.5 + result.timings["total"])) < 0.01

@@ -156,6 +156,12 @@ class SegmentationResult:
     warnings: list[str] = field(default_factory=list)
     threshold_source: str = "user"
 
+    @property
+    def seconds(self) -> float:
+        """Wall time of the whole call: the engine's stages add up to its ``total``, so ``total`` is not counted
+        again; stages outside the engine (``read``) are added."""
+        return sum(v for k, v in self.timings.items() if k != "total")
+
     def to_report(self) -> dict[str, Any]:
         """JSON-ready summary (what ``--report`` writes and the server returns)."""
         return {

@@ -118,7 +118,7 @@ def _print_summary(outcome: dict[str, Any]) -> None:
         print(f"{s.label:>5}  {s.prompt[:24]:<24} {s.voxels:>9d} {s.volume_ml:>9.2f} {s.score:>6.3f}  {rng}")
     for w in outcome["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"model: {result.model}; total {sum(result.timings.values()):.1f} s")
+    print(f"model: {result.model}; total {result.seconds:.1f} s")
     print(f"wrote {outcome['written']['labels']} and {outcome['written']['report']}")
 
 

@@ -412,7 +412,7 @@ class ViewerWindow(QMainWindow):
         notes = list(result.warnings)
         for concept, raws in duplicate_concepts(self._resolutions).items():
             notes.append(f"{', '.join(raws)} all mean {concept!r}")
-        total = sum(result.timings.values())
+        total = result.seconds
         self._set_status(f"Found {len(found)} of {len(result.segments)} in {total:.1f} s"
                          + (f" — {'; '.join(n.rstrip('.') for n in notes)}." if notes else ""))
 
