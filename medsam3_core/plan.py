@@ -1,11 +1,12 @@
 """The run plan: every setting of one segmentation run, resolved once, before the engine starts.
 
-A user states *wishes* (:class:`~medsam3_core.segmenter.SegmentOptions`: "the model's threshold", "track mode",
-"7 memory frames"); what a run can do also depends on the model (its recommended threshold, whether it has a
-trained tracker, how many memory frames its checkpoint holds). :func:`plan_run` settles each of these in one place
-and records why (``threshold_source``, ``warnings``), so the engine reads a :class:`RunPlan` and never re-derives a
-setting, and the report states exactly what ran. It is built at the edge that owns the model: the local segmenter,
-which the CLI, the viewer, the HTTP server and the Python API all go through.
+A user states *wishes* (:class:`~medsam3_core.segmenter.SegmentOptions`: "the model's threshold", "track mode", "7
+memory frames"); what a run can do also depends on the model (its recommended threshold and 3D mode, whether it has
+a trained tracker, how many memory frames its checkpoint holds, the concepts it was trained on). :func:`plan_run`
+settles each of these in one place and records why (``threshold_source``, ``warnings``), so the engine reads a
+:class:`RunPlan` and never re-derives a setting, and the report states exactly what ran. It is built at the edge
+that owns the model: the local segmenter, which the CLI, the viewer, the HTTP server and the Python API all go
+through.
 
 The module is plain Python (no torch), so front-ends can import it before torch is available.
 """
