@@ -34,7 +34,7 @@ from medsam3_core.errors import (
 from medsam3_core.io.geometry import Volume
 from medsam3_core.progress import CancelToken, ProgressCallback, report
 from medsam3_core.segmenter import SegmentationResult, SegmentOptions
-from medsam3_core.server.wire import decode_result, encode_volume
+from medsam3_core.server.wire import decode_result, encode_prompt_request, encode_volume
 
 __all__ = ["RemoteSegmenter", "RemoteSession"]
 
@@ -277,10 +277,7 @@ class RemoteSession:
         with client._session() as http:
             status = None
             if self.session_id is not None:
-                sent = {k: v for k, v in options.to_dict().items() if not (k == "threshold" and v is None)}
-                body = {"prompts": prompts, "options": sent}
-                if concepts is not None:
-                    body["concepts"] = list(concepts)
+                body = encode_prompt_request(prompts, options, concepts)
                 try:
                     status = client._json(http, "POST", f"/sessions/{self.session_id}/jobs", json=body)
                 except RemoteError as exc:

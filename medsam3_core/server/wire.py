@@ -37,6 +37,7 @@ __all__ = [
     "WIRE_VERSION",
     "JobRequest",
     "encode_volume",
+    "encode_prompt_request",
     "decode_request",
     "encode_result",
     "decode_result",
@@ -213,13 +214,24 @@ def encode_volume(
         },
         "modality": volume.modality,
         "metadata": _json_metadata(volume.metadata),
+        **encode_prompt_request(prompts, options, concepts),
+    }
+    return _npz_bytes({"array": volume.array}), header
+
+
+def encode_prompt_request(
+    prompts: Sequence[str], options: SegmentOptions, concepts: Optional[Sequence[str]] = None
+) -> dict[str, Any]:
+    """What a job asks, apart from the volume: ``prompts``, ``options`` and, when given, ``concepts`` (part of a job
+    upload's header, and the whole body of a job on a volume session)."""
+    request: dict[str, Any] = {
         "prompts": list(prompts),
         # no threshold is sent as none at all, which servers of every version read as "their default"
         "options": {k: v for k, v in options.to_dict().items() if not (k == "threshold" and v is None)},
     }
     if concepts is not None:
-        header["concepts"] = list(concepts)
-    return _npz_bytes({"array": volume.array}), header
+        request["concepts"] = list(concepts)
+    return request
 
 
 def _finite_vector(value: Any, length: int, name: str) -> list[float]:
