@@ -35,24 +35,20 @@ def segmentation_work(
 
     def work(progress: Callable[[str, float], None], cancel: Any) -> Any:
         from medsam3_core.errors import RemoteError
-        from medsam3_core.prompts import duplicate_concepts, resolve_prompts
+        from medsam3_core.prompts import resolve_prompts
+        from medsam3_core.segmenters.predict import segment_resolved
         from medsam3_core.server.client import RemoteSegmenter
 
         resolutions = resolve_prompts(prompts)
         endpoint = source(progress, cancel)
         client = RemoteSegmenter(endpoint.url, api_key=endpoint.api_key)
         try:
-            result = client.segment(volume, [r.raw for r in resolutions], options, progress, cancel,
-                                    concepts=[r.concept for r in resolutions])
+            return segment_resolved(client, volume, resolutions, options, progress, cancel)
         except RemoteError:
             died = server_died()
             if died is not None:
                 raise died from None
             raise
-        for concept, raws in duplicate_concepts(resolutions).items():
-            quoted = ", ".join(map(repr, raws))
-            result.warnings.append(f"Prompts {quoted} all mean {concept!r}; each got its own label.")
-        return result
 
     return work
 

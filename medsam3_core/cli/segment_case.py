@@ -18,6 +18,7 @@ from medsam3_core.io.geometry import Volume
 from medsam3_core.progress import CancelToken, ProgressCallback, report
 from medsam3_core.prompts import PromptResolution
 from medsam3_core.segmenter import SegmentOptions, Segmenter
+from medsam3_core.segmenters.predict import segment_resolved
 
 __all__ = ["OutputPlan", "segment_and_write"]
 
@@ -81,13 +82,8 @@ def segment_and_write(
         Cancelled: ``cancel`` was set before the outputs were in place.
     """
     cancel = cancel or CancelToken()
-    result = segmenter.segment(volume, [r.raw for r in resolutions], options, progress=progress, cancel=cancel,
-                               concepts=[r.concept for r in resolutions])
+    result = segment_resolved(segmenter, volume, resolutions, options, progress, cancel)
     result.timings = {"read": read_seconds, **result.timings}
-    from medsam3_core.prompts import duplicate_concepts
-
-    for concept, raws in duplicate_concepts(resolutions).items():
-        result.warnings.append(f"Prompts {', '.join(map(repr, raws))} all mean {concept!r}; each got its own label.")
     cancel.raise_if_cancelled()
 
     report(progress, "write", 0.0)

@@ -18,9 +18,10 @@ from typing import Any, Optional, Sequence, Union
 from medsam3_core.errors import SettingError
 from medsam3_core.io.geometry import Volume
 from medsam3_core.progress import CancelToken, ProgressCallback
+from medsam3_core.prompts import PromptResolution
 from medsam3_core.segmenter import SegmentationResult, Segmenter, SegmentOptions
 
-__all__ = ["segment"]
+__all__ = ["segment", "segment_resolved"]
 
 
 def segment(
@@ -52,14 +53,30 @@ def segment(
     Raises:
         MedSam3Error: a bad input, prompt, option or model, with a one-line message (``field`` names the option).
     """
-    from medsam3_core.prompts import duplicate_concepts, resolve_prompts
+    from medsam3_core.prompts import resolve_prompts
     from medsam3_core.segmenters.opening import open_input
 
     run_options = _options(options)
     resolutions = resolve_prompts([prompts] if isinstance(prompts, str) else list(prompts), synonyms)
     volume = input if isinstance(input, Volume) else open_input(str(input), progress=progress, cancel=cancel)
     segmenter = _segmenter(model, device, server, api_key)
-    result = segmenter.segment(volume, [r.raw for r in resolutions], run_options, progress=progress, cancel=cancel,
+    return segment_resolved(segmenter, volume, resolutions, run_options, progress, cancel)
+
+
+def segment_resolved(
+    segmenter: Segmenter,
+    volume: Volume,
+    resolutions: Sequence[PromptResolution],
+    options: Optional[SegmentOptions] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> SegmentationResult:
+    """Segment by prompts already resolved to concepts: each prompt keeps its own label, the model reads its concept,
+    and the result warns about prompts that mean the same concept. The Python API, ``infer``/``batch`` and the Slicer
+    module all segment through this, so they give the same label maps and warnings for the same prompts."""
+    from medsam3_core.prompts import duplicate_concepts
+
+    result = segmenter.segment(volume, [r.raw for r in resolutions], options, progress=progress, cancel=cancel,
                                concepts=[r.concept for r in resolutions])
     for concept, raws in duplicate_concepts(resolutions).items():
         result.warnings.append(f"Prompts {', '.join(map(repr, raws))} all mean {concept!r}; each got its own label.")
