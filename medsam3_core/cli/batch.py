@@ -16,10 +16,9 @@ SIGTERM or SIGHUP (the case in flight is not written; rerun to continue).
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from medsam3_core.batch.cases import collect_cases
 from medsam3_core.batch.display import BatchDisplay, emit
@@ -32,6 +31,7 @@ from medsam3_core.cli.infer import EXIT_CANCELLED, EXIT_OK, EXIT_USER_ERROR
 from medsam3_core.cli.options import add_common_arguments, progress_style
 from medsam3_core.errors import Cancelled, InputError, MedSam3Error
 from medsam3_core.progress import CancelToken
+from medsam3_core.signals import cancel_on_signals
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -62,19 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``batch``; returns the process exit code (never raises for user errors)."""
     style = progress_style(args)
-    cancel = CancelToken()
-    restore = _catch_signals(cancel)
     ranks = Ranks()
-    try:
-        recipe = CaseRecipe.from_args(args)
-        ranks, device = join(args.device)
-        code, message, summary = _run(args, recipe, ranks, device, style, cancel)
-    except (Cancelled, KeyboardInterrupt):
-        code, message, summary = EXIT_CANCELLED, "Interrupted before any case ran; nothing was written.", None
-    except MedSam3Error as err:
-        code, message, summary = EXIT_USER_ERROR, str(err), None
-    finally:
-        restore()
+    # Ctrl-C, SIGTERM (torchrun, schedulers) and SIGHUP (a closed terminal) cancel the run at the next batch of
+    # slices; a second signal aborts at once
+    with cancel_on_signals() as signals:
+        try:
+            recipe = CaseRecipe.from_args(args)
+            ranks, device = join(args.device)
+            code, message, summary = _run(args, recipe, ranks, device, style, signals.token)
+        except (Cancelled, KeyboardInterrupt):
+            code, message, summary = EXIT_CANCELLED, "Interrupted before any case ran; nothing was written.", None
+        except MedSam3Error as err:
+            code, message, summary = EXIT_USER_ERROR, str(err), None
     ranks.leave()
     if ranks.is_main:
         _report(args, style, code, message, summary)
@@ -160,28 +159,6 @@ def _report(args: argparse.Namespace, style: str, code: int, message: str, summa
         print(f"{sum(summary['counts'].values())} cases: {counts}; summary in {summary['csv']}")
     if code != EXIT_OK:
         print(f"error: {message}" if code == EXIT_USER_ERROR else message, file=sys.stderr)
-
-
-def _catch_signals(cancel: CancelToken) -> Callable[[], None]:
-    """Ctrl-C, SIGTERM (torchrun, schedulers) and SIGHUP (a closed terminal) cancel the run at the next batch of
-    slices; a second signal aborts at once. Returns the function that restores the previous handlers."""
-
-    def handler(signum: int, frame: Any) -> None:
-        if cancel.cancelled:
-            raise KeyboardInterrupt
-        cancel.cancel()
-
-    previous = {}
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        number = getattr(signal, name, None)
-        if number is not None:
-            previous[number] = signal.signal(number, handler)
-
-    def restore() -> None:
-        for number, old in previous.items():
-            signal.signal(number, old)
-
-    return restore
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
