@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from medsam3_core.batch.cases import Case
-from medsam3_core.cli.options import segment_options, window_option
+from medsam3_core.cli.options import segment_options
 from medsam3_core.cli.segment_case import OutputPlan
 from medsam3_core.errors import InputError
 from medsam3_core.segmenter import SegmentOptions
@@ -52,7 +52,7 @@ class CaseRecipe:
     def options_for(self, case: Case) -> SegmentOptions:
         if case.window is None:
             return self.options
-        return SegmentOptions.from_dict({**self.options.to_dict(), "window": window_option(case.window)})
+        return SegmentOptions.from_dict({**self.options.to_dict(), "window": case.window})
 
     def plan(self, folder: Path) -> OutputPlan:
         """The outputs of one case written into ``folder``."""

@@ -4,17 +4,16 @@ flags with the same defaults, and a setting added here reaches both.
 Only what describes *how* to segment and *what* to write lives here (model, device, mode, threshold, window,
 formats, extra outputs, progress). What names the input and the output (one scan and one folder for ``infer``,
 many scans and a root folder for ``batch``) stays with each command. Each setting is turned into the core's own
-type once, here (:func:`segment_options`, :func:`window_option`), before any work starts.
+type once, here (:func:`segment_options`), before any work starts.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional
 
 from medsam3_core.segmenter import CLIP_FUSIONS, MODES, SLICE_AXES, SegmentOptions
 
-__all__ = ["OUTPUT_FORMATS", "add_common_arguments", "window_option", "segment_options", "progress_style"]
+__all__ = ["OUTPUT_FORMATS", "add_common_arguments", "segment_options", "progress_style"]
 
 OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "png")
 
@@ -68,18 +67,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, per_case: bool = Fa
     parser.add_argument("--quiet", action="store_true", help="no progress and no summary")
 
 
-def window_option(text: Optional[str]) -> Any:
-    """``--window`` as ``SegmentOptions.window``: ``None`` for automatic; the options check and normalise the rest
-    (:func:`medsam3_core.windows.normalize_window`), before any work starts."""
-    if text is None or text.strip().lower() in ("", "auto"):
-        return None
-    return text
-
-
-def segment_options(args: argparse.Namespace, window: Optional[str] = None) -> SegmentOptions:
-    """The run settings of parsed options; ``window`` (e.g. one case's own) replaces ``--window`` when given."""
+def segment_options(args: argparse.Namespace) -> SegmentOptions:
+    """The run settings of parsed options (the options check every value and parse the window themselves)."""
     return SegmentOptions(
-        threshold=args.threshold, window=window_option(args.window if window is None else window),
+        threshold=args.threshold, window=args.window,
         slice_axis=args.slice_axis, mode=args.mode, batch_size=args.batch_size, cleanup=args.cleanup,
         memory_size=args.memory_size, confidence_map=args.confidence_map, clip_length=args.clip_length,
         clip_fusion=args.clip_fusion,
