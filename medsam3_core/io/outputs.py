@@ -63,11 +63,11 @@ def check_output_file(path: _PathLike, option: str = "output file") -> Path:
 def check_output_targets(
     output: _PathLike, *, dicom_seg: Optional[_PathLike] = None, png: Optional[_PathLike] = None
 ) -> None:
-    """All outputs of ``medsam3 infer``: the output folder, the ``--dicom-seg`` file and the ``--png`` folder."""
+    """All outputs of ``medsam3 infer`` on disk: the output folder, the ``--dicom-seg`` file and the ``--png`` folder
+    can be written (that the SEG is named ``.dcm`` is checked with the rest of the output plan,
+    :meth:`medsam3_core.cli.segment_case.OutputPlan.check`)."""
     check_output_folder(output, "output folder")
     if dicom_seg:
-        if not str(dicom_seg).lower().endswith(".dcm"):
-            raise InputError("--dicom-seg must name a .dcm file.")
         check_output_file(dicom_seg, "--dicom-seg")
     if png:
         check_output_folder(png, "--png folder")
