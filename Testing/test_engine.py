@@ -52,6 +52,10 @@ class ScriptedDetector(Detector):
         return Detections(logits, scores, scores.amax(-1), torch.zeros(b, p, q, 4))
 
 
+#: Propagation mechanics: every object is output as far as the tracker carries it (no confirmation, fusion rule 6).
+PROPAGATE_ALL = FusionRule(spawn_score=0.5, keep_score=0.6, patience=1, min_detections=1, extend_slices=None)
+
+
 def _engine(bundle, script, **kwargs):
     engine = VolumeEngine(bundle, max_objects=3, **kwargs)
     engine.detector = ScriptedDetector(bundle, script)
@@ -65,7 +69,7 @@ def test_object_seeded_mid_volume_is_tracked_both_ways_with_one_id(present_bundl
     detect = _engine(present_bundle, script).run(_graded_volume(), ["liver"], detect_options)
     assert [k for k in range(NUM_SLICES) if detect.labels[k].any()] == [4]
 
-    rule = FusionRule(spawn_score=0.5, keep_score=0.3, patience=2)
+    rule = FusionRule(spawn_score=0.5, keep_score=0.3, patience=2, min_detections=1, extend_slices=None)
     result = _engine(present_bundle, script, rule=rule).run(_graded_volume(), ["liver"], options)
     slices = [k for k in range(NUM_SLICES) if result.labels[k].any()]
     assert min(slices) < 4 < max(slices)  # propagated below and above the seed slice
@@ -124,7 +128,7 @@ def test_objects_appear_split_vanish_and_keep_ids(present_bundle):
         6: [(1, 0.8, (8, 18, 8, 18))],
         7: [(0, 0.7, (20, 28, 20, 28))],
     }
-    rule = FusionRule(spawn_score=0.5, keep_score=0.6, patience=1)
+    rule = PROPAGATE_ALL
     engine = _engine(present_bundle, script, rule=rule, tracker_factory=EchoTracker)
     options = SegmentOptions(window=WINDOW, threshold=0.5, batch_size=3)
     result = engine.run(_graded_volume(), ["liver", "tumour"], options)
@@ -143,12 +147,60 @@ def test_object_started_on_the_way_down_is_also_tracked_upwards(present_bundle):
     """liver A is seeded on slice 6; B is only detected on slice 2, so it starts in the backward sweep. Like every
     object it must outlive its detection by one slice in *both* directions (presence 0.8, keep_score 0.6)."""
     script = {6: [(0, 0.95, (4, 14, 4, 14))], 2: [(0, 0.8, (16, 22, 16, 22))]}
-    rule = FusionRule(spawn_score=0.5, keep_score=0.6, patience=1)
+    rule = PROPAGATE_ALL
     engine = _engine(present_bundle, script, rule=rule, tracker_factory=EchoTracker)
     result = engine.run(_graded_volume(), ["liver"], SegmentOptions(window=WINDOW, threshold=0.5, batch_size=3))
     ranges = {o.object_id: o.slice_range for o in result.objects}
     assert ranges == {1: (4, 8), 2: (1, 3)}
     assert result.objects[1].slice_scores[3] == pytest.approx(0.64)  # found by the catch-up sweep
+
+
+def test_lone_detection_is_not_confirmed_and_tracker_only_ends_are_trimmed(present_bundle):
+    """Fusion rule 6 through the engine: liver A is detected on slices 3–5 (the echo tracker would carry it two
+    slices further each way at keep_score 0.5), a lone liver detection B on slice 8 nothing confirms. With
+    min_detections 2 and extend_slices 1, B is gone and A keeps one tracker-only slice at each end."""
+    a = (4, 14, 4, 14)
+    script = {3: [(0, 0.9, a)], 4: [(0, 0.95, a)], 5: [(0, 0.9, a)], 8: [(0, 0.8, (20, 26, 20, 26))]}
+    rule = FusionRule(spawn_score=0.5, keep_score=0.5, patience=1, min_detections=2, extend_slices=1)
+    engine = _engine(present_bundle, script, rule=rule, tracker_factory=EchoTracker)
+    result = engine.run(_graded_volume(), ["liver"], SegmentOptions(window=WINDOW, threshold=0.5, batch_size=3))
+    assert [o.slice_range for o in result.objects] == [(2, 6)]
+    assert [k for k in range(NUM_SLICES) if result.labels[k].any()] == [2, 3, 4, 5, 6]
+    assert sorted(result.objects[0].slice_scores) == [2, 3, 4, 5, 6]
+    everything = _engine(present_bundle, script, rule=PROPAGATE_ALL, tracker_factory=EchoTracker)
+    loose = everything.run(_graded_volume(), ["liver"], SegmentOptions(window=WINDOW, threshold=0.5, batch_size=3))
+    assert len(loose.objects) == 2 and loose.labels[8].any()
+
+
+def test_object_carried_past_its_last_detection_never_covers_another_prompt(present_bundle):
+    """liver is detected on slices 2–4; the echo tracker would carry it on with confidence 0.76 > the tumour's 0.55
+    on slices 5–6, where a tumour is detected in the same place. With extend_slices 0 the carried liver slices are
+    held back and dropped, so the tumour keeps its voxels there (painting them first and clearing them afterwards
+    would leave them empty)."""
+    a = (4, 14, 4, 14)
+    script = {2: [(0, 0.95, a)], 3: [(0, 0.95, a)], 4: [(0, 0.95, a)], 5: [(1, 0.55, a)], 6: [(1, 0.55, a)]}
+    rule = FusionRule(spawn_score=0.5, keep_score=0.5, patience=1, extend_slices=0)
+    engine = _engine(present_bundle, script, rule=rule, tracker_factory=EchoTracker)
+    options = SegmentOptions(window=WINDOW, threshold=0.5, batch_size=3)
+    result = engine.run(_graded_volume(), ["liver", "tumour"], options)
+    liver = [k for k in range(NUM_SLICES) if (result.labels[k] == 1).any()]
+    tumour = [k for k in range(NUM_SLICES) if (result.labels[k] == 2).any()]
+    assert liver == [2, 3, 4] and tumour == [5, 6]
+    assert (result.labels[5] == 2).sum() == (result.labels[5] > 0).sum() > 0
+    liver_object = next(o for o in result.objects if o.prompt == 0)
+    assert sorted(liver_object.slice_scores) == [2, 3, 4]
+
+
+def test_gap_the_tracker_bridges_is_painted_once_a_detection_confirms_it(present_bundle):
+    """liver detected on 2 and 5 only: slices 3–4 are held back during the sweep and painted when slice 5's
+    detection matches the carried object (one object, slices 2–5), even with extend_slices 0."""
+    a = (4, 14, 4, 14)
+    script = {2: [(0, 0.95, a)], 5: [(0, 0.9, a)]}
+    rule = FusionRule(spawn_score=0.5, keep_score=0.5, patience=1, extend_slices=0)
+    engine = _engine(present_bundle, script, rule=rule, tracker_factory=EchoTracker)
+    result = engine.run(_graded_volume(), ["liver"], SegmentOptions(window=WINDOW, threshold=0.5, batch_size=3))
+    assert [k for k in range(NUM_SLICES) if result.labels[k].any()] == [2, 3, 4, 5]
+    assert [o.slice_range for o in result.objects] == [(2, 5)]
 
 
 def test_progress_is_monotonic_per_stage_and_stages_in_order(present_bundle):

@@ -32,11 +32,26 @@ def test_mask_iou_and_matching():
 
 def test_matched_pair_is_confidence_weighted_and_keeps_the_better_score():
     track, det = box(2, 10, 2, 10, p=0.6), box(2, 10, 2, 10, p=1.0)
-    out = fuse_slice(stack(track), [1.0], [0.9], stack(det), [0.6], RULE)
+    averaging = FusionRule(match_iou=0.3, spawn_score=0.5, keep_score=0.5, recondition_iou=None)
+    out = fuse_slice(stack(track), [1.0], [0.9], stack(det), [0.6], averaging)
     assert out.matches == {0: 0} and out.spawn == []
     expected = (0.6 * 1.0 + 0.9 * 0.6) / (0.6 + 0.9)
     assert out.probs[0, 5, 5] == pytest.approx(expected)
     assert out.scores[0] == pytest.approx(0.9) and out.present[0]
+
+
+def test_confident_match_reconditions_the_object_with_the_detection_mask():
+    """At IoU ≥ recondition_iou the detection's mask replaces the drifting tracker mask; a looser match (IoU between
+    match_iou and recondition_iou) is still averaged."""
+    track, det = box(2, 10, 2, 10, p=0.6), box(2, 10, 3, 10, p=1.0)  # IoU 56/64
+    out = fuse_slice(stack(track), [1.0], [0.9], stack(det), [0.6], RULE)
+    assert out.matches == {0: 0}
+    np.testing.assert_array_equal(out.probs[0].numpy(), det)
+    assert out.scores[0] == pytest.approx(0.9)
+    loose = box(2, 10, 6, 14, p=1.0)  # IoU 32/96 = 0.33: matched, not reconditioned
+    out = fuse_slice(stack(track), [1.0], [0.9], stack(loose), [0.6], RULE)
+    assert out.matches == {0: 0}
+    assert out.probs[0, 5, 8] == pytest.approx((0.6 * 1.0 + 0.9 * 0.6) / 1.5)
 
 
 def test_unmatched_track_decays_with_tracker_presence_and_new_object_appears():
@@ -99,11 +114,50 @@ def test_track_life_cycle_ids_patience_and_resume():
     assert book.start(0, 2, 0.8).track_id == 3
 
 
+def test_confirmation_drops_lone_detections_and_trims_tracker_only_ends():
+    """Rule 6: an object supported by one detection is dropped; tracker-only slices beyond the first/last detected
+    slice are kept up to extend_slices; gaps between detected slices stay."""
+    book = TrackBook(patience=3)
+    lone = book.start(0, 5, 0.6)
+    book.record(lone, 6, 0.4, True)  # carried by the tracker only
+    organ = book.start(0, 10, 0.9)
+    for k, detected in [(11, True), (12, False), (13, True), (14, False), (15, False), (16, False)]:
+        book.record(organ, k, 0.7, True, detected=detected)
+    book.record(organ, 9, 0.5, True)  # tracker-only, below the seed
+    book.record(organ, 8, 0.5, True)
+    removed = book.unconfirmed_slices(FusionRule(min_detections=2, extend_slices=1), 20)
+    assert removed == {lone.track_id: [5, 6], organ.track_id: [8, 15, 16]}
+    assert lone.slice_scores == {} and sorted(organ.slice_scores) == [9, 10, 11, 12, 13, 14]
+    assert organ.detected == {10, 11, 13}
+    book2 = TrackBook(patience=3)
+    kept = book2.start(0, 5, 0.6)
+    book2.record(kept, 6, 0.4, True)
+    assert book2.unconfirmed_slices(FusionRule(min_detections=1, extend_slices=None), 20) == {}
+    assert sorted(kept.slice_scores) == [5, 6]
+    single = TrackBook(patience=1)
+    image = single.start(0, 0, 0.6)
+    assert single.unconfirmed_slices(FusionRule(min_detections=2), 1) == {}  # a 2D image: one slice is all there is
+    assert image.slice_scores == {0: 0.6}
+
+
+def test_a_detection_on_an_absent_object_does_not_confirm_it():
+    book = TrackBook(patience=2)
+    track = book.start(0, 0, 0.9)
+    book.record(track, 1, 0.1, False, detected=True)
+    assert track.detected == {0}
+
+
 def test_rule_validation():
     with pytest.raises(ValueError):
         FusionRule(patience=0)
     with pytest.raises(ValueError):
         FusionRule(match_iou=1.5)
+    with pytest.raises(ValueError):
+        FusionRule(recondition_iou=-0.1)
+    with pytest.raises(ValueError):
+        FusionRule(min_detections=0)
+    with pytest.raises(ValueError):
+        FusionRule(extend_slices=-1)
 
 
 # -- the torch implementation against the former numpy one (fusion_reference.py) -------------------------------------
@@ -128,7 +182,7 @@ def test_torch_fusion_equals_the_numpy_rule(seed):
     rng = np.random.default_rng(seed)
     case = _random_case(rng, int(rng.integers(0, 4)), int(rng.integers(0, 5)))
     rule = FusionRule(match_iou=0.2, spawn_score=float(rng.uniform(0, 0.6)), keep_score=float(rng.uniform(0, 0.6)),
-                      absorb_fraction=float(rng.uniform(0.3, 0.7)))
+                      absorb_fraction=float(rng.uniform(0.3, 0.7)), recondition_iou=None)
     old = fusion_reference.fuse_slice(*case, rule)
     new = fuse_slice(*case, rule)
     assert new.matches == old["matches"] and new.absorbed == old["absorbed"] and new.spawn == old["spawn"]

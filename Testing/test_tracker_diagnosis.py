@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from training.tracker.compare import organ_scores, track_wins
-from training.tracker.diagnose import _seeds, oracle_slice_choice, propagate_seeds
+from training.tracker.diagnose import _seeds, oracle_slice_choice, propagate_seeds, temporal_oracle
 
 
 def _two_blobs() -> np.ndarray:
@@ -52,6 +52,20 @@ def test_oracle_slice_choice_takes_the_better_slice_of_either_prediction():
     good_bottom[2] = truth[2]
     chosen = oracle_slice_choice(good_top, good_bottom, truth)
     assert np.array_equal(chosen, truth)
+
+
+def test_temporal_oracle_fixes_slices_and_components_but_not_outlines():
+    truth = _two_blobs()
+    pred = truth.copy()
+    pred[2, 2:6, 2:4] = False  # an outline error on a present slice: kept
+    pred[3] = False  # a missed slice: filled from the truth
+    pred[5, 8:10, 8:10] = True  # a false-positive slice: emptied
+    pred[1:3, 18:20, 0:2] = True  # a false 3D component on present slices: removed
+    fixed = temporal_oracle(pred, truth)
+    expected = truth.copy()
+    expected[2, 2:6, 2:4] = False
+    assert np.array_equal(fixed, expected)
+    assert organ_scores(fixed, truth)["fp_slices"] == 0
 
 
 def test_seeds_take_each_component_on_its_largest_slice_from_the_source():

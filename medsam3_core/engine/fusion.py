@@ -14,11 +14,14 @@ only detections at or above the user's threshold are passed in). A track *t* has
 1. **Match** tracks to detections one-to-one by mask IoU (masks ``p > 0.5``), maximising total IoU (Hungarian);
    a pair counts only at IoU ≥ ``match_iou``. Why IoU and not box distance: organs are not boxes, and SAM3's own
    video model associates by mask IoU too.
-2. **Matched pair** → one object: ``p = (s_d·p_d + s_t·p_t) / (s_d + s_t)`` and confidence ``max(s_d, s_t)``.
-   Why a confidence-weighted average: the detector sees the slice afresh (no drift) while the tracker carries shape
-   from the neighbouring slices (no flicker); weighting by the two calibrated confidences lets the more certain one
-   dominate and degrades gracefully to either alone. The fused mask, not the raw tracker mask, goes into the memory
-   bank, so a detection corrects the tracker's drift from the next slice on.
+2. **Matched pair** → one object with confidence ``max(s_d, s_t)``. At mask IoU ≥ ``recondition_iou`` the detection
+   **reconditions** the object: its mask is the detection's, ``p = p_d``. Below that (or with ``recondition_iou``
+   ``None``) the two are averaged, ``p = (s_d·p_d + s_t·p_t) / (s_d + s_t)``. Why the detection wins a confident
+   match: the detector sees the slice afresh (no drift), and measured on held-out phantoms the tracker's mask is
+   almost never the better of the two where both exist (``training.tracker.diagnose``), so averaging only lets drift
+   in; SAM3's own video model reconditions its tracklets with matching detections for the same reason. The fused
+   mask, not the raw tracker mask, goes into the memory bank, so a detection corrects the tracker's drift from the
+   next slice on.
 3. **Unmatched track** → the tracker's mask alone with confidence ``s_t``. Without a confirming detection the
    confidence therefore decays geometrically with the tracker's presence probability.
 4. **Unmatched detection** → if at least ``absorb_fraction`` of it lies inside an object on this slice (its tracked or
@@ -31,6 +34,13 @@ only detections at or above the user's threshold are passed in). A track *t* has
    otherwise it contributes nothing to the output and counts a miss. ``patience`` consecutive misses **end** the
    track (an organ has ended; one doubtful slice inside it does not end it). Ended objects keep their id; a later
    detection of the same concept becomes a new object.
+6. **Confirmation, once both sweeps are done** (:meth:`TrackBook.unconfirmed_slices`): an object is kept only if
+   detections support it (its seed, matched or absorbed detections) on at least ``min_detections`` slices — a lone
+   detection that nothing confirms on a neighbouring slice is the typical false positive, and SAM3's video model
+   likewise confirms a new masklet by further detections before it reports it. Where the tracker carries an object
+   on without a detection, at most ``extend_slices`` such slices are kept beyond its first and last detected slice
+   (``None``: as far as the tracker's presence goes); gaps between detected slices are always kept, which is where
+   propagation fills a missed detection.
 
 Identities: an object keeps its id across all slices of both propagation directions; ids are unique in the volume.
 """
@@ -59,12 +69,20 @@ class FusionRule:
     keep_score: float = 0.5
     patience: int = 2
     absorb_fraction: float = 0.5
+    recondition_iou: Optional[float] = 0.5
+    min_detections: int = 1
+    extend_slices: Optional[int] = 0
 
     def __post_init__(self) -> None:
         if self.patience < 1:
             raise ValueError("patience must be at least 1")
-        for name in ("match_iou", "spawn_score", "keep_score", "absorb_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+        if self.min_detections < 1:
+            raise ValueError("min_detections must be at least 1")
+        if self.extend_slices is not None and self.extend_slices < 0:
+            raise ValueError("extend_slices must be 0 or more (or None for no limit)")
+        for name in ("match_iou", "spawn_score", "keep_score", "absorb_fraction", "recondition_iou"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
 
 
@@ -147,12 +165,15 @@ def fuse_slice(
     det_masks = det_probs > MASK_THRESHOLD
     track_masks = track_probs > MASK_THRESHOLD
 
-    matches = match_by_iou(mask_iou(track_masks, det_masks).cpu().numpy(), rule.match_iou) if num_tracks else {}
+    iou = mask_iou(track_masks, det_masks).cpu().numpy() if num_tracks else np.zeros((0, len(scores_host)))
+    matches = match_by_iou(iou, rule.match_iou) if num_tracks else {}
     det_score_list, evidence_list = scores_host.tolist(), evidence.tolist()  # exact: float32 values as floats
     for row, col in matches.items():
         s_d, s_t = det_score_list[col], evidence_list[row]
         total = s_d + s_t
-        if total > 0:
+        if rule.recondition_iou is not None and iou[row, col] >= rule.recondition_iou:
+            probs[row] = det_probs[col]
+        elif total > 0:
             weighted = s_d * det_probs[col] + s_t * track_probs[row]
             probs[row] = weighted / torch.full_like(weighted, total)
         else:
@@ -209,7 +230,8 @@ class Track:
     """One 3D object: its id, prompt, seed slice and per-slice confidences.
 
     ``confidence`` is ``c_t`` of the rule (carried to the next slice); ``misses`` counts consecutive slices off
-    the object; ``slice_scores`` holds the confidence on every slice where the object is present.
+    the object; ``slice_scores`` holds the confidence on every slice where the object is present; ``detected`` the
+    slices where a detection supports it (seed, match or absorption; rule 6).
     """
 
     track_id: int
@@ -219,6 +241,7 @@ class Track:
     misses: int = 0
     active: bool = True
     slice_scores: dict[int, float] = field(default_factory=dict)
+    detected: set[int] = field(default_factory=set)
 
     @property
     def slice_range(self) -> Optional[tuple[int, int]]:
@@ -231,7 +254,8 @@ class Track:
 
 
 class TrackBook:
-    """Creates tracks with unique ids (1, 2, …) and applies rule 5 (presence, misses, ending)."""
+    """Creates tracks with unique ids (1, 2, …), applies rule 5 (presence, misses, ending) during the sweeps and
+    rule 6 (confirmation) after them."""
 
     def __init__(self, patience: int) -> None:
         self.patience = patience
@@ -239,13 +263,17 @@ class TrackBook:
 
     def start(self, prompt: int, slice_index: int, score: float) -> Track:
         """A new object seeded on ``slice_index`` by a detection of ``score`` (present there by construction)."""
-        track = Track(len(self.tracks) + 1, prompt, slice_index, float(score), slice_scores={slice_index: float(score)})
+        track = Track(len(self.tracks) + 1, prompt, slice_index, float(score), slice_scores={slice_index: float(score)},
+                      detected={slice_index})
         self.tracks.append(track)
         return track
 
-    def record(self, track: Track, slice_index: int, score: float, present: bool) -> None:
-        """Book the fused outcome of ``track`` on a slice; ends it after ``patience`` consecutive misses."""
+    def record(self, track: Track, slice_index: int, score: float, present: bool, detected: bool = False) -> None:
+        """Book the fused outcome of ``track`` on a slice (``detected``: a detection was matched to it or absorbed
+        into it there); ends it after ``patience`` consecutive misses."""
         track.confidence = float(score)
+        if detected and present:
+            track.detected.add(slice_index)
         if present:
             track.misses = 0
             track.slice_scores[slice_index] = float(score)
@@ -262,3 +290,25 @@ class TrackBook:
 
     def live(self, prompt: Optional[int] = None) -> list[Track]:
         return [t for t in self.tracks if t.active and (prompt is None or t.prompt == prompt)]
+
+    def unconfirmed_slices(self, rule: FusionRule, num_slices: int) -> dict[int, list[int]]:
+        """Rule 6 on a volume of ``num_slices`` slices: ``{track id: slices to take out of the output}``, and those
+        slices dropped from each track's ``slice_scores`` (an object with none left is not reported). A volume with
+        fewer slices than ``min_detections`` (a 2D image has one) asks for detections on all of them."""
+        needed = min(rule.min_detections, num_slices)
+        removed: dict[int, list[int]] = {}
+        for track in self.tracks:
+            if not track.slice_scores:
+                continue
+            if len(track.detected) < needed:
+                drop = sorted(track.slice_scores)
+            elif rule.extend_slices is None:
+                drop = []
+            else:
+                low, high = min(track.detected) - rule.extend_slices, max(track.detected) + rule.extend_slices
+                drop = [k for k in sorted(track.slice_scores) if not low <= k <= high]
+            for k in drop:
+                del track.slice_scores[k]
+            if drop:
+                removed[track.track_id] = drop
+        return removed

@@ -10,7 +10,7 @@ call. Masks, probabilities and the canvas stay on the engine's device; the host 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,10 +42,13 @@ class SweepPlan:
 
 @dataclass
 class _Live:
-    """A track being propagated in the current sweep: bookkeeping plus its memory bank."""
+    """A track being propagated in the current sweep: bookkeeping, its memory bank, and the tracker-only slices
+    held back from the canvas (fusion rule 6: painted once a later detection confirms the gap, dropped otherwise)."""
 
     track: Track
     memory: ObjectMemory
+    since_detection: int = 0
+    held: list = field(default_factory=list)  # [(slice, fused logits on the low-res grid, score)]
 
 
 class Sweep:
@@ -105,6 +108,7 @@ class Sweep:
                 self._step(index, live, [], direction=1)
 
     def _resume(self, tracks: list[Track]) -> list[_Live]:
+        """Tracks starting the other direction from their seed slice (a new :class:`_Live`: nothing held back)."""
         items = []
         for track in tracks:
             self.book.resume_from_seed(track)
@@ -124,7 +128,7 @@ class Sweep:
             step = self.tracker.propagate(feats, [item.memory for item in live], index)
 
         with timer.stage("fuse"):
-            present, fused_logits, spawns = self._fuse(index, live, eligible, direction, step)
+            present, detected, fused_logits, spawns = self._fuse(index, live, eligible, direction, step)
 
         with timer.stage("track"):
             if live:
@@ -136,7 +140,7 @@ class Sweep:
                 self.spawned_down += [item.track for item in new_items]
 
         with timer.stage("fuse"):
-            rows = [row for row in range(len(live)) if present[row]]
+            rows = self._rows_to_paint(index, live, present, detected, fused_logits)
             probs = [fused_logits[rows].float().sigmoid()] if rows else []
             probs += [prob[None] for _, prob, _ in spawns]
             if probs:
@@ -149,14 +153,48 @@ class Sweep:
                     item.memory.turn()  # an ended object keeps only its seed memory (for the other direction)
             live[:] = [item for item in live if item.track.active] + new_items
 
+    def _rows_to_paint(self, index: int, live: list[_Live], present: torch.Tensor, detected: torch.Tensor,
+                       fused_logits) -> list[int]:
+        """Rows of ``live`` to paint on this slice now (fusion rule 6 applied as the sweep goes).
+
+        A present object that a detection supports is painted, and so are the tracker-only slices it had held back
+        since its previous detection (a gap the tracker bridged). A tracker-only slice is painted at once while it is
+        within ``extend_slices`` of the object's last detection in this sweep; further ones are held back until a
+        detection confirms them, so an object the tracker carries past the organ's end never reaches the canvas and
+        cannot cover another object's voxels there."""
+        limit = self.ctx.rule.extend_slices
+        rows = []
+        for row, item in enumerate(live):
+            if not present[row]:
+                continue
+            if detected[row] or limit is None:
+                self._release(item)
+                rows.append(row)
+            elif item.since_detection < limit:
+                item.since_detection += 1
+                rows.append(row)
+            else:
+                item.since_detection += 1
+                item.held.append((index, fused_logits[row].clone(), item.track.slice_scores[index]))
+        return rows
+
+    def _release(self, item: _Live) -> None:
+        """Paint the slices ``item`` held back: a detection has confirmed the gap they bridge."""
+        for k, logits, score in item.held:
+            original = self.ctx.letterbox.to_original(logits.float().sigmoid()[None], mode="bilinear")
+            self.ctx.canvas.paint(k, original, [score], [item.track.track_id])
+        item.held.clear()
+        item.since_detection = 0
+
     def _fuse(self, index: int, live: list[_Live], eligible: list[int], direction: int, step):
-        """Fusion of every prompt on the slice: per-object presence (host), fused logits (device), and the
-        detections that start new objects ``[(prompt, probability, score)]``."""
+        """Fusion of every prompt on the slice: per-object presence and detection support (host), fused logits
+        (device), and the detections that start new objects ``[(prompt, probability, score)]``."""
         ctx = self.ctx
         track_probs = step.mask_logits.float().sigmoid() if live else None
         presence = step.score_logits.float().sigmoid().cpu() if live else None
         fused_logits = step.mask_logits.clone() if live else None
         present = torch.zeros(len(live), dtype=torch.bool)
+        detected = torch.zeros(len(live), dtype=torch.bool)
         spawns: list[tuple[int, torch.Tensor, float]] = []
         by_prompt: dict[int, list[int]] = defaultdict(list)
         for row, item in enumerate(live):
@@ -182,7 +220,8 @@ class Sweep:
                 item = live[row]
                 here = on_slice and not self._merged(index, item, fusion.probs[j], direction)
                 present[row] = here
-                self.book.record(item.track, index, score, here)
+                detected[row] = here and j in changed
+                self.book.record(item.track, index, score, here, detected=j in changed)
             if changed:
                 targets = torch.tensor([rows[j] for j in changed], device=fused_logits.device)
                 logits = _logit(fusion.probs[torch.tensor(changed, device=fusion.probs.device)])
@@ -191,7 +230,7 @@ class Sweep:
             spawns += [
                 (p, fusion.spawn_probs[n], float(det_scores[d])) for n, d in enumerate(fusion.spawn[:room])
             ]
-        return present, fused_logits, spawns
+        return present, detected, fused_logits, spawns
 
     def _merged(self, index: int, item: _Live, prob: torch.Tensor, direction: int) -> bool:
         """Backward above the prompt's seed, or catching up: has this object run into another object of its prompt

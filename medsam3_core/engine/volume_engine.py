@@ -29,6 +29,9 @@ Two modes (``SegmentOptions.mode``):
     4. **Catch-up**: objects started on the way down are also propagated upwards from their first slice (those
        slices' detections were fused already, so this is propagation only, ending like step 3 when an object runs
        into another of its prompt).
+    5. **Confirmation** (rule 6 of :mod:`~medsam3_core.engine.fusion`): an object that detections support on fewer
+       than ``min_detections`` slices is taken out, and tracker-only slices more than ``extend_slices`` past an
+       object's first or last detected slice are too.
 
     Objects keep their ids across all sweeps. Slices with no live object and nothing detected are skipped.
 
@@ -222,6 +225,7 @@ class _Run:
         self.engine, self.options, self.progress = engine, options, progress
         self.bundle = engine.bundle
         self.encoder_calls_before = encoded.encoder_calls
+        self.unconfirmed: dict[int, list[int]] = {}  # rule 6 of the fusion: slices taken out per object id
         with timer.stage("text"):
             text = engine.detector.encode_text(concepts)
         stack = encoded.stack
@@ -253,6 +257,7 @@ class _Run:
         report(self.progress, "fuse", 0.0)
         with ctx.timer.stage("fuse"):
             owner, confidence = ctx.canvas.to_host()  # the one copy of the output to the host
+            _clear_slices(owner, confidence, self.unconfirmed)
         with ctx.timer.stage("cleanup"):
             if self.options.cleanup:
                 self._cleanup(owner, confidence)
@@ -276,6 +281,7 @@ class _Run:
         sweep.forward()
         sweep.backward()
         sweep.catch_up()
+        self.unconfirmed = book.unconfirmed_slices(ctx.rule, ctx.num_slices)
         report(self.progress, "track", 1.0)
         return book.tracks
 
@@ -317,3 +323,14 @@ class _Run:
         labels = np.ascontiguousarray(unstack(lut[owner].astype(dtype), axis))
         confidence = np.ascontiguousarray(unstack(confidence, axis))
         return EngineResult(labels, confidence, records, axis, self.options.mode)
+
+
+def _clear_slices(owner: np.ndarray, confidence: np.ndarray, slices_by_id: dict[int, list[int]]) -> None:
+    """Take objects out of the given slices of the output (fusion rule 6). Voxels another object had there but lost
+    to this one stay empty; both were painted by the same prompt's or a neighbouring organ's object, rarely at all."""
+    for object_id, slices in slices_by_id.items():
+        for k in slices:
+            where = owner[k] == object_id
+            owner[k][where] = 0
+            confidence[k][where] = 0.0
+

@@ -15,6 +15,13 @@ on the same held-out phantoms and weights as :mod:`training.tracker.compare`, sc
     on every slice, per organ, whichever of ``detect`` and ``track`` agrees better with the ground truth (the
     higher slice Dice, or the smaller mask where the organ is absent). The best that any per-slice choice between
     the two could do: the gap ``oracle-fusion − track`` is what the fusion decisions cost.
+``detect, temporal oracle``
+    detect mode corrected by the ground truth in every way that reasoning *across* slices could correct it, and in
+    no other: slices painted where the organ is absent are emptied, 3D components that touch no part of the organ
+    are removed, and slices where the organ is present but nothing was painted get the true mask. The in-plane
+    outline of every detected slice is left as it is. ``temporal oracle − detect`` is the most that any tracker
+    which only decides *where along the slice axis* an organ is (presence, identity, filling missed slices) could
+    add; beyond it only better per-slice masks help.
 ``tracker, gt seed``
     no detector at all: every ground-truth 3D component is seeded from its ground-truth mask on the slice where it
     is largest and propagated teacher-free (the tracker's own masks remembered, its object score deciding
@@ -50,9 +57,9 @@ from medsam3_core.segmenter import SegmentOptions
 from training.data.phantom_source import phantom_cases
 from training.tracker.compare import format_dice, mean_scores, organ_scores
 
-__all__ = ["VARIANTS", "oracle_slice_choice", "propagate_seeds", "diagnose_case", "diagnose", "main"]
+__all__ = ["VARIANTS", "oracle_slice_choice", "temporal_oracle", "propagate_seeds", "diagnose_case", "diagnose", "main"]
 
-VARIANTS = ("detect", "track", "oracle-fusion", "tracker, gt seed", "tracker, detector seed")
+VARIANTS = ("detect", "track", "oracle-fusion", "detect, temporal oracle", "tracker, gt seed", "tracker, detector seed")
 _CONNECTIVITY_3D = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -65,6 +72,19 @@ def oracle_slice_choice(detect: np.ndarray, track: np.ndarray, truth: np.ndarray
             out[k] = a if dice(a, t) >= dice(b, t) else b
         else:
             out[k] = a if a.sum() <= b.sum() else b
+    return out
+
+
+def temporal_oracle(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """``pred`` (one organ, slices along axis 0) corrected only along the slice axis (module docstring,
+    ``detect, temporal oracle``)."""
+    present = truth.any(axis=(1, 2))
+    components, _ = ndimage.label(pred, structure=_CONNECTIVITY_3D)
+    touching = np.unique(components[truth & (components > 0)])
+    out = np.isin(components, touching[touching > 0])
+    out[~present] = False
+    missed = present & ~pred.any(axis=(1, 2))
+    out[missed] = truth[missed]
     return out
 
 
@@ -139,7 +159,8 @@ def diagnose_case(
         truth = np.moveaxis(labels == value, axis, 0)
         det = np.moveaxis(runs["detect"].labels == k, axis, 0)
         trk = np.moveaxis(runs["track"].labels == k, axis, 0)
-        variants = {"detect": det, "track": trk, "oracle-fusion": oracle_slice_choice(det, trk, truth)}
+        variants = {"detect": det, "track": trk, "oracle-fusion": oracle_slice_choice(det, trk, truth),
+                    "detect, temporal oracle": temporal_oracle(det, truth)}
         for name, source in (("tracker, gt seed", truth), ("tracker, detector seed", det)):
             seeds = _seeds(truth, source)
             paths = propagate_seeds(engine.bundle, volume, seeds)
