@@ -53,7 +53,7 @@ class ScriptedDetector(Detector):
 
 
 #: Propagation mechanics: every object is output as far as the tracker carries it (no confirmation, fusion rule 6).
-PROPAGATE_ALL = FusionRule(spawn_score=0.5, keep_score=0.6, patience=1, min_detections=1, extend_slices=None)
+PROPAGATE_ALL = FusionRule(spawn_score=0.5, keep_score=0.6, patience=1, extend_slices=None, keep_alive=None)
 
 
 def _engine(bundle, script, **kwargs):
@@ -69,7 +69,7 @@ def test_object_seeded_mid_volume_is_tracked_both_ways_with_one_id(present_bundl
     detect = _engine(present_bundle, script).run(_graded_volume(), ["liver"], detect_options)
     assert [k for k in range(NUM_SLICES) if detect.labels[k].any()] == [4]
 
-    rule = FusionRule(spawn_score=0.5, keep_score=0.3, patience=2, min_detections=1, extend_slices=None)
+    rule = FusionRule(spawn_score=0.5, keep_score=0.3, patience=2, extend_slices=None, keep_alive=None)
     result = _engine(present_bundle, script, rule=rule).run(_graded_volume(), ["liver"], options)
     slices = [k for k in range(NUM_SLICES) if result.labels[k].any()]
     assert min(slices) < 4 < max(slices)  # propagated below and above the seed slice
@@ -193,14 +193,36 @@ def test_object_carried_past_its_last_detection_never_covers_another_prompt(pres
 
 def test_gap_the_tracker_bridges_is_painted_once_a_detection_confirms_it(present_bundle):
     """liver detected on 2 and 5 only: slices 3–4 are held back during the sweep and painted when slice 5's
-    detection matches the carried object (one object, slices 2–5), even with extend_slices 0."""
+    detection matches the carried object (one object, slices 2–5), even with extend_slices 0 (keep_alive 2 lets the
+    object live through a two-slice gap)."""
     a = (4, 14, 4, 14)
     script = {2: [(0, 0.95, a)], 5: [(0, 0.9, a)]}
-    rule = FusionRule(spawn_score=0.5, keep_score=0.5, patience=1, extend_slices=0)
+    rule = FusionRule(spawn_score=0.5, keep_score=0.5, patience=1, extend_slices=0, keep_alive=2)
     engine = _engine(present_bundle, script, rule=rule, tracker_factory=EchoTracker)
     result = engine.run(_graded_volume(), ["liver"], SegmentOptions(window=WINDOW, threshold=0.5, batch_size=3))
     assert [k for k in range(NUM_SLICES) if result.labels[k].any()] == [2, 3, 4, 5]
     assert [o.slice_range for o in result.objects] == [(2, 5)]
+
+
+def test_keep_alive_retires_undetected_objects_so_a_new_detection_can_start_one(present_bundle):
+    """Three liver objects start on slice 2 and are never detected again; the echo tracker keeps them present (0.8
+    per slice) until slice 6. A fourth liver appears on slice 6. max_objects is 3: without keep-alive the three fading
+    objects still hold every place there and the new detection is lost; with keep_alive 1 they end on slice 4."""
+    script = {2: [(0, 0.9, (0, 6, 0, 6)), (0, 0.9, (0, 6, 10, 16)), (0, 0.9, (10, 16, 0, 6))],
+              6: [(0, 0.9, (20, 28, 20, 28))]}
+    options = SegmentOptions(window=WINDOW, threshold=0.5, batch_size=3)
+
+    def run(keep_alive):
+        rule = FusionRule(spawn_score=0.5, keep_score=0.3, patience=1, extend_slices=None, keep_alive=keep_alive)
+        engine = _engine(present_bundle, script, rule=rule, tracker_factory=EchoTracker)
+        return engine.run(_graded_volume(), ["liver"], options)
+
+    new_place = (slice(6, 7), slice(20 * ROWS // 32 + 1, 28 * ROWS // 32 - 1), slice(20 * COLS // 32 + 1, None))
+    unlimited = run(None)
+    assert len(unlimited.objects) == 3 and not unlimited.labels[new_place].any()  # the detection found no place
+    retired = run(1)
+    assert len(retired.objects) == 4 and retired.labels[new_place].any()
+    assert sorted(o.slice_range for o in retired.objects)[:3] == [(1, 3)] * 3  # seed ± one carried slice
 
 
 def test_progress_is_monotonic_per_stage_and_stages_in_order(present_bundle):

@@ -158,6 +158,8 @@ def test_rule_validation():
         FusionRule(min_detections=0)
     with pytest.raises(ValueError):
         FusionRule(extend_slices=-1)
+    with pytest.raises(ValueError):
+        FusionRule(keep_alive=-1)
 
 
 # -- the torch implementation against the former numpy one (fusion_reference.py) -------------------------------------

@@ -162,19 +162,23 @@ class Sweep:
         within ``extend_slices`` of the object's last detection in this sweep; further ones are held back until a
         detection confirms them, so an object the tracker carries past the organ's end never reaches the canvas and
         cannot cover another object's voxels there."""
-        limit = self.ctx.rule.extend_slices
+        limit, keep_alive = self.ctx.rule.extend_slices, self.ctx.rule.keep_alive
         rows = []
         for row, item in enumerate(live):
             if not present[row]:
                 continue
-            if detected[row] or limit is None:
+            if detected[row]:
                 self._release(item)
                 rows.append(row)
-            elif item.since_detection < limit:
-                item.since_detection += 1
+                continue
+            item.since_detection += 1
+            if keep_alive is not None and item.since_detection > keep_alive:
+                item.track.active = False  # drifted off: ends here, and what it held back is dropped
+                item.track.slice_scores.pop(index, None)
+                item.held.clear()
+            elif limit is None or item.since_detection <= limit:
                 rows.append(row)
             else:
-                item.since_detection += 1
                 item.held.append((index, fused_logits[row].clone(), item.track.slice_scores[index]))
         return rows
 
