@@ -54,6 +54,18 @@ def test_confident_match_reconditions_the_object_with_the_detection_mask():
     assert out.probs[0, 5, 8] == pytest.approx((0.6 * 1.0 + 0.9 * 0.6) / 1.5)
 
 
+def test_a_spread_tracker_mask_is_reconditioned_by_the_small_detection_inside_it():
+    """The tracker's mask has spread over most of the slice; the detection inside it (IoU 16/196, no match) is
+    absorbed and, reconditioning, becomes the object's mask. Averaging rule: the spread mask stays (pixel max)."""
+    spread, small = box(0, 14, 0, 14), box(4, 8, 4, 8)
+    out = fuse_slice(stack(spread), [0.9], [0.9], stack(small), [0.6], RULE)
+    assert out.matches == {} and out.absorbed == {0: 0} and out.spawn == []
+    np.testing.assert_array_equal(out.probs[0].numpy(), small)
+    averaging = FusionRule(match_iou=0.3, spawn_score=0.5, keep_score=0.5, recondition_iou=None)
+    out = fuse_slice(stack(spread), [0.9], [0.9], stack(small), [0.6], averaging)
+    np.testing.assert_array_equal(out.probs[0].numpy(), np.maximum(spread, small))
+
+
 def test_unmatched_track_decays_with_tracker_presence_and_new_object_appears():
     out = fuse_slice(stack(box(0, 4, 0, 4)), [0.8], [0.9], stack(box(10, 14, 10, 14)), [0.7], RULE)
     assert out.matches == {} and out.spawn == [0]

@@ -26,7 +26,10 @@ only detections at or above the user's threshold are passed in). A track *t* has
    confidence therefore decays geometrically with the tracker's presence probability.
 4. **Unmatched detection** → if at least ``absorb_fraction`` of it lies inside an object on this slice (its tracked or
    its fused mask), it is *absorbed* into that object (pixel-wise max of probabilities): a structure that splits into
-   two pieces within the slice (a bifurcating vessel, the two lobes of a gland) keeps one 3D identity. Otherwise, if
+   two pieces within the slice (a bifurcating vessel, the two lobes of a gland) keeps one 3D identity. An object
+   that matched no detection on the slice but absorbs one is reconditioned by it instead (its mask becomes the
+   detection's, further absorbed pieces are added): a detection lying inside a tracked mask that is far larger than
+   it (IoU below ``match_iou``) says the tracker's mask has spread over the neighbourhood. Otherwise, if
    ``s_d ≥ spawn_score``, it **starts a new object** (new id) seeded with its mask — unless it duplicates a
    better-scoring detection that is starting an object on this slice (same ``absorb_fraction`` test), in which case it
    joins that one (offline, transformers' SAM3 skips its NMS, so duplicates do reach us).
@@ -52,8 +55,9 @@ chosen on 24 held-out phantoms with the one trained tracker that can be run here
 (``training/DEMO_MODEL.md``; ``training.tracker.compare``). That tracker follows the liver and the aorta but loses
 the spleen and the kidneys within a few slices. With the former rule (averaging, objects carried as far as the
 tracker's presence went) track mode scored mean 3D Dice 0.592 against detect mode's 0.778; with these defaults it
-scores 0.776. Each step helped: not painting tracker-only slices past an object's detections (0.737), then retiring
-objects after one slice without a detection (0.776; after three: 0.757). Requiring two detections per object
+scores 0.777. Each step helped: not painting tracker-only slices past an object's detections (0.737), retiring
+objects after one slice without a detection (0.776; after three slices: 0.757), and reconditioning an object by a
+detection it absorbs (0.777; the aorta of the bundled demo scan 0.636 → 0.668). Requiring two detections per object
 removed nearly every spleen and kidney (0.400), because that tracker rarely carries them to the next slice's
 detection, so it is off. A tracker that follows every organ (SAM3's pretrained one) may warrant a longer
 ``keep_alive`` and confirmation; that is not yet measured.
@@ -214,8 +218,11 @@ def fuse_slice(
             continue
         owner = _owner(covered[col], areas[col], rule.absorb_fraction)
         if owner is not None:
+            if rule.recondition_iou is not None and owner not in matches and owner not in absorbed.values():
+                probs[owner] = det_probs[col]  # inside the object but far smaller: the tracker's mask has spread
+            else:
+                probs[owner] = torch.maximum(probs[owner], det_probs[col])
             absorbed[col] = owner
-            probs[owner] = torch.maximum(probs[owner], det_probs[col])
             continue
         # A lower-scoring duplicate of a detection that is starting an object joins it (SAM3 would run NMS here).
         twin = None
