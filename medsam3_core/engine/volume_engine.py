@@ -29,9 +29,10 @@ Two modes (``SegmentOptions.mode``):
     4. **Catch-up**: objects started on the way down are also propagated upwards from their first slice (those
        slices' detections were fused already, so this is propagation only, ending like step 3 when an object runs
        into another of its prompt).
-    5. **Confirmation** (rule 6 of :mod:`~medsam3_core.engine.fusion`): an object that detections support on fewer
-       than ``min_detections`` slices is taken out, and tracker-only slices more than ``extend_slices`` past an
-       object's first or last detected slice are too.
+    5. **Confirmation** (rule 6 of :mod:`~medsam3_core.engine.fusion`), applied during the sweeps: a slice where the
+       tracker carries an object without a detection is painted only if a later detection of the object confirms
+       the gap (or it lies within ``extend_slices`` of one), and an object ends after ``keep_alive`` such slices.
+       After the sweeps, an object that detections support on fewer than ``min_detections`` slices is taken out.
 
     Objects keep their ids across all sweeps. Slices with no live object and nothing detected are skipped.
 
@@ -326,8 +327,8 @@ class _Run:
 
 
 def _clear_slices(owner: np.ndarray, confidence: np.ndarray, slices_by_id: dict[int, list[int]]) -> None:
-    """Take objects out of the given slices of the output (fusion rule 6). Voxels another object had there but lost
-    to this one stay empty; both were painted by the same prompt's or a neighbouring organ's object, rarely at all."""
+    """Take objects out of the given slices of the output (fusion rule 6, after the sweeps). A voxel that another
+    object had lost to the removed one stays empty: the canvas keeps only the winner of each voxel."""
     for object_id, slices in slices_by_id.items():
         for k in slices:
             where = owner[k] == object_id
