@@ -37,7 +37,7 @@ only detections at or above the user's threshold are passed in). A track *t* has
    otherwise it contributes nothing to the output and counts a miss. ``patience`` consecutive misses **end** the
    track (an organ has ended; one doubtful slice inside it does not end it). Ended objects keep their id; a later
    detection of the same concept becomes a new object.
-6. **Confirmation, once both sweeps are done** (:meth:`TrackBook.unconfirmed_slices`): an object is kept only if
+6. **Confirmation by detections** (after both sweeps, :meth:`TrackBook.unconfirmed_slices`): an object is kept only if
    detections support it (its seed, matched or absorbed detections) on at least ``min_detections`` slices — a lone
    detection that nothing confirms on a neighbouring slice is the typical false positive, and SAM3's video model
    likewise confirms a new masklet by further detections before it reports it. Where the tracker carries an object
